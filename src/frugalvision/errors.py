@@ -1,0 +1,32 @@
+"""Exceptions raised by frugalvision.
+
+Every error a user can cause derives from :class:`FrugalVisionError`, so the command line can print it as
+one clear sentence instead of a traceback. The subclasses also derive from the matching built-in
+exception (``ValueError``, ``FileNotFoundError``...) so ordinary ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+
+class FrugalVisionError(Exception):
+    """Base class of all errors caused by user input or the environment."""
+
+
+class DataError(FrugalVisionError, ValueError):
+    """A data set, manifest or annotation file is malformed; the message names the file and line/field."""
+
+
+class ImageFileMissingError(FrugalVisionError, FileNotFoundError):
+    """An image referenced by a data set does not exist."""
+
+
+class CorruptImageError(FrugalVisionError, OSError):
+    """An image exists but cannot be decoded (truncated, not an image, decompression bomb...)."""
+
+
+class WeightsError(FrugalVisionError, RuntimeError):
+    """Pretrained weights were asked for and could not be loaded (offline, missing file, mismatch)."""
+
+
+class StoreError(FrugalVisionError, ValueError):
+    """An embedding store or index on disk is missing, inconsistent or incompatible with the request."""
