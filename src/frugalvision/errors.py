@@ -30,3 +30,7 @@ class WeightsError(FrugalVisionError, RuntimeError):
 
 class StoreError(FrugalVisionError, ValueError):
     """An embedding store or index on disk is missing, inconsistent or incompatible with the request."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was skipped or looks wrong but work could go on (e.g. corrupt images skipped)."""
