@@ -1,0 +1,216 @@
+"""Embedding extraction: a backbone over a data set, batched, resumable, written to an :class:`EmbeddingStore`.
+
+Resuming works by shards: every ``shard_size`` images the finished vectors are written to
+``<out>/parts/part-NNNNN.npz`` (atomically). A re-run with the same model and settings reads the store and
+the shards, embeds only the images not yet embedded, and finally writes the whole store in the data set's
+order and removes the shards. Killing the process at any moment loses at most one shard of work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from frugalvision.data import ImageDataset, collate_images
+from frugalvision.embeddings.store import EmbeddingStore
+from frugalvision.errors import DataWarning, StoreError
+from frugalvision.models import Backbone
+
+__all__ = ["default_num_workers", "embed_images", "extract_embeddings", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+def default_num_workers() -> int:
+    """Data-loading worker processes: one per core, at most 8 (0 on a single core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 1 else min(8, cores)
+
+
+@torch.inference_mode()
+def embed_images(
+    backbone: Backbone, images: torch.Tensor, *, normalize: bool = True, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Embed a preprocessed batch ``(B, 3, H, W)``; returns float32 ``(B, D)`` (L2-normalised if asked)."""
+    out = backbone(images.to(device)).float()
+    if normalize:
+        out = F.normalize(out, dim=1)
+    return out.cpu().numpy()
+
+
+def _settings(backbone: Backbone, normalize: bool) -> dict[str, Any]:
+    return {
+        "backbone": backbone.spec.to_dict(),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
+        "normalized": bool(normalize),
+    }
+
+
+def _check_compatible(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+    for key in ("backbone", "data_config", "normalized"):
+        if key in found and json.loads(json.dumps(found[key])) != json.loads(json.dumps(wanted[key])):
+            raise StoreError(
+                f"{out} holds embeddings made with different settings ({key}: {found[key]} vs now {wanted[key]}). "
+                "Use another output folder, or pass overwrite=True (CLI: --overwrite) to start again."
+            )
+
+
+def _read_shards(parts: Path, wanted: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+    done: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    for shard in sorted(parts.glob("part-*.npz")):
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                _check_compatible(parts.parent, meta["settings"], wanted)
+                for vec, path, labels in zip(z["vectors"], meta["paths"], meta["labels"], strict=True):
+                    done[path] = (vec, tuple(labels))
+        except (OSError, KeyError, ValueError) as e:  # a shard cut short cannot happen (atomic), but be safe
+            if isinstance(e, StoreError):
+                raise
+            warnings.warn(f"ignoring unreadable shard {shard}: {e}", DataWarning, stacklevel=3)
+    return done
+
+
+def _write_shard(parts: Path, number: int, vectors: list[np.ndarray], paths: list[str], labels: list[list[str]], settings: dict[str, Any]) -> None:
+    parts.mkdir(parents=True, exist_ok=True)
+    final = parts / f"part-{number:05d}.npz"
+    tmp = parts / f".part-{number:05d}.tmp.npz"
+    meta = json.dumps({"paths": paths, "labels": labels, "settings": settings})
+    np.savez(tmp, vectors=np.stack(vectors).astype(np.float32), meta=np.array(meta))
+    os.replace(tmp, final)
+
+
+def extract_embeddings(
+    backbone: Backbone,
+    dataset: ImageDataset,
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    normalize: bool = True,
+    device: str | torch.device = "cpu",
+    shard_size: int = 1024,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EmbeddingStore:
+    """Embed every image of ``dataset`` with ``backbone`` and write an :class:`EmbeddingStore` to ``out``.
+
+    The backbone's own preprocessing (``backbone.transform()``) is applied; the data set's transform is
+    replaced. Images already in ``out`` (a finished store or shards of an interrupted run) are not embedded
+    again. Corrupt images follow the data set's ``on_corrupt`` policy; skipped ones are reported in one
+    :class:`~frugalvision.errors.DataWarning` and listed in ``store.info["skipped"]``.
+
+    Args:
+        backbone: from :func:`~frugalvision.models.create_backbone`.
+        dataset: from a reader in :mod:`frugalvision.data`.
+        out: store folder (created if needed).
+        batch_size: images per forward pass.
+        num_workers: data-loading processes; ``None`` = one per core (at most 8).
+        normalize: L2-normalise the vectors (then inner product = cosine similarity).
+        device: ``"cpu"``, ``"cuda"``, ``"auto"``...
+        shard_size: images per resume shard.
+        overwrite: discard an existing store made with other settings instead of raising.
+        progress: show a progress bar.
+
+    Returns:
+        The store, rows in the data set's order.
+
+    Raises:
+        StoreError: ``out`` holds embeddings made with another model/preprocessing/normalisation.
+        CorruptImageError, ImageFileMissingError: a bad image with ``on_corrupt="fail"``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    dev = resolve_device(device)
+    out = Path(out)
+    parts = out / "parts"
+    settings = _settings(backbone, normalize)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+
+    done: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    if EmbeddingStore.exists(out):
+        old = EmbeddingStore.load(out)
+        _check_compatible(out, old.info, settings)
+        done.update({p: (v, lab) for p, v, lab in zip(old.paths, old.vectors, old.labels, strict=True)})
+    if parts.is_dir():
+        done.update(_read_shards(parts, settings))
+
+    paths = [str(p) for p in dataset.paths]
+    todo = [i for i, p in enumerate(paths) if p not in done]
+    skipped: list[tuple[str, str]] = []
+    if todo:
+        ds = dataset.with_transform(backbone.transform())
+        workers = default_num_workers() if num_workers is None else num_workers
+        loader = DataLoader(
+            Subset(ds, todo),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=collate_images,
+            persistent_workers=False,
+        )
+        backbone = backbone.to(dev).eval()
+        shard_vecs: list[np.ndarray] = []
+        shard_paths: list[str] = []
+        shard_labels: list[list[str]] = []
+        shard_no = len(list(parts.glob("part-*.npz"))) if parts.is_dir() else 0
+        bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress)
+        for batch in loader:
+            skipped.extend((paths[i], msg) for i, msg in batch["skipped"])
+            if batch["image"] is not None:
+                vecs = embed_images(backbone, batch["image"], normalize=normalize, device=dev)
+                for row, idx in enumerate(batch["index"].tolist()):
+                    labels = dataset.label_names(idx)
+                    done[paths[idx]] = (vecs[row], labels)
+                    shard_vecs.append(vecs[row])
+                    shard_paths.append(paths[idx])
+                    shard_labels.append(list(labels))
+            if len(shard_paths) >= shard_size:
+                _write_shard(parts, shard_no, shard_vecs, shard_paths, shard_labels, settings)
+                shard_no += 1
+                shard_vecs, shard_paths, shard_labels = [], [], []
+            bar.update(len(batch["index"]) + len(batch["skipped"]))
+        bar.close()
+        if shard_paths:
+            _write_shard(parts, shard_no, shard_vecs, shard_paths, shard_labels, settings)
+
+    if skipped:
+        listed = "\n  ".join(m if p in m else f"{p}: {m}" for p, m in skipped[:20])
+        more = f"\n  ... and {len(skipped) - 20} more (see info.json)" if len(skipped) > 20 else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s):\n  {listed}{more}", DataWarning, stacklevel=2)
+
+    rows = [p for p in paths if p in done]
+    if not rows:
+        raise StoreError(f"no image of {dataset!r} could be embedded; nothing written to {out}")
+    dim = done[rows[0]][0].shape[0]
+    store = EmbeddingStore(
+        vectors=np.stack([done[p][0] for p in rows]) if rows else np.zeros((0, dim), np.float32),
+        paths=rows,
+        labels=[done[p][1] for p in rows],
+        classes=list(dataset.classes),
+        info={**settings, "skipped": [{"path": p, "error": m} for p, m in skipped], "source": str(getattr(dataset, "source", ""))},
+    )
+    store.save(out)
+    shutil.rmtree(out / "parts", ignore_errors=True)
+    return store

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from frugalvision.data import read_folder
+from frugalvision.embeddings import EmbeddingStore, extract_embeddings
+from frugalvision.errors import CorruptImageError, DataWarning, StoreError
+from frugalvision.models import create_backbone
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return create_backbone("test_efficientnet", pretrained=False)
+
+
+def test_extract_writes_store_in_dataset_order(tiny_folder: Path, tmp_path: Path, backbone) -> None:
+    ds = read_folder(tiny_folder)
+    store = extract_embeddings(backbone, ds, tmp_path / "store", batch_size=5, num_workers=0, progress=False)
+    assert len(store) == len(ds) == 12
+    assert store.paths == [str(p) for p in ds.paths]
+    assert store.labels[0] == ("blue",) and store.classes == ["blue", "green", "red"]
+    np.testing.assert_allclose(np.linalg.norm(store.vectors, axis=1), 1.0, rtol=1e-5)
+    # the same vectors as a plain forward pass with the backbone's own preprocessing
+    from frugalvision.data import load_image
+
+    x = torch.stack([backbone.transform()(load_image(p)) for p in ds.paths[:3]])
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(backbone(x), dim=1).numpy()
+    np.testing.assert_allclose(store.vectors[:3], ref, atol=1e-5)
+    loaded = EmbeddingStore.load(tmp_path / "store")
+    np.testing.assert_array_equal(loaded.vectors, store.vectors)
+    assert loaded.labels == store.labels and loaded.info["backbone"]["name"] == "test_efficientnet"
+    assert not (tmp_path / "store" / "parts").exists()
+
+
+def test_unnormalized_and_workers(tiny_folder: Path, tmp_path: Path, backbone) -> None:
+    ds = read_folder(tiny_folder)
+    a = extract_embeddings(backbone, ds, tmp_path / "a", num_workers=2, normalize=False, progress=False)
+    b = extract_embeddings(backbone, ds, tmp_path / "b", num_workers=0, normalize=False, progress=False)
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)  # deterministic order with workers
+    assert not np.allclose(np.linalg.norm(a.vectors, axis=1), 1.0)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_interruption_embeds_only_the_rest(tiny_folder: Path, tmp_path: Path, backbone, monkeypatch) -> None:
+    ds = read_folder(tiny_folder)
+    full = extract_embeddings(backbone, ds, tmp_path / "full", batch_size=2, num_workers=0, progress=False)
+
+    import frugalvision.embeddings.extract as ex
+
+    calls = {"n": 0}
+    real = ex.embed_images
+
+    def crashing(bb, images, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # die in the middle of the 4th batch, after 3 shards of 2 images
+            raise _Crash("killed")
+        return real(bb, images, **kw)
+
+    monkeypatch.setattr(ex, "embed_images", crashing)
+    out = tmp_path / "resumed"
+    with pytest.raises(_Crash):
+        extract_embeddings(backbone, ds, out, batch_size=2, shard_size=2, num_workers=0, progress=False)
+    assert len(list((out / "parts").glob("part-*.npz"))) == 3
+    assert not EmbeddingStore.exists(out)
+
+    seen: list[int] = []
+
+    def counting(bb, images, **kw):
+        seen.append(len(images))
+        return real(bb, images, **kw)
+
+    monkeypatch.setattr(ex, "embed_images", counting)
+    resumed = extract_embeddings(backbone, ds, out, batch_size=2, shard_size=2, num_workers=0, progress=False)
+    assert sum(seen) == 12 - 6  # only what was not finished
+    assert resumed.paths == full.paths
+    np.testing.assert_allclose(resumed.vectors, full.vectors, atol=1e-6)
+    # a third run has nothing to do
+    seen.clear()
+    extract_embeddings(backbone, ds, out, num_workers=0, progress=False)
+    assert seen == []
+
+
+def test_other_settings_are_refused_unless_overwrite(tiny_folder: Path, tmp_path: Path, backbone) -> None:
+    ds = read_folder(tiny_folder)
+    extract_embeddings(backbone, ds, tmp_path / "s", num_workers=0, progress=False)
+    with pytest.raises(StoreError, match="different settings.*normalized"):
+        extract_embeddings(backbone, ds, tmp_path / "s", num_workers=0, normalize=False, progress=False)
+    s = extract_embeddings(backbone, ds, tmp_path / "s", num_workers=0, normalize=False, overwrite=True, progress=False)
+    assert not s.normalized
+
+
+def test_corrupt_images_skipped_with_warning_or_fail(tiny_folder: Path, tmp_path: Path, backbone) -> None:
+    bad = tiny_folder / "red" / "red_broken.png"
+    bad.write_bytes(b"definitely not a png")
+    ds = read_folder(tiny_folder)
+    with pytest.warns(DataWarning, match=r"(?s)skipped 1 unreadable image.*red_broken\.png"):
+        store = extract_embeddings(backbone, ds, tmp_path / "skip", num_workers=0, progress=False)
+    assert len(store) == 12 and store.info["skipped"][0]["path"].endswith("red_broken.png")
+    failing = read_folder(tiny_folder, on_corrupt="fail")
+    with pytest.raises(CorruptImageError, match="red_broken.png"):
+        extract_embeddings(backbone, failing, tmp_path / "fail", num_workers=0, progress=False)
+
+
+def test_store_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="folder missing"):
+        EmbeddingStore.load(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "info.json").write_text("{}")
+    with pytest.raises(StoreError, match="vectors.npy is missing"):
+        EmbeddingStore.load(tmp_path / "half")
+    store = EmbeddingStore(np.zeros((2, 3)), ["a", "b"], [("x",), ()], classes=["x"])
+    store.save(tmp_path / "ok")
+    (tmp_path / "ok" / "items.jsonl").write_text('{"path": "a", "labels": ["x"]}\nnot json\n')
+    with pytest.raises(StoreError, match=r"items.jsonl:2: malformed row"):
+        EmbeddingStore.load(tmp_path / "ok")
+    with pytest.raises(StoreError, match="inconsistent"):
+        EmbeddingStore(np.zeros((2, 3)), ["a"], [()])
+    np.testing.assert_array_equal(store.label_ids(), [0, -1])
