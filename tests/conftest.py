@@ -12,12 +12,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-def shared_data(name: str) -> Path:
-    """Path of a real data set in ``../shared/data``; skips the test with the reason when it is absent."""
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"real data {path} not available (it ships beside the project for CI, not in a clone)")
-    return path
+@pytest.fixture
+def shared_data():
+    """``shared_data("caltech101-dev")``: path of a real data set in ``../shared/data``, or skip with the reason."""
+
+    def _get(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.exists():
+            pytest.skip(f"real data {path} not available (it ships beside the project for CI, not in a clone)")
+        return path
+
+    return _get
 
 
 @pytest.fixture
