@@ -50,3 +50,50 @@ def check_positive(value: float, name: str, *, strict: bool = True) -> None:
     """Raise if ``value`` is not (strictly) positive."""
     if (strict and not value > 0) or (not strict and not value >= 0):
         raise ValueError(f"{name} must be {'> 0' if strict else '>= 0'}, got {value}")
+
+
+def check_class_labels(
+    labels: object, batch_size: int, name: str = "labels", num_classes: int | None = None
+) -> torch.Tensor:
+    """Raise unless ``labels`` is an integer ``(batch_size,)`` tensor with values in ``[0, num_classes)``.
+
+    With ``num_classes=None`` only negative values are rejected.
+    """
+    labels = check_tensor(labels, name)
+    check_ndim(labels, 1, name, "(B,)")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (e.g. torch.int64), got {labels.dtype}")
+    if labels.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} must have one entry per row of the embeddings ({batch_size}), got {labels.shape[0]}"
+        )
+    if labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise ValueError(f"{name} must lie in {bound}, got values from {low} to {high}")
+    return labels
+
+
+def check_embedding_batch(
+    embeddings: object, name: str = "embeddings", dim: int | None = None
+) -> torch.Tensor:
+    """Raise unless ``embeddings`` is a finite floating ``(B, D)`` tensor (``D == dim`` when given)."""
+    embeddings = check_tensor(embeddings, name)
+    check_ndim(embeddings, 2, name, "(B, D)")
+    if not embeddings.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {embeddings.dtype}")
+    if dim is not None and embeddings.shape[1] != dim:
+        raise ValueError(f"{name} must have {dim} features per row, got shape {tuple(embeddings.shape)}")
+    check_finite(embeddings, name)
+    return embeddings
+
+
+def check_finite_fast(x: torch.Tensor, name: str) -> None:
+    """:func:`check_finite` at the cost of one sum: a NaN or infinity anywhere makes the sum non-finite.
+
+    Only when the sum is not finite (a bad value, or finite values overflowing it) does it run the exact check,
+    which raises with the count of bad values or passes.
+    """
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.sum())):
+        check_finite(x, name)

@@ -1,0 +1,93 @@
+"""Metric-learning losses: ``loss(embeddings (B, D), labels (B,), **extra) -> scalar``.
+
+Every loss is an ``nn.Module`` holding its own learnable parameters (proxies, class weights) and is
+registered by name: ``create_loss("proxynca++", num_classes=100, embedding_size=512)``; ``list_losses()``
+gives the names and ``loss_param_groups(loss, base_lr)`` the optimiser groups for its parameters.
+"""
+
+from frugalvision.losses._registry import (
+    create_loss,
+    get_loss_class,
+    list_losses,
+    loss_param_groups,
+    register_loss,
+)
+from frugalvision.losses.angular_margin import (
+    ArcFaceLoss,
+    CosFaceLoss,
+    SphereFaceLoss,
+    arcface_loss,
+    cosface_loss,
+    cosine_logits,
+    sphereface_loss,
+)
+from frugalvision.losses.distances import pairwise_distance
+from frugalvision.losses.miners import all_triplets, hard_triplets, positive_pairs, semihard_triplets
+from frugalvision.losses.proxy_nca import (
+    ProxyNCALoss,
+    ProxyNCAPlusPlusLoss,
+    proxy_nca_loss,
+    proxy_nca_plus_plus_loss,
+)
+from frugalvision.losses.quadruplet import QuadrupletLoss, quadruplet_loss
+from frugalvision.losses.reducers import masked_reduce
+from frugalvision.losses.triplet import TripletMarginLoss, triplet_margin_loss
+
+__all__ = [
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "ProxyNCALoss",
+    "ProxyNCAPlusPlusLoss",
+    "QuadrupletLoss",
+    "SphereFaceLoss",
+    "TripletMarginLoss",
+    "all_triplets",
+    "arcface_loss",
+    "cosface_loss",
+    "cosine_logits",
+    "create_loss",
+    "get_loss_class",
+    "hard_triplets",
+    "list_losses",
+    "loss_param_groups",
+    "masked_reduce",
+    "pairwise_distance",
+    "positive_pairs",
+    "proxy_nca_loss",
+    "proxy_nca_plus_plus_loss",
+    "quadruplet_loss",
+    "register_loss",
+    "semihard_triplets",
+    "sphereface_loss",
+    "triplet_margin_loss",
+]
+
+# Modern metric-learning losses: intra-batch message passing, hyperbolic (Hyp-ViT), language guidance, SigLIP.
+from frugalvision.losses.hyperbolic import HyperbolicPairwiseCELoss, hyperbolic_pairwise_ce_loss
+from frugalvision.losses.intra_batch import IntraBatchLoss, intra_batch_loss
+from frugalvision.losses.language_guided import (
+    LanguageGuidanceLoss,
+    embed_class_names,
+    imagenet_class_names,
+    language_guidance_loss,
+    minilm_text_encoder,
+    pseudo_label_embeddings,
+    pseudo_label_names,
+)
+from frugalvision.losses.siglip import SigLIPLoss, siglip_loss
+
+__all__ += [
+    "HyperbolicPairwiseCELoss",
+    "IntraBatchLoss",
+    "LanguageGuidanceLoss",
+    "SigLIPLoss",
+    "embed_class_names",
+    "hyperbolic_pairwise_ce_loss",
+    "imagenet_class_names",
+    "intra_batch_loss",
+    "language_guidance_loss",
+    "minilm_text_encoder",
+    "pseudo_label_embeddings",
+    "pseudo_label_names",
+    "siglip_loss",
+]

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from frugalvision.losses import _registry, create_loss, list_losses, loss_param_groups, register_loss
+
+PART1 = {
+    "triplet": {},
+    "quadruplet": {},
+    "sphereface": {"num_classes": 4, "embedding_size": 8},
+    "cosface": {"num_classes": 4, "embedding_size": 8},
+    "arcface": {"num_classes": 4, "embedding_size": 8},
+    "proxynca": {"num_classes": 4, "embedding_size": 8},
+    "proxynca++": {"num_classes": 4, "embedding_size": 8},
+}
+
+
+@pytest.fixture
+def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    monkeypatch.setattr(_registry, "_CANONICAL", dict(_registry._CANONICAL))
+
+
+@pytest.mark.parametrize("name", list(PART1))
+def test_every_loss_is_created_by_name_and_runs(name) -> None:
+    loss = create_loss(name, **PART1[name])
+    assert isinstance(loss, nn.Module)
+    x = torch.randn(8, 8, requires_grad=True)
+    value = loss(x, torch.arange(4).repeat(2))
+    value.backward()
+    assert value.shape == () and torch.isfinite(value) and x.grad is not None
+
+
+def test_list_losses_canonical_and_aliases() -> None:
+    canonical = list_losses(include_aliases=False)
+    everything = list_losses()
+    assert set(PART1) <= set(canonical) <= set(everything)
+    assert {"proxy_nca_pp", "triplet_margin", "a_softmax"} <= set(everything) - set(canonical)
+    assert everything == sorted(everything)
+
+
+def test_unknown_name_lists_available() -> None:
+    with pytest.raises(ValueError, match=r"unknown loss 'nope'; available: .*arcface.*triplet"):
+        create_loss("nope")
+
+
+def test_bad_kwargs_name_the_loss_and_its_arguments() -> None:
+    with pytest.raises(
+        TypeError, match=r"'arcface' \(ArcFaceLoss\).*accepted arguments: num_classes, embedding_size"
+    ):
+        create_loss("arcface", num_classes=3, embedding_size=4, margn=0.3)
+    with pytest.raises(TypeError, match="missing a required argument"):
+        create_loss("proxynca++", num_classes=3)
+
+
+def test_register_and_conflicts(clean_registry) -> None:
+    @register_loss("toy_loss", "toy")
+    class Toy(nn.Module):
+        def __init__(self, factor: float = 2.0) -> None:
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return embeddings.sum() * self.factor
+
+    assert isinstance(create_loss("toy", factor=3.0), Toy)
+    canonical = list_losses(include_aliases=False)
+    assert "toy_loss" in canonical and "toy" not in canonical
+
+    class Other(nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("toy")(Other)
+    with pytest.raises(ValueError, match="lower-case"):
+        register_loss("Toy2")
+    with pytest.raises(ValueError, match="at least one name"):
+        register_loss()
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        register_loss("not_a_module")(int)  # type: ignore[type-var]
+
+
+def test_loss_param_groups() -> None:
+    assert loss_param_groups(create_loss("triplet"), base_lr=0.1) == []
+    arc = create_loss("arcface", num_classes=3, embedding_size=4)
+    (group,) = loss_param_groups(arc, base_lr=0.1)
+    assert group["lr"] == pytest.approx(0.1) and group["params"] == [arc.weight]
+    pp = create_loss("proxynca++", num_classes=3, embedding_size=4, lr_multiplier=1e3)
+    (group,) = loss_param_groups(pp, base_lr=1e-5)
+    assert group["lr"] == pytest.approx(1e-2)
+    frozen = create_loss("cosface", num_classes=3, embedding_size=4).requires_grad_(False)
+    assert loss_param_groups(frozen, base_lr=0.1) == []
+
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.zeros(2))
+            self.b = nn.Parameter(torch.zeros(2))
+
+        def param_groups(self, base_lr: float) -> list[dict]:
+            return [{"params": [self.a], "lr": base_lr}, {"params": [self.b], "lr": 10 * base_lr}]
+
+    groups = loss_param_groups(Custom(), base_lr=0.5)
+    assert [g["lr"] for g in groups] == [0.5, 5.0]
+    # accepted by an optimiser
+    torch.optim.AdamW([{"params": [nn.Parameter(torch.zeros(1))]}, *groups], lr=0.5)
+    with pytest.raises(ValueError, match="base_lr"):
+        loss_param_groups(arc, base_lr=0.0)
