@@ -1,0 +1,1 @@
+"""Command-line interface (``frugalvision ...``). The library never imports this package."""

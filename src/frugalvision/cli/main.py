@@ -1,0 +1,73 @@
+"""The ``frugalvision`` command: one group, subcommands registered from the modules beside this one.
+
+Errors caused by the user's input (:class:`~frugalvision.errors.FrugalVisionError`, ``ValueError``,
+``FileNotFoundError``) are printed as one ``Error: ...`` line with exit status 1; set
+``FRUGALVISION_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from frugalvision import __version__
+from frugalvision.errors import FrugalVisionError
+
+_USER_ERRORS = (FrugalVisionError, ValueError, FileNotFoundError)
+
+
+class _FriendlyGroup(click.Group):
+    """A click group that turns user errors into a one-line message instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS as e:
+            if os.environ.get("FRUGALVISION_DEBUG"):
+                raise
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(
+    cls=_FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(__version__, prog_name="frugalvision")
+def cli() -> None:
+    """frugalvision: from a folder of images to an evaluated model that runs fast on a CPU.
+
+    Typical image-search flow:
+
+    \b
+      frugalvision embed photos/ --out store/      # one vector per image
+      frugalvision evaluate store/                 # Recall@K, MAP@R, NMI (needs labels)
+      frugalvision index store/ --out index/       # faiss index + metadata
+      frugalvision search index/ query.jpg -k 5    # nearest images
+
+    Training an embedding for your own classes:
+
+    \b
+      frugalvision train --data photos/ --out runs/x --freeze-backbone
+      frugalvision embed photos/ --model runs/x/model --out store/
+
+    `frugalvision demo` runs all of it offline on built-in sample photos.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    from frugalvision.cli import (  # noqa: F401  (registers the subcommands)  # noqa: F401
+        curate,
+        demo,
+        deploy,
+        discover,
+        foundation,
+        ood,
+        retrieval,
+        serve,
+        train,
+    )
+
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="frugalvision")
