@@ -1,0 +1,231 @@
+"""``frugalvision label``: zero-shot labeling of a folder from class names; helpers shared by ``ood`` and ``curate``."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from frugalvision.cli.main import cli
+from frugalvision.errors import DataWarning
+
+DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
+
+
+def model_options(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--model/--weights/--pretrained`` options shared by the foundation commands."""
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--pretrained/--no-pretrained",
+            default=True,
+            show_default=True,
+            help="Load pretrained weights (hub, cache or offline package); --no-pretrained gives random weights.",
+        )(f)
+        f = click.option(
+            "--weights",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Local .safetensors/.pth weights for --model. Wins over --pretrained.",
+        )(f)
+        f = click.option(
+            "--model",
+            "-m",
+            default=default,
+            show_default=True,
+            help="timm name, offline backbone name, or open_clip:ARCH/TAG.",
+        )(f)
+        return f
+
+    return wrap
+
+
+def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--batch-size/--workers/--device/--progress`` options."""
+    f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(
+        f
+    )
+    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto.")(f)
+    f = click.option(
+        "--workers",
+        "-j",
+        default=None,
+        type=click.IntRange(min=0),
+        help="Data-loading processes [default: one per core, at most 8].",
+    )(f)
+    f = click.option(
+        "--batch-size",
+        "-b",
+        default=64,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Images per forward pass.",
+    )(f)
+    return f
+
+
+@contextmanager
+def data_warnings() -> Iterator[None]:
+    """Print DataWarnings (skipped images...) as yellow lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def load_store(
+    source: Path, model: str, weights: Path | None, pretrained: bool, cache: Path | None, run: dict[str, Any]
+) -> Any:
+    """An embedding store: ``source`` itself if it is one, else the images of ``source`` embedded with ``model``."""
+    from frugalvision.embeddings import EmbeddingStore, extract_embeddings
+    from frugalvision.foundation import create_feature_model, open_images
+
+    if EmbeddingStore.exists(source):
+        return EmbeddingStore.load(source)
+    dataset = open_images(source)
+    click.echo(f"data: {dataset!r}", err=True)
+    fm = create_feature_model(model, pretrained=pretrained, weights=weights)
+    with data_warnings():
+        if cache is not None:
+            return extract_embeddings(fm, dataset, cache, **run)
+        with tempfile.TemporaryDirectory(prefix="frugalvision-") as tmp:
+            return extract_embeddings(fm, dataset, Path(tmp) / "store", **run)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--classes", "classes_text", default=None, help='Comma-separated class names, e.g. "cat,dog,red fox".'
+)
+@click.option(
+    "--classes-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Text file with one class name per line.",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest CSV to write (path,label,prediction,score,margin).",
+)
+@model_options(DEFAULT_CLIP)
+@click.option(
+    "--templates",
+    default="default",
+    show_default=True,
+    help="Prompt templates: default, simple, or a file with one template per line ({} = class name).",
+)
+@click.option(
+    "--min-score",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Leave images unlabeled when their top-1 probability is below this.",
+)
+@click.option(
+    "--min-margin",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Leave images unlabeled when top-1 minus top-2 probability is below this.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the image features in this store folder (re-labeling with other classes is then instant).",
+)
+@click.option(
+    "--review/--no-review",
+    default=True,
+    show_default=True,
+    help="Also write OUT.review.csv (most uncertain first) and OUT.review.png (contact sheet).",
+)
+@click.option(
+    "--sheet-size",
+    default=40,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images on the review contact sheet.",
+)
+@run_options
+def label(
+    data: Path,
+    classes_text: str | None,
+    classes_file: Path | None,
+    out: Path,
+    model: str,
+    weights: Path | None,
+    pretrained: bool,
+    templates: str,
+    min_score: float,
+    min_margin: float,
+    cache: Path | None,
+    review: bool,
+    sheet_size: int,
+    batch_size: int,
+    workers: int | None,
+    device: str,
+    progress: bool,
+) -> None:
+    """Label the images of DATA zero-shot from class names with a CLIP model (prompt ensembling).
+
+    DATA is a folder of images (any depth) or any data set frugalvision reads. The manifest trains directly
+    (frugalvision train OUT); uncertain images (--min-score, --min-margin) have an empty label and head the
+    review queue.
+    """
+    from frugalvision.foundation import (
+        create_feature_model,
+        open_images,
+        parse_class_names,
+        read_class_names,
+        resolve_templates,
+        write_label_manifest,
+        write_review_queue,
+        zero_shot_classify,
+    )
+
+    if (classes_text is None) == (classes_file is None):
+        raise click.UsageError("give the class names with exactly one of --classes or --classes-file")
+    names = parse_class_names(classes_text) if classes_text is not None else read_class_names(classes_file)  # type: ignore[arg-type]
+    temps = resolve_templates(templates)
+    dataset = open_images(data)
+    click.echo(f"data: {dataset!r}; {len(names)} classes x {len(temps)} templates", err=True)
+    fm = create_feature_model(model, pretrained=pretrained, weights=weights)
+    with data_warnings():
+        result = zero_shot_classify(
+            fm,
+            dataset,
+            names,
+            temps,
+            cache=cache,
+            batch_size=batch_size,
+            num_workers=workers,
+            device=device,
+            progress=progress,
+        )
+    write_label_manifest(result, out, min_score=min_score, min_margin=min_margin)
+    labels = result.labels(min_score, min_margin)
+    counts = Counter(lab for lab in labels if lab is not None)
+    unlabeled = sum(lab is None for lab in labels)
+    click.echo(f"wrote {out}: {len(labels) - unlabeled} labelled, {unlabeled} left unlabeled")
+    for name in names:
+        click.echo(f"  {name:<24} {counts.get(name, 0)}")
+    if review:
+        queue, sheet = out.with_suffix(".review.csv"), out.with_suffix(".review.png")
+        write_review_queue(
+            result, queue, sheet=sheet, sheet_size=sheet_size, min_score=min_score, min_margin=min_margin
+        )
+        click.echo(f"review queue: {queue} and {sheet}", err=True)
