@@ -50,7 +50,9 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_after_interruption_embeds_only_the_rest(tiny_folder: Path, tmp_path: Path, backbone, monkeypatch) -> None:
+def test_resume_after_interruption_embeds_only_the_rest(
+    tiny_folder: Path, tmp_path: Path, backbone, monkeypatch
+) -> None:
     ds = read_folder(tiny_folder)
     full = extract_embeddings(backbone, ds, tmp_path / "full", batch_size=2, num_workers=0, progress=False)
 
@@ -92,9 +94,11 @@ def test_resume_after_interruption_embeds_only_the_rest(tiny_folder: Path, tmp_p
 def test_other_settings_are_refused_unless_overwrite(tiny_folder: Path, tmp_path: Path, backbone) -> None:
     ds = read_folder(tiny_folder)
     extract_embeddings(backbone, ds, tmp_path / "s", num_workers=0, progress=False)
-    with pytest.raises(StoreError, match="different settings.*normalized"):
+    with pytest.raises(StoreError, match=r"different settings.*normalized"):
         extract_embeddings(backbone, ds, tmp_path / "s", num_workers=0, normalize=False, progress=False)
-    s = extract_embeddings(backbone, ds, tmp_path / "s", num_workers=0, normalize=False, overwrite=True, progress=False)
+    s = extract_embeddings(
+        backbone, ds, tmp_path / "s", num_workers=0, normalize=False, overwrite=True, progress=False
+    )
     assert not s.normalized
 
 
@@ -106,7 +110,7 @@ def test_corrupt_images_skipped_with_warning_or_fail(tiny_folder: Path, tmp_path
         store = extract_embeddings(backbone, ds, tmp_path / "skip", num_workers=0, progress=False)
     assert len(store) == 12 and store.info["skipped"][0]["path"].endswith("red_broken.png")
     failing = read_folder(tiny_folder, on_corrupt="fail")
-    with pytest.raises(CorruptImageError, match="red_broken.png"):
+    with pytest.raises(CorruptImageError, match=r"red_broken\.png"):
         extract_embeddings(backbone, failing, tmp_path / "fail", num_workers=0, progress=False)
 
 
@@ -115,7 +119,7 @@ def test_store_load_errors(tmp_path: Path) -> None:
         EmbeddingStore.load(tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "info.json").write_text("{}")
-    with pytest.raises(StoreError, match="vectors.npy is missing"):
+    with pytest.raises(StoreError, match=r"vectors\.npy is missing"):
         EmbeddingStore.load(tmp_path / "half")
     store = EmbeddingStore(np.zeros((2, 3)), ["a", "b"], [("x",), ()], classes=["x"])
     store.save(tmp_path / "ok")

@@ -8,8 +8,13 @@ import torch
 from PIL import Image
 
 from frugalvision.errors import WeightsError
-from frugalvision.models import BackboneSpec, backbone_from_spec, create_backbone, list_offline_backbones
-from frugalvision.models import _weights
+from frugalvision.models import (
+    BackboneSpec,
+    _weights,
+    backbone_from_spec,
+    create_backbone,
+    list_offline_backbones,
+)
 
 # ImageNet-1k class indices (timm.data.ImageNetInfo): 281 tabby, 282 tiger cat, 285 Egyptian cat,
 # 967 espresso, 968 cup, 504 coffee mug.

@@ -30,7 +30,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 def hub_offline() -> bool:
     """True when the user asked the Hugging Face client to stay offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    return any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def host_reachable(url: str, timeout: float = 3.0) -> bool:
@@ -77,13 +79,15 @@ def check_hub_weights_available(name: str, timeout: float = 3.0) -> None:
         repo_id = cfg.hf_hub_id.split("@")[0]
         if _in_hf_cache(repo_id, cfg.hf_hub_filename):
             return
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        endpoint: str = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         where = f"the Hugging Face hub ({repo_id})"
     else:
-        if _in_torch_hub_cache(cfg.url):
+        raw_url = cfg.url
+        url = raw_url if isinstance(raw_url, str) else raw_url[0] if raw_url else ""  # timm allows (url, file)
+        if _in_torch_hub_cache(url):
             return
-        endpoint = cfg.url
-        where = cfg.url
+        endpoint = url
+        where = url
 
     if hub_offline():
         raise WeightsError(
@@ -102,7 +106,9 @@ def _in_hf_cache(repo_id: str, filename: str | None) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm
         return False
-    names = [filename] if filename else ["model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"]
+    names = (
+        [filename] if filename else ["model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"]
+    )
     for fname in names:
         found = try_to_load_from_cache(repo_id, fname)
         if isinstance(found, str) and os.path.exists(found):
@@ -125,7 +131,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}")
     if p.suffix not in WEIGHT_SUFFIXES:
-        raise WeightsError(f"weights file {p} has suffix {p.suffix!r}; expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        raise WeightsError(
+            f"weights file {p} has suffix {p.suffix!r}; expected one of {', '.join(WEIGHT_SUFFIXES)}"
+        )
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -147,7 +155,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, classifier_prefixes: tuple[str, ...]) -> None:
+def load_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str, classifier_prefixes: tuple[str, ...]
+) -> None:
     """Copy ``state`` into ``model``; every parameter must be covered except the classifier's.
 
     A checkpoint's classifier is dropped when the model has none or a different number of classes.

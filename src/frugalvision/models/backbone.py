@@ -83,7 +83,7 @@ class Backbone(nn.Module):
         self.model = model
         self.spec = spec
         self.data_config = dict(data_config)
-        self.num_features: int = int(getattr(model, "num_features"))
+        self.num_features: int = int(model.num_features)  # type: ignore[arg-type]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features: ``(B, C, h, w)`` for CNNs, ``(B, tokens, C)`` for ViTs."""
@@ -163,7 +163,8 @@ def create_backbone(
             raise WeightsError(f"could not load pretrained weights for {name!r}: {e}") from e
         raise
 
-    classifier = model.pretrained_cfg.get("classifier", "classifier")
+    pretrained_cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
+    classifier = pretrained_cfg.get("classifier", "classifier")
     prefixes = tuple(f"{c}." for c in (classifier if isinstance(classifier, (list, tuple)) else [classifier]))
     if weights_path is not None:
         load_into(model, read_state_dict(weights_path), weights_path, prefixes)
@@ -173,7 +174,10 @@ def create_backbone(
     model.eval()
     data_config = resolve_data_config({}, model=model)
     spec = BackboneSpec(
-        name=name, pretrained=bool(pretrained and weights_path is None), weights=weights_path, num_classes=num_classes
+        name=name,
+        pretrained=bool(pretrained and weights_path is None),
+        weights=weights_path,
+        num_classes=num_classes,
     )
     return Backbone(model, spec, data_config)
 
