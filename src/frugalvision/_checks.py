@@ -7,12 +7,16 @@ helps, how to fix it. Never use ``assert`` for user input.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: the index and the runtime use these helpers without torch
+    import torch
 
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
     """Return ``x`` if it is a tensor, else raise a ``TypeError`` naming the argument."""
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     return x
@@ -33,7 +37,14 @@ def check_same_length(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise if ``x`` holds NaN or infinite values."""
+    """Raise if ``x`` holds NaN or infinite values.
+
+    Skipped while ``torch.export`` traces a model (a data-dependent check cannot be exported).
+    """
+    import torch
+
+    if torch.compiler.is_exporting():
+        return
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); check the model's outputs")
@@ -59,6 +70,8 @@ def check_class_labels(
 
     With ``num_classes=None`` only negative values are rejected.
     """
+    import torch
+
     labels = check_tensor(labels, name)
     check_ndim(labels, 1, name, "(B,)")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -95,5 +108,9 @@ def check_finite_fast(x: torch.Tensor, name: str) -> None:
     Only when the sum is not finite (a bad value, or finite values overflowing it) does it run the exact check,
     which raises with the count of bad values or passes.
     """
+    import torch
+
+    if torch.compiler.is_exporting():
+        return
     if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x.sum())):
         check_finite(x, name)

@@ -21,14 +21,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
-import torch
 
 from frugalvision._checks import check_choice
 from frugalvision.errors import StoreError
+
+if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported here (the runtime has none)
+    import torch
 
 FORMAT = "frugalvision-embedding-index"
 FORMAT_VERSION = 1
@@ -44,9 +46,17 @@ _FAISS_METRIC = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _NO_DIRECT_MAP: int = faiss.DirectMap.NoMap  # type: ignore[attr-defined]  # missing from faiss's stubs
 
 
+def _is_torch_tensor(x: object) -> bool:
+    """True for a ``torch.Tensor``, without importing torch (it is loaded already if ``x`` is one)."""
+    import sys
+
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(x, torch_module.Tensor)
+
+
 def _as_vectors(x: object, name: str, dim: int | None = None) -> np.ndarray:
     """``x`` (tensor or array, ``(N, D)``) as a C-contiguous float32 array, checked."""
-    if isinstance(x, torch.Tensor):
+    if _is_torch_tensor(x):
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
@@ -87,7 +97,7 @@ def _check_k(k: object) -> int:
 
 
 def _as_ids(ids: object, name: str, count: int) -> np.ndarray:
-    arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    arr = ids.detach().cpu().numpy() if _is_torch_tensor(ids) else np.asarray(ids)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise ValueError(
             f"{name} must be a 1-D sequence of integer ids, got shape {arr.shape} dtype {arr.dtype}"
