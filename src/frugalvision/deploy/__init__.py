@@ -1,0 +1,53 @@
+"""Export to ONNX, int8 quantisation and parity checks: from a trained model to a deploy bundle for the runtime.
+
+- :func:`export_onnx` (any module + its timm ``data_config``), :func:`export_bundle` (a trained model bundle) and
+  :func:`export_backbone` (a plain timm backbone, no training) write ``model.onnx`` + ``deploy.json``, checked
+  with ``onnx.checker`` and against PyTorch (per-row cosine >= 0.9999).
+- :func:`quantize_int8` adds ``model.int8.onnx`` (ONNX Runtime static quantisation, QDQ, per-channel), calibrated
+  on the user's images through the runtime's own preprocessing.
+- :func:`compare_precisions` reports accuracy (Recall@1 / MAP@R, accuracy or mAP) next to speed per precision.
+
+Needs torch (``frugalvision[full]``); the exported bundle runs with :class:`frugalvision.runtime.Predictor` alone.
+"""
+
+from frugalvision.deploy.evaluate import compare_precisions, mean_average_precision, throughput
+from frugalvision.deploy.export import (
+    EXPORTERS,
+    ExportError,
+    ExportResult,
+    export_backbone,
+    export_bundle,
+    export_onnx,
+    is_model_bundle,
+    output_agreement,
+    set_onnx_metadata,
+)
+from frugalvision.deploy.quantize import (
+    CALIBRATION_METHODS,
+    ImageCalibrationReader,
+    QuantizeResult,
+    add_bf16_fastmath,
+    list_images,
+    quantize_int8,
+)
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "EXPORTERS",
+    "ExportError",
+    "ExportResult",
+    "ImageCalibrationReader",
+    "QuantizeResult",
+    "add_bf16_fastmath",
+    "compare_precisions",
+    "export_backbone",
+    "export_bundle",
+    "export_onnx",
+    "is_model_bundle",
+    "list_images",
+    "mean_average_precision",
+    "output_agreement",
+    "quantize_int8",
+    "set_onnx_metadata",
+    "throughput",
+]

@@ -1,0 +1,178 @@
+"""Torch-free image decoding for the runtime and the service: bytes, files or arrays to upright 8-bit RGB.
+
+The rules are those of :func:`frugalvision.data.load_image` (EXIF orientation applied, high bit depths scaled to
+8 bits, transparency composited on white, first frame of animations), so an image looks the same to a deployed
+model as it did in training. ``frugalvision.data`` cannot be imported here: its package imports torch. A test
+checks that both decoders agree on every image mode.
+
+Untrusted input (the HTTP service) is checked before any pixel is decoded: the container format against an
+allow-list and the pixel count against a limit read from the header, so a decompression bomb is refused
+without allocating it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from frugalvision.errors import CorruptImageError, ImageFileMissingError
+
+__all__ = [
+    "DEFAULT_FORMATS",
+    "ImageInput",
+    "ImageTooLargeError",
+    "UnsupportedImageError",
+    "decode_image",
+    "to_rgb",
+]
+
+#: Pillow format names accepted by default (``Image.format`` after opening).
+DEFAULT_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+
+#: What :func:`decode_image` accepts: a file path, encoded bytes, a PIL image or an ``(H, W, 3)`` uint8 RGB array.
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+
+class UnsupportedImageError(CorruptImageError):
+    """The data are not an image, or an image in a format that is not accepted (HTTP 415)."""
+
+
+class ImageTooLargeError(CorruptImageError):
+    """The image has more pixels than allowed (a possible decompression bomb; HTTP 413)."""
+
+
+# What Pillow's decoders raise on damaged or hostile data (see frugalvision.data._image for the reasoning).
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    struct.error,
+)
+
+
+def _gray_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer / float grayscale scaled to ``L`` (Pillow's own conversion clips at 255)."""
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        values = values * (255.0 / 65535.0)
+    elif img.mode == "I":
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if low < 0 or high > 65535:
+            values = (values - low) * (255.0 / max(high - low, 1.0))
+        elif high > 255:
+            values = values * (255.0 / 65535.0)
+    else:  # "F": [0, 1] data are scaled, anything else clipped
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            values = values * 255.0
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to ``RGB``: high bit depths scaled, transparency composited on white, others converted."""
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _gray_to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot be decoded: {str(exc).strip() or type(exc).__name__}"
+
+
+def decode_image(
+    source: ImageInput,
+    *,
+    max_pixels: int | None = None,
+    formats: Collection[str] | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode ``source`` to an upright 8-bit ``RGB`` image, as :func:`frugalvision.data.load_image` does.
+
+    Args:
+        source: a file path, encoded bytes (JPEG, PNG...), a PIL image, or an ``(H, W, 3)`` uint8 RGB array.
+        max_pixels: refuse images with more than this many pixels (width x height read from the header,
+            before decoding). ``None``: Pillow's own guard only (``Image.MAX_IMAGE_PIXELS``).
+        formats: Pillow format names accepted (e.g. :data:`DEFAULT_FORMATS`); ``None`` accepts any format
+            Pillow reads. Checked on the content, never on a file name or a declared content type.
+        name: how to name the image in error messages (default: the path, or "image").
+
+    Returns:
+        An ``RGB`` image after the EXIF rotation.
+
+    Raises:
+        ImageFileMissingError: a path that does not exist.
+        UnsupportedImageError: not an image, or a format outside ``formats``.
+        ImageTooLargeError: more than ``max_pixels`` pixels, or refused by Pillow as a decompression bomb.
+        CorruptImageError: a recognised image that cannot be decoded (truncated, damaged).
+        TypeError / ValueError: ``source`` of another type, or an array that is not ``(H, W, 3)`` uint8.
+    """
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+    ):
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise ValueError(
+                f"an image array must be (H, W, 3) uint8 RGB, got shape {source.shape} dtype {source.dtype}"
+            )
+        _check_pixels(source.shape[1], source.shape[0], max_pixels, name or "image")
+        return Image.fromarray(source, mode="RGB")
+    if isinstance(source, Image.Image):
+        _check_pixels(source.width, source.height, max_pixels, name or "image")
+        upright = ImageOps.exif_transpose(source)
+        return to_rgb(upright if upright is not None else source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "image"
+        stream: io.BytesIO | Path = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        stream = Path(source)
+        label = name or str(stream)
+        if not stream.is_file():
+            raise ImageFileMissingError(f"image file not found: {stream}")
+    else:
+        raise TypeError(
+            f"an image must be a path, bytes, a PIL image or a uint8 array, got {type(source).__name__}"
+        )
+    try:
+        with Image.open(stream) as img:
+            if formats is not None and img.format not in formats:
+                raise UnsupportedImageError(
+                    f"{label}: image format {img.format} is not accepted; accepted: {', '.join(sorted(formats))}"
+                )
+            _check_pixels(img.width, img.height, max_pixels, label)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return to_rgb(upright if upright is not None else img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{label}: refused as a possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImageError(f"{label}: not a recognised image format") from exc
+    except CorruptImageError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise CorruptImageError(f"corrupt image {label}: {_why(exc)}") from exc
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None, label: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
+        )
