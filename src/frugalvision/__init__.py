@@ -6,8 +6,21 @@ The package is laid out along the flow of data::
 
 Each subpackage re-exports its public names, e.g. ``frugalvision.data.read_folder`` or
 ``frugalvision.models.create_backbone``. See ``docs/architecture.md``.
+
+``frugalvision.load(path)`` restores a trained model bundle (imported lazily, so ``import frugalvision`` stays
+free of torch).
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load":
+        from frugalvision.bundle import load
+
+        return load
+    raise AttributeError(f"module 'frugalvision' has no attribute {name!r}")

@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,9 +25,29 @@ from tqdm.auto import tqdm
 from frugalvision.data import ImageDataset, collate_images
 from frugalvision.embeddings.store import EmbeddingStore
 from frugalvision.errors import DataWarning, StoreError
-from frugalvision.models import Backbone
 
-__all__ = ["default_num_workers", "embed_images", "extract_embeddings", "resolve_device"]
+__all__ = ["Embedder", "default_num_workers", "embed_images", "extract_embeddings", "resolve_device"]
+
+
+class Embedder(Protocol):
+    """What extraction needs: a :class:`~frugalvision.models.Backbone`, an
+    :class:`~frugalvision.models.EmbeddingModel` (e.g. from ``frugalvision.load(bundle)``) or any module with the
+    same face. ``spec.to_dict()`` is recorded as the store's ``info["backbone"]``;
+    :func:`~frugalvision.models.embedder_from_spec` rebuilds the embedder from it."""
+
+    @property
+    def spec(self) -> Any: ...
+
+    @property
+    def data_config(self) -> dict[str, Any]: ...
+
+    def transform(self, training: bool = False) -> Callable[[Any], torch.Tensor]: ...
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Any: ...
+
+    def eval(self) -> Any: ...
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
@@ -47,7 +68,7 @@ def default_num_workers() -> int:
 
 @torch.inference_mode()
 def embed_images(
-    backbone: Backbone, images: torch.Tensor, *, normalize: bool = True, device: str | torch.device = "cpu"
+    backbone: Embedder, images: torch.Tensor, *, normalize: bool = True, device: str | torch.device = "cpu"
 ) -> np.ndarray:
     """Embed a preprocessed batch ``(B, 3, H, W)``; returns float32 ``(B, D)`` (L2-normalised if asked)."""
     out = backbone(images.to(device)).float()
@@ -56,7 +77,7 @@ def embed_images(
     return out.cpu().numpy()
 
 
-def _settings(backbone: Backbone, normalize: bool) -> dict[str, Any]:
+def _settings(backbone: Embedder, normalize: bool) -> dict[str, Any]:
     return {
         "backbone": backbone.spec.to_dict(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
@@ -89,7 +110,14 @@ def _read_shards(parts: Path, wanted: dict[str, Any]) -> dict[str, tuple[np.ndar
     return done
 
 
-def _write_shard(parts: Path, number: int, vectors: list[np.ndarray], paths: list[str], labels: list[list[str]], settings: dict[str, Any]) -> None:
+def _write_shard(
+    parts: Path,
+    number: int,
+    vectors: list[np.ndarray],
+    paths: list[str],
+    labels: list[list[str]],
+    settings: dict[str, Any],
+) -> None:
     parts.mkdir(parents=True, exist_ok=True)
     final = parts / f"part-{number:05d}.npz"
     tmp = parts / f".part-{number:05d}.tmp.npz"
@@ -99,7 +127,7 @@ def _write_shard(parts: Path, number: int, vectors: list[np.ndarray], paths: lis
 
 
 def extract_embeddings(
-    backbone: Backbone,
+    backbone: Embedder,
     dataset: ImageDataset,
     out: str | os.PathLike[str],
     *,
@@ -119,7 +147,8 @@ def extract_embeddings(
     :class:`~frugalvision.errors.DataWarning` and listed in ``store.info["skipped"]``.
 
     Args:
-        backbone: from :func:`~frugalvision.models.create_backbone`.
+        backbone: from :func:`~frugalvision.models.create_backbone`, or a trained model from
+            ``frugalvision.load(bundle)`` (any :class:`Embedder`).
         dataset: from a reader in :mod:`frugalvision.data`.
         out: store folder (created if needed).
         batch_size: images per forward pass.
@@ -170,7 +199,8 @@ def extract_embeddings(
             collate_fn=collate_images,
             persistent_workers=False,
         )
-        backbone = backbone.to(dev).eval()
+        backbone = backbone.to(dev)
+        backbone.eval()
         shard_vecs: list[np.ndarray] = []
         shard_paths: list[str] = []
         shard_labels: list[list[str]] = []
@@ -198,7 +228,9 @@ def extract_embeddings(
     if skipped:
         listed = "\n  ".join(m if p in m else f"{p}: {m}" for p, m in skipped[:20])
         more = f"\n  ... and {len(skipped) - 20} more (see info.json)" if len(skipped) > 20 else ""
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s):\n  {listed}{more}", DataWarning, stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image(s):\n  {listed}{more}", DataWarning, stacklevel=2
+        )
 
     rows = [p for p in paths if p in done]
     if not rows:
@@ -209,7 +241,11 @@ def extract_embeddings(
         paths=rows,
         labels=[done[p][1] for p in rows],
         classes=list(dataset.classes),
-        info={**settings, "skipped": [{"path": p, "error": m} for p, m in skipped], "source": str(getattr(dataset, "source", ""))},
+        info={
+            **settings,
+            "skipped": [{"path": p, "error": m} for p, m in skipped],
+            "source": str(getattr(dataset, "source", "")),
+        },
     )
     store.save(out)
     shutil.rmtree(out / "parts", ignore_errors=True)

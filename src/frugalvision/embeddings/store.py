@@ -106,7 +106,13 @@ class EmbeddingStore:
             with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                 for p, lab in zip(self.paths, self.labels, strict=True):
                     f.write(json.dumps({"path": p, "labels": list(lab)}, ensure_ascii=False) + "\n")
-            info = {**self.info, "format": STORE_FORMAT, "count": len(self), "dim": self.dim, "classes": self.classes}
+            info = {
+                **self.info,
+                "format": STORE_FORMAT,
+                "count": len(self),
+                "dim": self.dim,
+                "classes": self.classes,
+            }
             (tmp / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
             atomic_replace_dir(tmp, target)
         except BaseException:
@@ -123,7 +129,9 @@ class EmbeddingStore:
         """Read a store written by :meth:`save`; raises :class:`StoreError` naming what is wrong."""
         d = Path(directory)
         if not d.is_dir():
-            raise StoreError(f"no embedding store at {d} (folder missing); create one with `frugalvision embed`")
+            raise StoreError(
+                f"no embedding store at {d} (folder missing); create one with `frugalvision embed`"
+            )
         for name in ("info.json", "vectors.npy", "items.jsonl"):
             if not (d / name).is_file():
                 raise StoreError(f"{d} is not a complete embedding store: {name} is missing")
@@ -132,7 +140,9 @@ class EmbeddingStore:
         except json.JSONDecodeError as e:
             raise StoreError(f"{d / 'info.json'} is not valid JSON: {e}") from e
         if info.get("format") != STORE_FORMAT:
-            raise StoreError(f"{d} has store format {info.get('format')!r}; this version reads {STORE_FORMAT}")
+            raise StoreError(
+                f"{d} has store format {info.get('format')!r}; this version reads {STORE_FORMAT}"
+            )
         vectors = np.load(d / "vectors.npy", allow_pickle=False)
         paths: list[str] = []
         labels: list[tuple[str, ...]] = []

@@ -83,7 +83,9 @@ def check_hub_weights_available(name: str, timeout: float = 3.0) -> None:
         where = f"the Hugging Face hub ({repo_id})"
     else:
         raw_url = cfg.url
-        url = raw_url if isinstance(raw_url, str) else raw_url[0] if raw_url else ""  # timm allows (url, file)
+        url = (
+            raw_url if isinstance(raw_url, str) else raw_url[0] if raw_url else ""
+        )  # timm allows (url, file)
         if _in_torch_hub_cache(url):
             return
         endpoint = url

@@ -1,0 +1,285 @@
+"""Model bundles: one folder holding a trained model, how to rebuild it, and how well it did.
+
+Layout::
+
+    config.json        format and versions, task, architecture (backbone name, pooling, head), preprocessing
+                       (timm data_config), class names, loss, training settings, metrics and per-epoch history
+    model.safetensors  the full EmbeddingModel state dict (backbone included: no download needed to load)
+    report.md          human-readable summary: metrics table, settings, data
+    curves.png         training loss and validation metrics per epoch
+
+``save_bundle`` writes into a temporary sibling folder and renames it into place, so a reader never sees half a
+bundle. ``frugalvision.load(path)`` rebuilds the model offline (backbone built with ``pretrained=False``, then the
+weights from ``model.safetensors``)::
+
+    import frugalvision
+    model = frugalvision.load("runs/x/model")
+    emb = model(model.transform()(pil_image).unsqueeze(0))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frugalvision import __version__
+from frugalvision.embeddings.store import atomic_replace_dir
+from frugalvision.errors import StoreError
+from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "is_bundle", "load", "read_bundle_config", "save_bundle"]
+
+BUNDLE_FORMAT = "frugalvision-bundle"
+BUNDLE_VERSION = 1
+_WEIGHTS = "model.safetensors"
+
+
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a folder holding a bundle's ``config.json``."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return False
+
+
+def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The bundle's ``config.json``; raises :class:`~frugalvision.errors.StoreError` naming what is wrong."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise StoreError(f"no model bundle at {folder} (folder missing); train one with `frugalvision train`")
+    for name in ("config.json", _WEIGHTS):
+        if not (folder / name).is_file():
+            raise StoreError(f"{folder} is not a complete model bundle: {name} is missing")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
+    if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
+        raise StoreError(f"{folder / 'config.json'} is not a frugalvision bundle config (format field)")
+    if config.get("format_version") != BUNDLE_VERSION:
+        raise StoreError(
+            f"{folder} has bundle format version {config.get('format_version')!r}; this frugalvision "
+            f"({__version__}) reads version {BUNDLE_VERSION}"
+        )
+    if "model" not in config:
+        raise StoreError(f"{folder / 'config.json'} has no 'model' field")
+    return config
+
+
+def save_bundle(
+    model: EmbeddingModel,
+    path: str | os.PathLike[str],
+    *,
+    task: str = "embedding",
+    classes: Sequence[str] = (),
+    loss: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
+    data: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and its record to the bundle folder ``path`` (atomically; an old bundle is replaced).
+
+    Args:
+        model: the trained :class:`~frugalvision.models.EmbeddingModel`.
+        path: bundle folder.
+        task: what the model does (``"embedding"``).
+        classes: training class names.
+        loss: ``{"name": ..., "kwargs": {...}}``.
+        training: resolved training settings (JSON-able).
+        metrics: final metrics, e.g. ``{"val/map@r": 0.41, "best_epoch": 3, "baseline": {...}}``.
+        history: one dict per epoch (``epoch``, ``train/loss``, ``val/<metric>``), drawn in ``curves.png``.
+        data: data summary (images, classes, split).
+
+    Returns:
+        The bundle folder. ``model.bundle_path``, ``model.bundle_id`` and ``model.config`` are set.
+    """
+    from safetensors.torch import save_model
+
+    if not isinstance(model, EmbeddingModel):
+        raise TypeError(f"save_bundle saves an EmbeddingModel, got {type(model).__name__}")
+    target = Path(path).expanduser().resolve()
+    config: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "frugalvision_version": __version__,
+        "id": uuid.uuid4().hex,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "task": task,
+        "model": model.describe(),
+        "data_config": model.describe()["data_config"],
+        "classes": list(classes),
+        "loss": _jsonable(dict(loss or {})),
+        "training": _jsonable(dict(training or {})),
+        "metrics": _jsonable(dict(metrics or {})),
+        "history": _jsonable([dict(h) for h in history]),
+        "data": _jsonable(dict(data or {})),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        was_training = model.training
+        model.eval()
+        save_model(model, str(tmp / _WEIGHTS))
+        model.train(was_training)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
+        plot_curves(config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline"))
+        atomic_replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    model.bundle_path, model.bundle_id, model.config = str(target), config["id"], config
+    return target
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EmbeddingModel:
+    """Rebuild the :class:`~frugalvision.models.EmbeddingModel` saved in bundle ``path``, in eval mode.
+
+    No network is needed: the backbone is built with ``pretrained=False`` and every weight comes from
+    ``model.safetensors``. The model's ``config`` holds ``config.json``; ``transform()`` and ``data_config`` give
+    its preprocessing.
+
+    Raises:
+        StoreError: missing files, another format version, or weights that do not fit the recorded architecture.
+    """
+    from safetensors.torch import load_model
+
+    folder = Path(path).expanduser().resolve()
+    config = read_bundle_config(folder)
+    model = embedding_model_from_description({**config["model"], "data_config": config["data_config"]})
+    try:
+        load_model(model, str(folder / _WEIGHTS), strict=True, device="cpu")
+    except (RuntimeError, OSError) as e:
+        raise StoreError(f"{folder / _WEIGHTS} does not fit the architecture in config.json: {e}") from e
+    model.config, model.bundle_path, model.bundle_id = config, str(folder), config.get("id")
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def render_report(config: Mapping[str, Any]) -> str:
+    """``report.md``: the bundle's metrics, settings and data as Markdown."""
+    model, metrics = config.get("model", {}), config.get("metrics", {})
+    head, pool = model.get("head", {}), model.get("pooling", {})
+    lines = [
+        f"# frugalvision model bundle ({config.get('task', '?')})",
+        "",
+        f"Created {config.get('created', '?')} with frugalvision {config.get('frugalvision_version', '?')}. "
+        "Load it with `frugalvision.load(path)`; embed a folder with `frugalvision embed DATA --model PATH`.",
+        "",
+        "## Model",
+        "",
+        f"- backbone: `{model.get('backbone', {}).get('name', '?')}` ({model.get('num_features', '?')} features)",
+        f"- pooling: {pool.get('kind', '?')}" + (f" (p = {pool['gem_p']:.3f})" if "gem_p" in pool else ""),
+        f"- head: {head.get('kind', '?')} -> {head.get('embedding_size', '?')}, normalisation {head.get('normalization', '?')}",
+        f"- loss: `{config.get('loss', {}).get('name', '?')}` {json.dumps(config.get('loss', {}).get('kwargs', {}))}",
+        f"- input: {config.get('data_config', {}).get('input_size', '?')}",
+        "",
+    ]
+    final = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    if final:
+        baseline = metrics.get("baseline") or {}
+        lines += ["## Validation metrics", ""]
+        lines += [f"Best epoch: {metrics.get('best_epoch', '?')} (chosen by MAP@R).", ""]
+        lines += ["| metric | trained | pretrained backbone (no head) |", "|---|---|---|"]
+        for key, value in final.items():
+            lines.append(f"| {key[4:]} | {_fmt(value)} | {_fmt(baseline.get(key))} |")
+        lines.append("")
+    history = config.get("history") or []
+    if history:
+        keys = [k for k in history[-1] if k != "epoch"]
+        lines += ["## Per epoch", "", "| epoch | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for row in history:
+            lines.append(f"| {row.get('epoch')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+        lines += ["", "![curves](curves.png)", ""]
+    data = config.get("data") or {}
+    if data:
+        lines += ["## Data", ""] + [f"- {k}: {_fmt(v)}" for k, v in _flatten(data).items()] + [""]
+    training = config.get("training") or {}
+    if training:
+        lines += ["## Settings", "", "| key | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(training).items()] + [""]
+    return "\n".join(lines)
+
+
+def plot_curves(
+    history: Sequence[Mapping[str, Any]],
+    out: str | os.PathLike[str],
+    baseline: Mapping[str, Any] | None = None,
+) -> Path:
+    """``curves.png``: training loss (left) and validation metrics (right) per epoch; dashed lines: baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [h.get("epoch") for h in history]
+    losses = [h.get("train/loss") for h in history]
+    if any(v is not None for v in losses):
+        ax_loss.plot(epochs, [math.nan if v is None else v for v in losses], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    val_keys = sorted({k for h in history for k in h if k.startswith("val/")})
+    for i, key in enumerate(val_keys):
+        colour = f"C{i}"
+        ax_val.plot(epochs, [h.get(key, math.nan) for h in history], marker="o", color=colour, label=key[4:])
+        if baseline and baseline.get(key) is not None:
+            ax_val.axhline(float(baseline[key]), color=colour, linestyle="--", linewidth=0.8)
+    ax_val.set(title="validation (dashed: pretrained backbone)", xlabel="epoch", ylim=(0, 1.02))
+    if val_keys:
+        ax_val.legend(fontsize="small")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    path = Path(out)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,50 @@
+"""Training on Lightning: configuration, samplers, recipes, the embedding task and the ``fit`` entry point.
+
+    from frugalvision.train import fit, load_config
+    result = fit(load_config("train.yaml", ["model.freeze_backbone=true"]))
+    result.metrics["val/map@r"], result.bundle       # -> runs/.../model, load it with frugalvision.load
+
+See :mod:`frugalvision.train.engine` for what a run writes, resuming and multi-GPU training.
+"""
+
+from frugalvision.train.config import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    TrainerConfig,
+    load_config,
+    parse_override,
+)
+from frugalvision.train.engine import FitResult, build_model, fit
+from frugalvision.train.losses import build_loss, loss_terms
+from frugalvision.train.recipes import RECIPES, train_transform
+from frugalvision.train.samplers import MPerClassSampler, SeededItems, ShardSampler
+from frugalvision.train.tasks import EmbeddingTask
+
+__all__ = [
+    "RECIPES",
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "EmbeddingTask",
+    "FitResult",
+    "LossConfig",
+    "MPerClassSampler",
+    "ModelConfig",
+    "OptimConfig",
+    "SeededItems",
+    "ShardSampler",
+    "TrainConfig",
+    "TrainerConfig",
+    "build_loss",
+    "build_model",
+    "fit",
+    "load_config",
+    "loss_terms",
+    "parse_override",
+    "train_transform",
+]

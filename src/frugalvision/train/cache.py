@@ -1,0 +1,133 @@
+"""The frozen-backbone fast path: pooled backbone features computed once, cached on disk, reused by every run.
+
+The cache is an :class:`~frugalvision.embeddings.EmbeddingStore` written by
+:func:`~frugalvision.embeddings.extract_embeddings` (so it is resumable and atomic, and corrupt images are skipped
+with one warning). Its folder name is a hash of everything that changes the features: the backbone spec (name,
+pretrained, weights file), the pooling (kind, and GeM's ``p``, which is fixed on this path), the timm
+``model_kwargs``, the preprocessing ``data_config`` and the data set's location. Images are preprocessed with the
+evaluation transform (no augmentation), so features are computed exactly once per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from frugalvision.data import ImageDataset
+from frugalvision.embeddings import EmbeddingStore, extract_embeddings
+from frugalvision.errors import StoreError
+from frugalvision.models.embedding_model import EmbeddingModel, jsonable_data_config
+
+__all__ = ["PooledFeatures", "cached_features", "feature_cache_key"]
+
+
+@dataclass(frozen=True)
+class _FeatureSpec:
+    info: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.info))
+
+
+class PooledFeatures(nn.Module):
+    """The backbone and pooling of an :class:`~frugalvision.models.EmbeddingModel`, with a backbone's face
+    (``spec``, ``data_config``, ``transform()``) so that :func:`~frugalvision.embeddings.extract_embeddings` can
+    run it. ``forward(images) -> (B, F)`` pooled features."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        super().__init__()
+        self.model = model
+        self.data_config = dict(model.data_config)
+        self.spec = _FeatureSpec(
+            {
+                "features_of": model.backbone.spec.to_dict(),
+                "pooling": model.pooling.describe(),
+                "model_kwargs": dict(model.model_kwargs),
+            }
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.features(images)
+
+    def transform(self, training: bool = False) -> Callable[[Any], torch.Tensor]:
+        return self.model.transform(training=False)
+
+
+def feature_cache_key(model: EmbeddingModel, source: str) -> str:
+    """16 hex digits identifying the features of ``model``'s backbone + pooling on the data at ``source``."""
+    settings = {
+        **PooledFeatures(model).spec.to_dict(),
+        "data_config": jsonable_data_config(model.data_config),
+        "source": str(source),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _rank() -> int:
+    for var in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def cached_features(
+    model: EmbeddingModel,
+    dataset: ImageDataset,
+    cache_root: str | os.PathLike[str],
+    *,
+    source: str,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    wait_s: float = 3600.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of every image of ``dataset``, from the cache or computed and cached now.
+
+    Args:
+        model: its backbone and pooling are used (the head is not).
+        dataset: the images.
+        cache_root: folder of the cache; one sub-folder per :func:`feature_cache_key`.
+        source: where the data set came from (part of the key, so two data sets do not evict each other).
+        batch_size, num_workers, device, progress: as for :func:`~frugalvision.embeddings.extract_embeddings`.
+        wait_s: processes of rank > 0 (distributed training) wait this long for rank 0 to fill the cache.
+
+    Returns:
+        ``(features (N', F) float32, kept (N,) bool)``: ``kept[i]`` is False for images that could not be read
+        (they are left out of ``features``, which follows the data set's order).
+    """
+    folder = Path(cache_root) / feature_cache_key(model, source)
+    if _rank() == 0:
+        store = extract_embeddings(
+            PooledFeatures(model),
+            dataset,
+            folder,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            normalize=False,
+            device=device,
+            progress=progress,
+        )
+    else:  # rank 0 writes the cache; the others wait for it instead of racing on the same folder
+        deadline = time.monotonic() + wait_s
+        while not (EmbeddingStore.exists(folder) and not (folder / "parts").exists()):
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"rank {_rank()} waited {wait_s:.0f} s for rank 0 to write the feature cache {folder}"
+                )
+            time.sleep(1.0)
+        store = EmbeddingStore.load(folder)
+    rows = {p: i for i, p in enumerate(store.paths)}
+    index = np.array([rows.get(str(p), -1) for p in dataset.paths], dtype=np.int64)
+    kept = index >= 0
+    return store.vectors[index[kept]], kept

@@ -1,0 +1,247 @@
+"""Lightning modules: the thin loop around a plain ``nn.Module`` model and loss.
+
+:class:`EmbeddingTask` trains an :class:`~frugalvision.models.EmbeddingModel` with any metric-learning loss:
+the model returns embeddings, the loss scores them, the step returns ``{"loss": ..., "loss/<term>": ...}``.
+Validation embeds the held-out images, gathers them from every process and computes Recall@K, MAP@R and NMI on
+the whole validation set (:func:`frugalvision.metrics.retrieval_metrics`, cosine similarity -- also for
+Poincaré-ball embeddings, compared by direction as the faiss index and ``frugalvision search`` compare them; the
+hyperbolic distance also weighs their norms).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from frugalvision.errors import DataWarning
+from frugalvision.metrics import retrieval_metrics
+from frugalvision.models.embedding_model import EmbeddingModel
+from frugalvision.train.config import TrainConfig
+from frugalvision.train.losses import loss_terms
+from frugalvision.train.optim import build_optimizer
+
+__all__ = ["EmbeddingTask"]
+
+CHECKPOINT_KEY = "frugalvision"
+
+
+class EmbeddingTask(pl.LightningModule):
+    """Embedding model + loss as a ``LightningModule``.
+
+    Args:
+        model: backbone + pooling + head; its forward returns embeddings.
+        loss: any ``loss(embeddings, labels)`` module (its parameters, e.g. proxies, are trained too).
+        config: the run's resolved configuration (stored JSON-primitive in the checkpoint's hyper-parameters).
+        steps_per_epoch: optimiser steps per epoch (for the warm-up + cosine schedule).
+        cached_features: inputs are cached pooled features (frozen-backbone fast path): only the head runs.
+
+    Validation before training (Lightning's sanity check run over the whole validation set) measures the
+    *pretrained backbone alone* -- its pooled features, no head -- and keeps it as :attr:`baseline`.
+    :attr:`history` holds one dict per epoch (``epoch``, ``train/loss``, ``lr``, ``val/<metric>``); both travel in
+    checkpoints, so a resumed run reports the same curves.
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        loss: nn.Module,
+        config: TrainConfig,
+        *,
+        steps_per_epoch: int,
+        cached_features: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.config = config
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.cached_features = bool(cached_features)
+        self.save_hyperparameters(
+            {
+                "config": config.to_dict(),
+                "steps_per_epoch": self.steps_per_epoch,
+                "cached_features": cached_features,
+            }
+        )
+        self.history: list[dict[str, Any]] = []
+        self.baseline: dict[str, float] = {}
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._skipped: set[int] = set()
+
+    # ------------------------------------------------------------------------------------- model modes
+    def train(self, mode: bool = True) -> EmbeddingTask:
+        """Training mode, except what stays frozen: the whole backbone on the fast path / with
+        ``model.freeze_backbone``, and the backbone's BatchNorm layers with ``model.freeze_norm``."""
+        super().train(mode)
+        if mode:
+            m = self.config.model
+            if m.freeze_backbone or self.cached_features:
+                self.model.backbone.eval()
+            elif m.freeze_norm:
+                for module in self.model.backbone.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_features(images) if self.cached_features else self.model(images)
+
+    # ------------------------------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps the modes modules had when fit started (models are built in eval mode): set them here.
+        self.train()
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        self._note_skipped(batch)
+        images, labels = batch["image"], batch["label"]
+        if images is None or labels.numel() < 2:
+            return None
+        embeddings = self(images)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            terms = loss_terms(self.loss, embeddings.float(), labels)
+        if not torch.isfinite(terms["loss"]):
+            raise FloatingPointError(
+                f"the loss is {float(terms['loss'])} at epoch {self.current_epoch}, step {batch_idx}; lower "
+                "optim.lr, keep optim.grad_clip, or use 32-bit precision (trainer.precision=32-true)"
+            )
+        n = int(labels.numel())
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=n,
+            )
+        self._loss_sum += float(terms["loss"].detach())
+        self._loss_count += 1
+        return terms
+
+    def configure_optimizers(self) -> Any:
+        optimizer, scheduler = build_optimizer(
+            self.model,
+            self.loss,
+            self.config,
+            steps_per_epoch=self.steps_per_epoch,
+            frozen_backbone=self._frozen(),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _frozen(self) -> bool:
+        return self.cached_features or self.config.model.freeze_backbone
+
+    def _note_skipped(self, batch: dict[str, Any]) -> None:
+        new = [(i, msg) for i, msg in batch.get("skipped", []) if i not in self._skipped]
+        if new:
+            self._skipped.update(i for i, _ in new)
+            listed = "\n  ".join(msg for _, msg in new[:10])
+            warnings.warn(
+                f"skipped {len(new)} unreadable image(s) in training:\n  {listed}", DataWarning, stacklevel=2
+            )
+
+    # ---------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        if images is None:
+            return
+        if self.trainer.sanity_checking:  # the baseline: pooled pretrained features, no head
+            out = images if self.cached_features else self.model.features(images)
+        else:
+            out = self(images)
+        self._val.append((out.detach().float(), batch["label"], batch["index"]))
+
+    def on_validation_epoch_end(self) -> None:
+        emb, labels = self._gather_validation()
+        metrics = self._metrics(emb, labels)
+        sync = self.trainer.world_size > 1
+        if self.trainer.sanity_checking:
+            self.baseline = {f"val/{k}": v for k, v in metrics.items()}
+            return
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name in ("recall@1", "map@r"), sync_dist=sync)
+        loss = torch.tensor(self._loss_sum / max(1, self._loss_count), device=self.device)
+        if sync:
+            loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
+        row: dict[str, Any] = {"epoch": int(self.current_epoch), "train/loss": float(loss)}
+        if self.trainer.optimizers:
+            row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        row.update({f"val/{k}": v for k, v in metrics.items()})
+        self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
+
+    def _gather_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        width = self.model.num_features if self.trainer.sanity_checking else self.model.embedding_size
+        dim = self._val[0][0].shape[1] if self._val else width
+        emb = (
+            torch.cat([e for e, _, _ in self._val]) if self._val else torch.zeros(0, dim, device=self.device)
+        )
+        lab = torch.cat([y for _, y, _ in self._val]) if self._val else torch.zeros(0, dtype=torch.long)
+        idx = torch.cat([i for _, _, i in self._val]) if self._val else torch.zeros(0, dtype=torch.long)
+        self._val = []
+        if self.trainer.world_size > 1:
+            emb, lab, idx = _all_gather_rows(emb, lab.to(emb.device), idx.to(emb.device))
+        order = torch.argsort(idx.cpu())
+        return emb.cpu()[order], lab.cpu()[order]
+
+    def _metrics(self, emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        n = int(emb.shape[0])
+        ks = tuple(sorted({k for k in self.config.trainer.eval_k if k < n} | {1}))
+        if n < 2:
+            return {f"recall@{k}": math.nan for k in ks} | {"map@r": math.nan, "nmi": math.nan}
+        result = retrieval_metrics(
+            emb, labels, k=ks, metric="cosine", include=("recall", "map_at_r", "nmi"), seed=self.config.seed
+        )
+        return {k: (0.0 if math.isnan(v) else float(v)) for k, v in result.items()}
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "history": [dict(h) for h in self.history],
+            "baseline": dict(self.baseline),
+            "skipped": sorted(self._skipped),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY, {})
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.baseline = dict(state.get("baseline", {}))
+        self._skipped = set(state.get("skipped", []))
+
+
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    """``(world, *t.shape)``: ``t`` from every process (same shape everywhere); no gradient."""
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.stack(parts)
+
+
+def _all_gather_rows(
+    emb: torch.Tensor, labels: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather row sets of different sizes from every process (padded to the largest, then trimmed)."""
+    count = torch.tensor([emb.shape[0]], device=emb.device)
+    counts = _all_gather(count).reshape(-1).tolist()
+    width = max(counts)
+    pad = width - emb.shape[0]
+    if pad:
+        emb = torch.cat([emb, emb.new_zeros(pad, emb.shape[1])])
+        labels = torch.cat([labels, labels.new_full((pad,), -1)])
+        index = torch.cat([index, index.new_full((pad,), -1)])
+    all_emb, all_lab, all_idx = (_all_gather(t) for t in (emb, labels, index))
+    keep = torch.cat(
+        [torch.arange(r * width, r * width + c, device=emb.device) for r, c in enumerate(counts)]
+    )
+    return all_emb.reshape(-1, emb.shape[1])[keep], all_lab.reshape(-1)[keep], all_idx.reshape(-1)[keep]

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from frugalvision.errors import StoreError
+from frugalvision.models import (
+    Backbone,
+    create_embedding_model,
+    embedder_from_spec,
+    embedding_model_from_description,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_native_pooling_is_the_backbones_own_forward() -> None:
+    torch.manual_seed(0)
+    model = create_embedding_model("test_efficientnet", pretrained=False, embedding_size=16, input_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), model.backbone(x))
+        torch.testing.assert_close(model(x), model.embed_features(model.features(x)))
+    assert model(x).shape == (2, 16) and model.embedding_size == 16 and model.num_features == 256
+    assert model.data_config["input_size"] == (3, 32, 32)
+    assert model.transform()(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
+def test_vit_token_pooling_skips_the_class_token() -> None:
+    torch.manual_seed(0)
+    model = create_embedding_model(
+        "test_vit", pretrained=False, pooling="avg", head="identity", normalization="none"
+    )
+    assert model.pooling.num_prefix_tokens == 1
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(x)
+        torch.testing.assert_close(model(x), tokens[:, 1:].mean(dim=1))
+
+
+def test_description_rebuilds_the_same_model() -> None:
+    torch.manual_seed(0)
+    model = create_embedding_model(
+        "test_efficientnet",
+        pretrained=False,
+        pooling="gem",
+        head="mlp",
+        hidden_size=24,
+        embedding_size=8,
+        input_size=32,
+    ).eval()
+    twin = embedding_model_from_description(model.describe())
+    twin.load_state_dict(model.state_dict())
+    twin.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x), rtol=0, atol=0)
+    assert twin.data_config == model.data_config
+    assert model.spec.to_dict() == {"embedding_model": model.describe()}
+
+
+def test_embedder_from_spec() -> None:
+    rebuilt = embedder_from_spec({"name": "test_efficientnet", "pretrained": False})
+    assert isinstance(rebuilt, Backbone)
+    with pytest.raises(StoreError, match="never saved"):
+        embedder_from_spec({"embedding_model": {}})
+    with pytest.raises(StoreError, match="no model bundle"):
+        embedder_from_spec({"bundle": "/nonexistent/bundle", "id": "x"})
+
+
+def test_head_size_must_fit_the_backbone() -> None:
+    from frugalvision.models import EmbeddingHead, GlobalPool, create_backbone
+    from frugalvision.models.embedding_model import EmbeddingModel
+
+    backbone = create_backbone("test_efficientnet", pretrained=False)
+    with pytest.raises(ValueError, match="head expects 100 features"):
+        EmbeddingModel(backbone, GlobalPool("avg"), EmbeddingHead(100, 8))
+    with pytest.raises(ValueError, match="input_size"):
+        create_embedding_model("test_efficientnet", pretrained=False, input_size=4)
