@@ -19,7 +19,9 @@ def shared_data():
     def _get(name: str) -> Path:
         path = SHARED_DATA / name
         if not path.exists():
-            pytest.skip(f"real data {path} not available (it ships beside the project for CI, not in a clone)")
+            pytest.skip(
+                f"real data {path} not available (it ships beside the project for CI, not in a clone)"
+            )
         return path
 
     return _get

@@ -6,7 +6,7 @@ import json
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import numpy as np
@@ -192,8 +192,8 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
         store.vectors,
         paths=store.paths,
         labels=["|".join(lab) for lab in store.labels],
-        metric=chosen,
-        kind=kind,
+        metric=chosen,  # type: ignore[arg-type]  # click.Choice guarantees the literal
+        kind=kind,  # type: ignore[arg-type]
         nlist=nlist,
         info={k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
     )
@@ -256,7 +256,7 @@ def search(
     self_ids = np.array([position.get(str(p.resolve()), -1) for p in images], dtype=np.int64)
     found = idx.search(vectors, k=k, exclude_ids=self_ids if exclude_self else None)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for q, ids, scores in zip(images, found.ids, found.scores, strict=True):
         hits = [
             {
@@ -365,7 +365,7 @@ def evaluate(
             f"{store_dir} has {len(keep)} labelled embeddings; evaluation needs labels on at least 2"
         )
     include = ("recall", "precision_at_1", "r_precision", "map_at_r") + (() if no_nmi else ("nmi",))
-    metric = "cosine" if store.normalized else "l2"
+    metric: Literal["cosine", "l2"] = "cosine" if store.normalized else "l2"
     result = retrieval_metrics(
         store.vectors[keep], labels[keep], k=tuple(sorted(set(ks))), metric=metric, include=include
     )

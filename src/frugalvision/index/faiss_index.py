@@ -57,7 +57,7 @@ def _is_torch_tensor(x: object) -> bool:
 def _as_vectors(x: object, name: str, dim: int | None = None) -> np.ndarray:
     """``x`` (tensor or array, ``(N, D)``) as a C-contiguous float32 array, checked."""
     if _is_torch_tensor(x):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu().numpy()  # type: ignore[attr-defined]
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:
@@ -97,7 +97,7 @@ def _check_k(k: object) -> int:
 
 
 def _as_ids(ids: object, name: str, count: int) -> np.ndarray:
-    arr = ids.detach().cpu().numpy() if _is_torch_tensor(ids) else np.asarray(ids)
+    arr = ids.detach().cpu().numpy() if _is_torch_tensor(ids) else np.asarray(ids)  # type: ignore[attr-defined]
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise ValueError(
             f"{name} must be a 1-D sequence of integer ids, got shape {arr.shape} dtype {arr.dtype}"
