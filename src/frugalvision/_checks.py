@@ -98,7 +98,7 @@ def check_embedding_batch(
         raise TypeError(f"{name} must be a floating-point tensor, got {embeddings.dtype}")
     if dim is not None and embeddings.shape[1] != dim:
         raise ValueError(f"{name} must have {dim} features per row, got shape {tuple(embeddings.shape)}")
-    check_finite(embeddings, name)
+    check_finite_fast(embeddings, name)  # one sum first: the full scan cost ~10% of a small loss's step
     return embeddings
 
 

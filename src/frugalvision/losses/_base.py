@@ -7,25 +7,18 @@ import math
 import torch
 from torch import nn
 
-from frugalvision._checks import check_class_labels, check_finite_fast, check_ndim, check_tensor
+from frugalvision._checks import (
+    check_class_labels,
+    check_embedding_batch,
+    check_ndim,
+    check_tensor,
+)
 
 __all__ = ["ClassMatrixLoss", "check_class_matrix_inputs", "check_embeddings"]
 
 
-def check_embeddings(embeddings: object, name: str = "embeddings", dim: int | None = None) -> torch.Tensor:
-    """Raise unless ``embeddings`` is a finite floating ``(B, D)`` tensor (``D == dim`` when given).
-
-    The same contract as :func:`frugalvision._checks.check_embedding_batch`, with the one-pass finiteness test
-    (the full ``isfinite`` scan cost ~10% of a small loss's forward+backward).
-    """
-    embeddings = check_tensor(embeddings, name)
-    check_ndim(embeddings, 2, name, "(B, D)")
-    if not embeddings.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {embeddings.dtype}")
-    if dim is not None and embeddings.shape[1] != dim:
-        raise ValueError(f"{name} must have {dim} features per row, got shape {tuple(embeddings.shape)}")
-    check_finite_fast(embeddings, name)
-    return embeddings
+#: Losses validate their ``(B, D)`` input with the shared helper (one-pass finiteness test).
+check_embeddings = check_embedding_batch
 
 
 def check_class_matrix_inputs(
