@@ -144,3 +144,32 @@ def test_bad_arguments(tmp_path: Path, images: Path) -> None:
         read_manifest(csv, classes=["cat", "cat"])
     with pytest.raises(TypeError, match="sequence"):
         read_manifest(csv, classes="cat")  # type: ignore[arg-type]
+
+
+def test_unknown_labels_of_partial_annotation(tmp_path: Path, images: Path) -> None:
+    csv = write(
+        tmp_path / "p.csv", "path,labels,unknown\nimg/a.png,cat,dog|emu\nimg/b.png,dog,\nimg/c.png,,cat\n"
+    )
+    ds = read_manifest(csv)
+    assert ds.classes == ["cat", "dog", "emu"] and ds.multilabel and ds.has_unknown
+    assert [s.unknown for s in ds.samples] == [(1, 2), (), (0,)]
+    np.testing.assert_array_equal(ds.target_matrix(), [[1, -1, -1], [0, 1, 0], [-1, 0, 0]])
+    np.testing.assert_array_equal(ds.label_matrix(), [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    jsonl = write(
+        tmp_path / "p.jsonl",
+        '{"path": "img/a.png", "labels": ["cat"], "unknown": ["dog"]}\n{"path": "img/b.png", "labels": []}\n',
+    )
+    np.testing.assert_array_equal(read_manifest(jsonl).target_matrix(), [[1, -1], [0, 0]])
+    assert ds.subset([2]).samples[0].unknown == (0,)
+
+
+def test_unknown_label_errors_name_the_line(tmp_path: Path, images: Path) -> None:
+    both = write(tmp_path / "b.csv", "path,labels,unknown\nimg/a.png,cat,dog\nimg/b.png,cat,cat\n")
+    with pytest.raises(DataError, match=r"b\.csv:3: label 'cat' is listed both as a label and as unknown"):
+        read_manifest(both)
+    bad = write(tmp_path / "u.jsonl", '{"path": "img/a.png", "labels": ["cat"], "unknown": "dog"}\n')
+    with pytest.raises(DataError, match=r"u\.jsonl:1: field 'unknown' must be a list"):
+        read_manifest(bad)
+    unknown_name = write(tmp_path / "n.csv", "path,labels,unknown\nimg/a.png,cat,yak\n")
+    with pytest.raises(DataError, match=r"unknown label 'yak' at .*n\.csv:2 \(field 'unknown'\)"):
+        read_manifest(unknown_name, classes=["cat", "dog"])

@@ -38,12 +38,15 @@ class Sample:
         boxes: ``(N, 4)`` float32 boxes ``(x0, y0, x1, y1)`` in pixels of the upright image, or ``None``
             when the data set has no boxes. Read-only.
         box_labels: ``(N,)`` int64 class index of each box, or ``None`` exactly when ``boxes`` is ``None``.
+        unknown: classes whose presence was not annotated for this image (partial annotation, multi-label
+            data): neither positive nor negative. Every class in neither ``labels`` nor ``unknown`` is absent.
     """
 
     path: Path
     labels: tuple[int, ...] = ()
     boxes: np.ndarray | None = field(default=None, repr=False)
     box_labels: np.ndarray | None = field(default=None, repr=False)
+    unknown: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -52,6 +55,14 @@ class Sample:
             if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
                 raise TypeError(f"Sample labels must be integer class indices, got {self.labels!r}")
         object.__setattr__(self, "labels", tuple(int(label) for label in labels))
+        unknown = tuple(self.unknown)
+        for label in unknown:
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+                raise TypeError(f"Sample unknown must hold integer class indices, got {self.unknown!r}")
+        overlap = sorted(set(unknown) & set(self.labels))
+        if overlap:
+            raise ValueError(f"Sample {self.path}: class {overlap[0]} is both a label and unknown")
+        object.__setattr__(self, "unknown", tuple(int(label) for label in unknown))
         if (self.boxes is None) != (self.box_labels is None):
             raise ValueError("Sample boxes and box_labels must both be given or both be None")
         if self.boxes is not None and self.box_labels is not None:
@@ -74,7 +85,7 @@ class Sample:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sample):
             return NotImplemented
-        if self.path != other.path or self.labels != other.labels:
+        if self.path != other.path or self.labels != other.labels or self.unknown != other.unknown:
             return False
         if self.boxes is None or other.boxes is None:
             return self.boxes is None and other.boxes is None
@@ -168,7 +179,7 @@ class ImageDataset(Dataset):
         for i, s in enumerate(self._samples):
             if not isinstance(s, Sample):
                 raise TypeError(f"samples[{i}] must be a Sample, got {type(s).__name__}")
-            bad = [c for c in s.labels if not 0 <= c < n_classes]
+            bad = [c for c in (*s.labels, *s.unknown) if not 0 <= c < n_classes]
             if s.box_labels is not None:
                 bad += [int(c) for c in s.box_labels if not 0 <= c < n_classes]
             if bad:
@@ -241,6 +252,22 @@ class ImageDataset(Dataset):
         for i, s in enumerate(self._samples):
             out[i, list(s.labels)] = 1
         return out
+
+    def target_matrix(self) -> np.ndarray:
+        """``(N, C)`` float32 multi-label targets: 1 = present (``labels``), -1 = unknown (``unknown``), 0 = absent.
+
+        The target format of the multi-label losses (:mod:`frugalvision.losses.multilabel`) and metrics.
+        """
+        out = self.label_matrix(np.float32)
+        for i, s in enumerate(self._samples):
+            if s.unknown:
+                out[i, list(s.unknown)] = -1
+        return out
+
+    @property
+    def has_unknown(self) -> bool:
+        """True if some sample marks classes as unknown (partially annotated multi-label data)."""
+        return any(s.unknown for s in self._samples)
 
     def class_counts(self) -> dict[str, int]:
         """Number of images carrying each class, in class order (zero counts included)."""

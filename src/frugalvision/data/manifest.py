@@ -27,6 +27,7 @@ class _Row:
     path: str
     labels: tuple[str, ...]
     field: str  # the label column/field this row used ("label", "labels", or "" when absent)
+    unknown: tuple[str, ...] = ()  # classes not annotated for this image (column/field "unknown")
 
 
 def _dedupe(labels: list[str]) -> tuple[str, ...]:
@@ -63,6 +64,7 @@ def _read_csv(path: Path) -> list[_Row]:
         field = label_fields[0] if label_fields else ""
         i_path = names.index("path")
         i_label = names.index(field) if field else -1
+        i_unknown = names.index("unknown") if "unknown" in names else -1
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):
@@ -74,7 +76,8 @@ def _read_csv(path: Path) -> list[_Row]:
                     "quote paths that contain commas"
                 )
             labels = _split_labels(row[i_label], where, field) if field else ()
-            rows.append(_Row(line, row[i_path].strip(), labels, field))
+            unknown = _split_labels(row[i_unknown], where, "unknown") if i_unknown >= 0 else ()
+            rows.append(_Row(line, row[i_path].strip(), labels, field, unknown))
     return rows
 
 
@@ -114,7 +117,14 @@ def _read_jsonl(path: Path) -> list[_Row]:
                         f"{where}: field 'labels' must be a list of non-empty strings, got {value!r}"
                     )
                 labels = _dedupe([v.strip() for v in value])
-            rows.append(_Row(line_no, obj["path"].strip(), labels, field))
+            unknown = obj.get("unknown") or []
+            if not isinstance(unknown, list) or not all(isinstance(v, str) and v.strip() for v in unknown):
+                raise DataError(
+                    f"{where}: field 'unknown' must be a list of non-empty strings, got {unknown!r}"
+                )
+            rows.append(
+                _Row(line_no, obj["path"].strip(), labels, field, _dedupe([v.strip() for v in unknown]))
+            )
     return rows
 
 
@@ -143,6 +153,10 @@ def read_manifest(
     columns are ignored. JSON Lines (``.jsonl``/``.ndjson``): one object per line,
     ``{"path": "a.jpg", "label": "cat"}`` or ``{"path": "a.jpg", "labels": ["cat", "dog"]}``; ``null``
     or a missing label field means unlabeled; other fields are ignored. Blank lines are skipped.
+
+    Partially annotated multi-label data add an ``unknown`` column (``bird|car``) or field
+    (``"unknown": ["bird", "car"]``): the classes nobody checked for that image. They are neither present nor
+    absent (target -1 in :meth:`ImageDataset.target_matrix`); every class in neither list is absent.
 
     Relative paths resolve against ``root``, or else the manifest's folder. A path listed twice is an
     error (merge its labels into one row instead), since a duplicate would silently count one image twice
@@ -181,7 +195,7 @@ def read_manifest(
         raise DataError(f"manifest {path} lists no images")
 
     if known is None:
-        known = sorted({label for row in rows for label in row.labels})
+        known = sorted({label for row in rows for label in (*row.labels, *row.unknown)})
     index = {name: i for i, name in enumerate(known)}
     samples: list[Sample] = []
     seen: dict[str, int] = {}
@@ -190,12 +204,15 @@ def read_manifest(
         where = f"{path}:{row.line}"
         if not row.path:
             raise DataError(f"{where}: empty image path")
-        for label in row.labels:
+        for label, field in [(x, row.field) for x in row.labels] + [(x, "unknown") for x in row.unknown]:
             if label not in index:
                 raise DataError(
-                    f"unknown label {label!r} at {where} (field '{row.field}'); "
+                    f"unknown label {label!r} at {where} (field '{field}'); "
                     f"known labels: {short_list(known, 20)}"
                 )
+        both = [label for label in row.unknown if label in row.labels]
+        if both:
+            raise DataError(f"{where}: label {both[0]!r} is listed both as a label and as unknown")
         full = Path(os.path.abspath(base / row.path))
         key = os.path.normcase(str(full))
         if key in seen:
@@ -206,9 +223,15 @@ def read_manifest(
         seen[key] = row.line
         if not full.is_file():
             missing.append(f"line {row.line}: {full}")
-        samples.append(Sample(path=full, labels=tuple(index[label] for label in row.labels)))
+        samples.append(
+            Sample(
+                path=full,
+                labels=tuple(index[label] for label in row.labels),
+                unknown=tuple(index[label] for label in row.unknown),
+            )
+        )
     raise_missing(missing, path)
-    multilabel = any(row.field == "labels" or len(row.labels) > 1 for row in rows)
+    multilabel = any(row.field == "labels" or len(row.labels) > 1 or row.unknown for row in rows)
     return ImageDataset(
         samples, known, on_corrupt=on_corrupt, multilabel=multilabel, source=f"manifest {path}"
     )
