@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from frugalvision.losses import _registry, create_loss, list_losses, loss_param_groups, register_loss
+from frugalvision.losses import (
+    _registry,
+    create_loss,
+    list_losses,
+    loss_param_groups,
+    loss_task,
+    register_loss,
+)
 
 PART1 = {
     "triplet": {},
@@ -21,6 +28,7 @@ PART1 = {
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     monkeypatch.setattr(_registry, "_CANONICAL", dict(_registry._CANONICAL))
+    monkeypatch.setattr(_registry, "_TASK", dict(_registry._TASK))
 
 
 @pytest.mark.parametrize("name", list(PART1))
@@ -108,3 +116,19 @@ def test_loss_param_groups() -> None:
     torch.optim.AdamW([{"params": [nn.Parameter(torch.zeros(1))]}, *groups], lr=0.5)
     with pytest.raises(ValueError, match="base_lr"):
         loss_param_groups(arc, base_lr=0.0)
+
+
+def test_losses_are_listed_by_task(clean_registry) -> None:
+    @register_loss("toy_tagging", task="multilabel")
+    class ToyTagging(nn.Module):
+        def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return logits.sum()
+
+    assert "toy_tagging" in list_losses(task="multilabel")
+    assert "toy_tagging" not in list_losses(task="embedding") and "arcface" in list_losses(task="embedding")
+    assert "arcface" not in list_losses(task="multilabel")
+    assert loss_task("toy_tagging") == "multilabel" and loss_task("ArcFace") == "embedding"
+    with pytest.raises(ValueError, match="task must be one of embedding, multilabel"):
+        list_losses(task="detection")
+    with pytest.raises(ValueError, match="register_loss task must be one of"):
+        register_loss("toy_detect", task="detection")

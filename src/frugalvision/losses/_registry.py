@@ -1,11 +1,16 @@
 """Name -> loss-class registry, ``create_loss`` and optimiser parameter groups for losses.
 
-A loss class registers itself under one canonical name and any number of aliases::
+A loss class registers itself under one canonical name and any number of aliases, and says which task it
+trains::
 
-    @register_loss("proxynca++", "proxy_nca_pp")
+    @register_loss("proxynca++", "proxy_nca_pp")                 # task="embedding": loss(embeddings, labels)
     class ProxyNCAPlusPlusLoss(nn.Module): ...
 
-The first name is the canonical one; ``list_losses(include_aliases=False)`` returns only those.
+    @register_loss("asl", "asymmetric", task="multilabel")      # loss(logits (B, C), targets (B, C) in {1, 0, -1})
+    class AsymmetricLoss(nn.Module): ...
+
+The first name is the canonical one; ``list_losses(include_aliases=False)`` returns only those, and
+``list_losses(task="multilabel")`` only the losses of one task.
 """
 
 from __future__ import annotations
@@ -16,21 +21,38 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["create_loss", "get_loss_class", "list_losses", "loss_param_groups", "register_loss"]
+__all__ = [
+    "LOSS_TASKS",
+    "create_loss",
+    "get_loss_class",
+    "list_losses",
+    "loss_param_groups",
+    "loss_task",
+    "register_loss",
+]
 
 _LossT = TypeVar("_LossT", bound=type[nn.Module])
 
+#: The tasks a loss can train: metric learning on embeddings, or multi-label classification on logits.
+LOSS_TASKS = ("embedding", "multilabel")
+
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _CANONICAL: dict[str, str] = {}  # every registered name -> the canonical (first) name of its class
+_TASK: dict[str, str] = {}  # every registered name -> the task of its class
 
 
-def register_loss(*names: str) -> Callable[[_LossT], _LossT]:
+def register_loss(*names: str, task: str = "embedding") -> Callable[[_LossT], _LossT]:
     """Class decorator registering an ``nn.Module`` loss under ``names`` (lower-case; the first is canonical).
+
+    ``task``: ``"embedding"`` (called as ``loss(embeddings (B, D), labels (B,))``) or ``"multilabel"`` (called as
+    ``loss(logits (B, C), targets (B, C))`` with targets 1 = present, 0 = absent, -1 = unknown).
 
     Raises:
         ValueError: no name given, a name not lower-case, or a name already taken by another class.
         TypeError: the decorated object is not an ``nn.Module`` subclass.
     """
+    if task not in LOSS_TASKS:
+        raise ValueError(f"register_loss task must be one of {', '.join(LOSS_TASKS)}, got {task!r}")
     if not names:
         raise ValueError("register_loss needs at least one name, e.g. @register_loss('triplet')")
     for name in names:
@@ -49,16 +71,25 @@ def register_loss(*names: str) -> Callable[[_LossT], _LossT]:
         for name in names:
             _REGISTRY[name] = cls
             _CANONICAL[name] = names[0]
+            _TASK[name] = task
         return cls
 
     return decorator
 
 
-def list_losses(*, include_aliases: bool = True) -> list[str]:
-    """Sorted names accepted by :func:`create_loss`; ``include_aliases=False`` keeps one name per loss."""
-    if include_aliases:
-        return sorted(_REGISTRY)
-    return sorted(name for name, canonical in _CANONICAL.items() if name == canonical)
+def list_losses(*, include_aliases: bool = True, task: str | None = None) -> list[str]:
+    """Sorted names accepted by :func:`create_loss`; ``include_aliases=False`` keeps one name per loss and
+    ``task`` (``"embedding"`` or ``"multilabel"``) only the losses of that task."""
+    if task is not None and task not in LOSS_TASKS:
+        raise ValueError(f"task must be one of {', '.join(LOSS_TASKS)}, got {task!r}")
+    names = _REGISTRY if include_aliases else [n for n, canonical in _CANONICAL.items() if n == canonical]
+    return sorted(n for n in names if task is None or _TASK[n] == task)
+
+
+def loss_task(name: str) -> str:
+    """The task (``"embedding"`` or ``"multilabel"``) the loss registered as ``name`` trains."""
+    get_loss_class(name)  # raises for unknown names
+    return _TASK[name.strip().lower()]
 
 
 def _accepted_arguments(cls: type[nn.Module]) -> list[str]:
