@@ -6,10 +6,12 @@ gives the names and ``loss_param_groups(loss, base_lr)`` the optimiser groups fo
 """
 
 from frugalvision.losses._registry import (
+    LOSS_TASKS,
     create_loss,
     get_loss_class,
     list_losses,
     loss_param_groups,
+    loss_task,
     register_loss,
 )
 from frugalvision.losses.angular_margin import (
@@ -34,6 +36,7 @@ from frugalvision.losses.reducers import masked_reduce
 from frugalvision.losses.triplet import TripletMarginLoss, triplet_margin_loss
 
 __all__ = [
+    "LOSS_TASKS",
     "ArcFaceLoss",
     "CosFaceLoss",
     "ProxyNCALoss",
@@ -50,6 +53,7 @@ __all__ = [
     "hard_triplets",
     "list_losses",
     "loss_param_groups",
+    "loss_task",
     "masked_reduce",
     "pairwise_distance",
     "positive_pairs",
@@ -90,4 +94,29 @@ __all__ += [
     "pseudo_label_embeddings",
     "pseudo_label_names",
     "siglip_loss",
+]
+
+# Multi-label losses on sigmoid logits (targets 1 / 0 / -1 unknown) and the partial-annotation wrapper.
+from frugalvision.losses.multilabel import (  # noqa: E402
+    AsymmetricLoss,
+    BinaryCrossEntropyLoss,
+    DistributionBalancedLoss,
+    FocalLoss,
+    asymmetric_loss,
+    bce_loss,
+    distribution_balanced_loss,
+    focal_loss,
+)
+from frugalvision.losses.partial import PartialAnnotationLoss  # noqa: E402
+
+__all__ += [
+    "AsymmetricLoss",
+    "BinaryCrossEntropyLoss",
+    "DistributionBalancedLoss",
+    "FocalLoss",
+    "PartialAnnotationLoss",
+    "asymmetric_loss",
+    "bce_loss",
+    "distribution_balanced_loss",
+    "focal_loss",
 ]
