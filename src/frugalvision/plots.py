@@ -1,19 +1,21 @@
-"""Pictures people would rather look at than read: retrieval grids (query -> top-k results).
+"""Pictures people would rather look at than read: retrieval grids (query -> top-k results), per-class AP.
 
-Pillow only, so it also works where matplotlib is absent.
+The retrieval grid needs Pillow only, so it also works where matplotlib is absent; the AP chart imports
+matplotlib when called.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
 from frugalvision.data import load_image
 
-__all__ = ["save_retrieval_grid"]
+__all__ = ["save_per_class_ap_plot", "save_retrieval_grid"]
 
 _GREEN = (40, 160, 60)
 _RED = (210, 50, 40)
@@ -77,4 +79,66 @@ def save_retrieval_grid(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
+    return out
+
+
+def save_per_class_ap_plot(
+    ap: Iterable[float],
+    positives: Iterable[int],
+    classes: Iterable[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Average precision per class (most frequent at the top)",
+) -> Path:
+    """Horizontal bars of per-class AP, classes sorted by their number of positives, to show the long tail.
+
+    Each bar is labelled with the class name and its positive count; a class without AP (``nan``: no known
+    positive) gets no bar and the text ``n/a``. A dashed line marks the mean AP (mAP).
+
+    Args:
+        ap: ``(C,)`` AP per class, e.g. from :func:`frugalvision.metrics.average_precision_per_class`.
+        positives: ``(C,)`` positive counts used for the order (training or validation frequency).
+        classes: ``C`` class names.
+        path: PNG file to write (folders are created).
+        title: the chart's title.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [float(v) for v in ap]
+    counts = [int(n) for n in positives]
+    names = [str(c) for c in classes]
+    if not (len(values) == len(counts) == len(names)):
+        raise ValueError(
+            f"ap, positives and classes must have one entry per class, got {len(values)}, {len(counts)} "
+            f"and {len(names)}"
+        )
+    if not values:
+        raise ValueError("nothing to draw: no classes")
+    order = sorted(range(len(values)), key=lambda c: (-counts[c], names[c]))  # most frequent first
+    rows = range(len(order))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.24 * len(order)))
+    shown = [0.0 if math.isnan(values[c]) else values[c] for c in order]
+    ax.barh(rows, shown, color="C0", height=0.75)
+    for row, c in zip(rows, order, strict=True):
+        text = "n/a" if math.isnan(values[c]) else f"{values[c]:.3f}"
+        ax.text(shown[row] + 0.01, row, text, va="center", fontsize="x-small")
+    ax.set_yticks(list(rows), [f"{names[c]} ({counts[c]})" for c in order], fontsize="small")
+    known = [v for v in values if not math.isnan(v)]
+    if known:
+        mean_ap = sum(known) / len(known)
+        ax.axvline(mean_ap, color="C3", linestyle="--", linewidth=1, label=f"mAP {mean_ap:.3f}")
+        ax.legend(loc="lower right", fontsize="small")
+    ax.set(title=title, xlabel="average precision", xlim=(0, 1.1), ylim=(len(order) - 0.5, -0.5))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
     return out

@@ -1,6 +1,17 @@
-"""Retrieval metrics for embeddings (Recall@K, Precision@1, R-Precision, MAP@R, NMI) and exact k-NN."""
+"""Retrieval metrics for embeddings (Recall@K, Precision@1, R-Precision, MAP@R, NMI) and exact k-NN.
+
+Multi-label tagging metrics (per-class AP, mAP, CP/CR/CF1, OP/OR/OF1, tuned thresholds) are in
+:mod:`frugalvision.metrics.multilabel`.
+"""
 
 from frugalvision.metrics.knn import knn
+from frugalvision.metrics.multilabel import (
+    average_precision_per_class,
+    mean_average_precision,
+    multilabel_metrics,
+    per_class_report,
+    tune_thresholds,
+)
 from frugalvision.metrics.retrieval import (
     map_at_r,
     nmi,
@@ -11,11 +22,16 @@ from frugalvision.metrics.retrieval import (
 )
 
 __all__ = [
+    "average_precision_per_class",
     "knn",
     "map_at_r",
+    "mean_average_precision",
+    "multilabel_metrics",
     "nmi",
+    "per_class_report",
     "precision_at_1",
     "r_precision",
     "recall_at_k",
     "retrieval_metrics",
+    "tune_thresholds",
 ]
