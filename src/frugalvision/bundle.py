@@ -85,6 +85,8 @@ def save_bundle(
     *,
     task: str = "embedding",
     classes: Sequence[str] = (),
+    thresholds: Sequence[float] | None = None,
+    per_class: Sequence[Mapping[str, Any]] | None = None,
     loss: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
@@ -96,8 +98,12 @@ def save_bundle(
     Args:
         model: the trained :class:`~frugalvision.models.EmbeddingModel`.
         path: bundle folder.
-        task: what the model does (``"embedding"``).
+        task: what the model does: ``"embedding"`` (outputs embeddings) or ``"multilabel"`` (outputs one logit per
+            class; ``classes`` names them).
         classes: training class names.
+        thresholds: multi-label decision thresholds on the sigmoid probabilities, one per class.
+        per_class: multi-label per-class validation report rows (``class``, ``ap``, ``precision``, ...), shown in
+            ``report.md`` and drawn in ``per_class_ap.png``.
         loss: ``{"name": ..., "kwargs": {...}}``.
         training: resolved training settings (JSON-able).
         metrics: final metrics, e.g. ``{"val/map@r": 0.41, "best_epoch": 3, "baseline": {...}}``.
@@ -111,6 +117,14 @@ def save_bundle(
 
     if not isinstance(model, EmbeddingModel):
         raise TypeError(f"save_bundle saves an EmbeddingModel, got {type(model).__name__}")
+    if task not in ("embedding", "multilabel"):
+        raise ValueError(f"task must be 'embedding' or 'multilabel', got {task!r}")
+    if task == "multilabel" and len(classes) != model.embedding_size:
+        raise ValueError(
+            f"a multilabel model with {model.embedding_size} outputs needs as many classes, got {len(classes)}"
+        )
+    if thresholds is not None and len(thresholds) != len(classes):
+        raise ValueError(f"thresholds must have one value per class ({len(classes)}), got {len(thresholds)}")
     target = Path(path).expanduser().resolve()
     config: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
@@ -122,6 +136,8 @@ def save_bundle(
         "model": model.describe(),
         "data_config": model.describe()["data_config"],
         "classes": list(classes),
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "per_class": None if per_class is None else _jsonable([dict(r) for r in per_class]),
         "loss": _jsonable(dict(loss or {})),
         "training": _jsonable(dict(training or {})),
         "metrics": _jsonable(dict(metrics or {})),
@@ -138,6 +154,17 @@ def save_bundle(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
         plot_curves(config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline"))
+        if config["per_class"]:
+            from frugalvision.plots import save_per_class_ap_plot
+
+            rows = config["per_class"]
+            save_per_class_ap_plot(
+                [r.get("ap") for r in rows],
+                [r.get("positives", 0) for r in rows],
+                [r.get("class", "?") for r in rows],
+                tmp / "per_class_ap.png",
+                title="validation AP per class (sorted by frequency)",
+            )
         atomic_replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -217,7 +244,9 @@ def render_report(config: Mapping[str, Any]) -> str:
         "",
         f"- backbone: `{model.get('backbone', {}).get('name', '?')}` ({model.get('num_features', '?')} features)",
         f"- pooling: {pool.get('kind', '?')}" + (f" (p = {pool['gem_p']:.3f})" if "gem_p" in pool else ""),
-        f"- head: {head.get('kind', '?')} -> {head.get('embedding_size', '?')}, normalisation {head.get('normalization', '?')}",
+        f"- head: {head.get('kind', '?')} -> {head.get('embedding_size', '?')}"
+        + (" class logits" if config.get("task") == "multilabel" else "")
+        + f", normalisation {head.get('normalization', '?')}",
         f"- loss: `{config.get('loss', {}).get('name', '?')}` {json.dumps(config.get('loss', {}).get('kwargs', {}))}",
         f"- input: {config.get('data_config', {}).get('input_size', '?')}",
         "",
@@ -226,10 +255,29 @@ def render_report(config: Mapping[str, Any]) -> str:
     if final:
         baseline = metrics.get("baseline") or {}
         lines += ["## Validation metrics", ""]
-        lines += [f"Best epoch: {metrics.get('best_epoch', '?')} (chosen by MAP@R).", ""]
-        lines += ["| metric | trained | pretrained backbone (no head) |", "|---|---|---|"]
-        for key, value in final.items():
-            lines.append(f"| {key[4:]} | {_fmt(value)} | {_fmt(baseline.get(key))} |")
+        chosen = "mAP" if config.get("task") == "multilabel" else "MAP@R"
+        lines += [f"Best epoch: {metrics.get('best_epoch', '?')} (chosen by {chosen}).", ""]
+        if config.get("task") == "multilabel":
+            lines += [
+                "`tuned/...`: at the per-class thresholds tuned on these validation images (optimistic); the "
+                "others at threshold 0.5 or top-k.",
+                "",
+                "| metric | value |",
+                "|---|---|",
+            ]
+            lines += [f"| {key[4:]} | {_fmt(value)} |" for key, value in final.items()]
+        else:
+            lines += ["| metric | trained | pretrained backbone (no head) |", "|---|---|---|"]
+            for key, value in final.items():
+                lines.append(f"| {key[4:]} | {_fmt(value)} | {_fmt(baseline.get(key))} |")
+        lines.append("")
+    per_class = config.get("per_class") or []
+    if per_class:
+        keys = [k for k in per_class[0] if k != "class"]
+        lines += ["## Per class (validation)", "", "![per-class AP](per_class_ap.png)", ""]
+        lines += ["| class | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for row in per_class:
+            lines.append(f"| {row.get('class', '?')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
         lines.append("")
     history = config.get("history") or []
     if history:

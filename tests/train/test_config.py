@@ -9,7 +9,11 @@ from frugalvision.train import RECIPES, ConfigError, TrainConfig, load_config, p
 
 def test_defaults_and_recipe_presets() -> None:
     cfg = load_config()
-    assert cfg.recipe == "light" and cfg.loss.name == "proxynca++" and cfg.optim.head_lr_multiplier == 10
+    assert (
+        cfg.recipe == "light"
+        and cfg.loss.resolved_name(cfg.task) == "proxynca++"
+        and cfg.optim.head_lr_multiplier == 10
+    )
     assert cfg.augment.auto_augment == RECIPES["light"]["augment.auto_augment"]
     strong = load_config(overrides=["recipe=strong"])
     assert (

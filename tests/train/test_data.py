@@ -9,7 +9,7 @@ import torch
 
 from frugalvision.data import read_folder
 from frugalvision.errors import DataError
-from frugalvision.train.data import EmbeddingDataModule, FeatureItems, collate_labelled, split_dataset
+from frugalvision.train.data import FeatureItems, LabelledDataModule, collate_labelled, split_dataset
 from frugalvision.train.samplers import SeededItems
 
 
@@ -66,7 +66,7 @@ def test_datamodule_takes_world_and_epoch_from_the_trainer() -> None:
     items = SeededItems(
         FeatureItems(np.random.default_rng(0).normal(size=(24, 4))), np.repeat(np.arange(6), 4)
     )
-    dm = EmbeddingDataModule(
+    dm = LabelledDataModule(
         items,
         items,
         batch_size=4,

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         ood,
         retrieval,
         serve,
+        tagging,
         train,
     )
 

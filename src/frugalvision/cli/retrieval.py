@@ -332,6 +332,9 @@ def evaluate(
     R-Precision, MAP@R, NMI.
 
     Every labelled image is a query against all the others (leave-one-out); unlabeled images are ignored.
+
+    A multilabel BUNDLE (frugalvision train --task multilabel) gets tagging metrics instead: mAP, and CP/CR/CF1,
+    OP/OR/OF1 at its tuned thresholds, at 0.5 and at top-K (the largest -k), with a per-class table.
     """
     from frugalvision.bundle import is_bundle
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
@@ -342,6 +345,20 @@ def evaluate(
             raise click.UsageError(
                 f"{store_dir} is a model bundle: pass --data with the labelled images to evaluate it on"
             )
+        from frugalvision.bundle import read_bundle_config
+
+        if read_bundle_config(store_dir).get("task") == "multilabel":
+            from frugalvision.cli.tagging import evaluate_tagging
+
+            evaluate_tagging(
+                store_dir,
+                data,
+                as_json=as_json,
+                workers=workers,
+                progress=progress,
+                top_k=max(ks) if ks else 3,
+            )
+            return
         from frugalvision.data import open_dataset
 
         model = _embedder(str(store_dir))

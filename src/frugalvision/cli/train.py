@@ -36,22 +36,23 @@ _FLAG_KEYS = {
     "accelerator": "trainer.accelerator",
     "precision": "trainer.precision",
     "progress": "trainer.progress",
+    "partial": "loss.partial",
 }
 
 
 @cli.command()
 @click.option(
     "--task",
-    type=click.Choice(["embedding"]),
+    type=click.Choice(["embedding", "multilabel"]),
     default=None,
-    help="What to train: embedding = an image-retrieval embedding (metric learning) [default: embedding].",
+    help="What to train: embedding = an image-retrieval embedding (metric learning); multilabel = a tagger that gives each image any number of labels [default: embedding].",
 )
 @click.option(
     "--data",
     "data",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Training images: a class-per-folder tree or a CSV/JSONL manifest (path,label).",
+    help="Training images: a class-per-folder tree or a CSV/JSONL manifest (path,label; multilabel: path,labels[,unknown]).",
 )
 @click.option(
     "--out",
@@ -77,7 +78,7 @@ _FLAG_KEYS = {
 @click.option(
     "--loss",
     default=None,
-    help="Metric-learning loss, e.g. proxynca++, triplet, arcface, hyperbolic_pce (see frugalvision.losses.list_losses()) [default: proxynca++].",
+    help="Loss. Embedding: proxynca++ [default], triplet, arcface, hyperbolic_pce, ...; multilabel: asl [default], bce, focal, db (see frugalvision.losses.list_losses(task=...)).",
 )
 @click.option(
     "--model",
@@ -109,7 +110,7 @@ _FLAG_KEYS = {
     "--m-per-class",
     type=click.IntRange(min=2),
     default=None,
-    help="Images of each class in a batch [default: 4].",
+    help="Embedding task: images of each class in a batch [default: 4].",
 )
 @click.option(
     "--lr",
@@ -125,9 +126,9 @@ _FLAG_KEYS = {
 )
 @click.option(
     "--val-split",
-    type=click.Choice(["classes", "images", "none"]),
+    type=click.Choice(["auto", "classes", "images", "none"]),
     default=None,
-    help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of each class's images, or none [default: classes].",
+    help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, or none [default: auto = classes for embedding, images for multilabel].",
 )
 @click.option(
     "--val-fraction",
@@ -175,17 +176,27 @@ _FLAG_KEYS = {
     default=None,
     help="32-true, bf16-mixed, 16-mixed, or auto (bf16-mixed on GPUs that support it, else 32-true) [default: auto].",
 )
+@click.option(
+    "--partial",
+    type=click.Choice(["ignore", "negative", "selective"]),
+    default=None,
+    help="Multilabel: what unknown (unannotated) labels mean: ignore them, take them as absent, or selective (class-aware selective loss: ignored for likely-present classes) [default: ignore].",
+)
 @click.option("--progress/--no-progress", default=None, help="Show progress bars [default: yes].")
 def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **flags: Any) -> None:
-    """Train an embedding model on labelled images and save it as a model bundle.
+    """Train an embedding model (or, with --task multilabel, a tagger) on labelled images and save it as a
+    model bundle.
 
     \b
       frugalvision train --data photos/ --out runs/x --freeze-backbone          # seconds on a CPU
       frugalvision train --data photos/ --out runs/x --loss triplet --epochs 5  # fine-tune everything
       frugalvision train --out runs/x --resume                                  # continue a killed run
+      frugalvision train --task multilabel --data tags.jsonl --out runs/t --freeze-backbone --loss asl
 
-    Every epoch reports Recall@K, MAP@R and NMI on the validation split; the best epoch (by MAP@R) is kept. The
-    bundle in OUT/model loads with frugalvision.load() and works with `frugalvision embed --model OUT/model`.
+    Embeddings: every epoch reports Recall@K, MAP@R and NMI on the validation split; the best epoch (by MAP@R) is
+    kept. The bundle in OUT/model loads with frugalvision.load() and works with `frugalvision embed --model
+    OUT/model`. Multilabel: every epoch reports mAP and CF1/OF1; the best epoch (by mAP) is kept, per-class
+    thresholds are tuned on the validation images, and `frugalvision predict OUT/model IMAGES` tags images.
     """
     from frugalvision.train import fit, load_config, parse_override
     from frugalvision.train.config import ConfigError, read_yaml
@@ -228,6 +239,9 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
                 shown = f"{before:>9.4f}" if before is not None else f"{'-':>9}"
                 click.echo(f"  {key[4:]:<12} {value:>8.4f} {shown}")
     click.echo(f"model bundle: {result.bundle}  (report: {result.bundle / 'report.md'})")
+    if config.task == "multilabel":
+        click.echo(f"try: frugalvision predict {result.bundle} IMAGES... --json")
+        return
     click.echo(
         f"try: frugalvision embed {config.data.path} --model {result.bundle} --out {Path(config.out) / 'embeddings'}"
     )

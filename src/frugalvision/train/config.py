@@ -51,19 +51,26 @@ class DataConfig:
 
     ``val_split``: ``"classes"`` holds out ``val_fraction`` of the classes (class-disjoint, the deep-metric-
     learning protocol: the model is judged on classes it never saw), ``"images"`` holds out ``val_fraction`` of
-    each class's images, ``"none"`` skips validation; ``val_data`` (a data set path) wins over both. Each training
-    batch holds ``batch_size // m_per_class`` classes with ``m_per_class`` images each (per device).
-    ``steps_per_epoch`` defaults to ``training images // (batch_size * devices)``. ``cache_dir`` keeps the
-    frozen-backbone feature cache (default ``<out>/feature_cache``).
+    the images (of each class, for single-label data), ``"none"`` skips validation; ``"auto"`` is ``"classes"``
+    for the embedding task and ``"images"`` for the multi-label task; ``val_data`` (a data set path) wins over all.
+
+    ``sampler``: how training batches are drawn. ``"m_per_class"`` (the embedding task's, and its ``"auto"``):
+    ``batch_size // m_per_class`` classes with ``m_per_class`` images each (per device); ``"shuffle"`` (the
+    multi-label task's ``"auto"``): every image once per epoch in random order; ``"class_aware"`` (multi-label):
+    each image drawn by first choosing a class uniformly, then one of its images (Shen et al., ECCV 2016), so tail
+    classes are seen as often as head classes. ``steps_per_epoch`` defaults to
+    ``training images // (batch_size * devices)``. ``cache_dir`` keeps the frozen-backbone feature cache (default
+    ``<out>/feature_cache``).
     """
 
     path: str | None = None
     format: Literal["auto", "folder", "manifest", "coco", "yolo"] = "auto"
-    val_split: Literal["classes", "images", "none"] = "classes"
+    val_split: Literal["auto", "classes", "images", "none"] = "auto"
     val_fraction: float = 0.2
     val_data: str | None = None
     batch_size: int = 32
     m_per_class: int = 4
+    sampler: Literal["auto", "m_per_class", "shuffle", "class_aware"] = "auto"
     eval_batch_size: int = 64
     num_workers: int | None = None
     on_corrupt: Literal["skip", "fail"] = "skip"
@@ -74,6 +81,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone, pooling and embedding head (see :func:`frugalvision.models.create_embedding_model`).
+
+    For the multi-label task the head is the classifier: its output size is the number of classes
+    (``embedding_size`` is not used) and it has no normalisation.
 
     ``normalization="auto"`` is ``"poincare"`` for the hyperbolic loss and ``"l2"`` otherwise.
     ``freeze_backbone`` switches to the fast path: pooled features computed once and cached, only the head and
@@ -102,17 +112,36 @@ class ModelConfig:
     freeze_norm: bool = True
 
 
+#: The loss ``loss.name="auto"`` stands for, per task.
+DEFAULT_LOSSES = {"embedding": "proxynca++", "multilabel": "asl"}
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """Any loss of :func:`frugalvision.losses.list_losses` with its constructor arguments.
+    """Any loss of :func:`frugalvision.losses.list_losses` for the run's task, with its constructor arguments.
 
-    ``num_classes`` and ``embedding_size`` are filled in for losses that take them. ``language_guided`` also
-    reads ``kwargs.base`` (the guided loss's name, default ``"proxynca++"``) and ``kwargs.base_kwargs``; its
-    class names are the data set's.
+    ``name="auto"``: ``proxynca++`` for the embedding task, ``asl`` (Asymmetric Loss) for the multi-label task.
+    ``num_classes`` and ``embedding_size`` are filled in for losses that take them, and the training set's
+    ``class_counts`` and ``num_samples`` for the Distribution-Balanced loss. ``language_guided`` also reads
+    ``kwargs.base`` (the guided loss's name, default ``"proxynca++"``) and ``kwargs.base_kwargs``; its class names
+    are the data set's.
+
+    Multi-label only -- ``partial``: what unknown (unannotated, target -1) entries mean:
+    ``"ignore"`` (left out of the loss), ``"negative"`` (taken as absent: the naive reading of partial labels) or
+    ``"selective"`` (class-aware selective loss, Ben-Baruch et al. CVPR 2022: ignored for classes whose prior,
+    estimated from the model's own predictions, is high; absent otherwise). ``partial_kwargs`` go to
+    :class:`frugalvision.losses.PartialAnnotationLoss`.
     """
 
-    name: str = "proxynca++"
+    name: str = "auto"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    partial: Literal["ignore", "negative", "selective"] = "ignore"
+    partial_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_name(self, task: str) -> str:
+        """The loss's name, with ``"auto"`` replaced by the task's default."""
+        name = self.name.strip().lower()
+        return DEFAULT_LOSSES.get(task, "proxynca++") if name == "auto" else name
 
 
 @dataclass(frozen=True)
@@ -160,8 +189,9 @@ class TrainerConfig:
     """Loop, devices and evaluation.
 
     ``precision="auto"`` is ``"bf16-mixed"`` on a CUDA device that supports bfloat16 and ``"32-true"`` otherwise
-    (``"bf16-mixed"`` may be asked for on CPUs too). ``patience``: epochs without a better validation MAP@R before
-    stopping (``None`` disables early stopping). ``eval_k``: the K of Recall@K.
+    (``"bf16-mixed"`` may be asked for on CPUs too). ``patience``: epochs without a better validation score (MAP@R
+    for embeddings, mAP for multi-label) before stopping (``None`` disables early stopping). ``eval_k``: the K of
+    Recall@K; ``eval_top_k``: the k of the multi-label top-k metrics (CF1@top-k...).
     """
 
     epochs: int = 10
@@ -172,6 +202,7 @@ class TrainerConfig:
     precision: str = "auto"
     patience: int | None = 5
     eval_k: tuple[int, ...] = (1, 5)
+    eval_top_k: int = 3
     eval_before_training: bool = True
     log_every_n_steps: int = 10
     progress: bool = True
@@ -179,10 +210,11 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole training run. ``recipe`` names the augmentation/regularisation preset (``none``, ``light``,
-    ``medium``, ``strong``; see :mod:`frugalvision.train.recipes`)."""
+    """A whole training run. ``task``: ``"embedding"`` (metric learning: an image-retrieval embedding) or
+    ``"multilabel"`` (tagging: one independent yes/no per class). ``recipe`` names the augmentation/regularisation
+    preset (``none``, ``light``, ``medium``, ``strong``; see :mod:`frugalvision.train.recipes`)."""
 
-    task: Literal["embedding"] = "embedding"
+    task: Literal["embedding", "multilabel"] = "embedding"
     out: str = "runs/embedding"
     seed: int = 0
     recipe: Literal["none", "light", "medium", "strong"] = "light"
@@ -298,18 +330,21 @@ def load_config(
 def validate(config: TrainConfig) -> None:
     """Range checks across fields; raises :class:`ConfigError` naming the key."""
     d, m, o, a, t = config.data, config.model, config.optim, config.augment, config.trainer
+    per_class = sampler_kind(config) == "m_per_class"
     checks: list[tuple[bool, str, str]] = [
         (0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}"),
         (
-            d.m_per_class >= 2,
+            d.m_per_class >= 2 or not per_class,
             "data.m_per_class",
             f"must be >= 2 (a class needs a positive pair), got {d.m_per_class}",
         ),
         (
-            d.batch_size >= 2 * d.m_per_class and d.batch_size % d.m_per_class == 0,
+            (d.batch_size >= 2 * d.m_per_class and d.batch_size % d.m_per_class == 0) or not per_class,
             "data.batch_size",
             f"must be a multiple of data.m_per_class ({d.m_per_class}) holding at least 2 classes, got {d.batch_size}",
         ),
+        (d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}"),
+        (t.eval_top_k >= 1, "trainer.eval_top_k", f"must be >= 1, got {t.eval_top_k}"),
         (d.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {d.eval_batch_size}"),
         (
             d.num_workers is None or d.num_workers >= 0,
@@ -357,18 +392,61 @@ def validate(config: TrainConfig) -> None:
     for ok, key, message in checks:
         if not ok:
             raise ConfigError(f"{key} {message}")
-    from frugalvision.losses import list_losses
+    from frugalvision.losses import list_losses, loss_task
 
-    if config.loss.name.strip().lower() not in list_losses():
+    name = config.loss.resolved_name(config.task)
+    task_losses = ", ".join(list_losses(task=config.task, include_aliases=False))
+    if name not in list_losses():
         raise ConfigError(
-            f"loss.name: unknown loss {config.loss.name!r}; available: {', '.join(list_losses())}"
+            f"loss.name: unknown loss {config.loss.name!r}; the {config.task} task takes: {task_losses}"
         )
+    if loss_task(name) != config.task:
+        raise ConfigError(
+            f"loss.name: {name!r} is a loss for the {loss_task(name)} task, not for task={config.task}; "
+            f"the {config.task} task takes: {task_losses}"
+        )
+    if config.task == "embedding":
+        if d.sampler not in ("auto", "m_per_class"):
+            raise ConfigError(
+                f"data.sampler={d.sampler!r}: metric-learning losses need several images of each class in a "
+                "batch; the embedding task uses m_per_class (or auto)"
+            )
+        if config.loss.partial != "ignore" or config.loss.partial_kwargs:
+            raise ConfigError("loss.partial / loss.partial_kwargs apply to the multilabel task only")
+    else:
+        if d.val_split == "classes":
+            raise ConfigError(
+                "data.val_split=classes holds out whole classes, which a multi-label classifier cannot predict; "
+                "use images (or auto)"
+            )
+        if d.sampler == "m_per_class":
+            raise ConfigError(
+                "data.sampler=m_per_class is for the embedding task; use shuffle or class_aware"
+            )
+        if m.normalization not in ("auto", "none"):
+            raise ConfigError(
+                f"model.normalization={m.normalization!r}: a multi-label classifier outputs raw logits; use auto"
+            )
     if a.mixup > 0 or a.cutmix > 0:
         raise ConfigError(
             f"augment.mixup={a.mixup} / augment.cutmix={a.cutmix}: Mixup and CutMix blend labels into soft "
-            "targets, but metric-learning losses compare samples through hard class labels, so the embedding task "
-            "cannot use them; set both to 0"
+            "targets, but metric-learning losses compare samples through hard class labels, and the multi-label "
+            "losses here take hard (possibly unknown) targets; set both to 0"
         )
+
+
+def sampler_kind(config: TrainConfig) -> str:
+    """The training batch sampler, with ``"auto"`` resolved: m-per-class for embeddings, shuffle for multi-label."""
+    if config.data.sampler != "auto":
+        return config.data.sampler
+    return "m_per_class" if config.task == "embedding" else "shuffle"
+
+
+def val_split_kind(config: TrainConfig) -> str:
+    """The validation split, with ``"auto"`` resolved: classes for embeddings, images for multi-label."""
+    if config.data.val_split != "auto":
+        return config.data.val_split
+    return "classes" if config.task == "embedding" else "images"
 
 
 # ------------------------------------------------------------------------------------------ dict helpers
@@ -414,7 +492,7 @@ def _sections() -> dict[str, Any]:
     return {name: tp for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
 
 
-_DICT_FIELDS = ("loss.kwargs", "model.model_kwargs")
+_DICT_FIELDS = ("loss.kwargs", "loss.partial_kwargs", "model.model_kwargs")
 
 
 def _all_keys() -> list[str]:

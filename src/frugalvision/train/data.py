@@ -1,4 +1,5 @@
-"""Training data: class-disjoint / per-image validation splits, labelled item sets and the Lightning data module."""
+"""Training data: class-disjoint / per-image validation splits (single-label), random image splits (multi-label),
+labelled item sets and the Lightning data module."""
 
 from __future__ import annotations
 
@@ -14,13 +15,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from frugalvision.data import ImageDataset
 from frugalvision.errors import DataError, DataWarning
-from frugalvision.train.samplers import MPerClassSampler, SeededItems, ShardSampler
+from frugalvision.train.samplers import (
+    ClassAwareSampler,
+    MPerClassSampler,
+    SeededItems,
+    ShardSampler,
+    ShuffleSampler,
+)
 
 __all__ = [
-    "EmbeddingDataModule",
     "FeatureItems",
+    "LabelledDataModule",
     "LabelledSplit",
+    "MultilabelSplit",
     "collate_labelled",
+    "multilabel_split",
     "split_dataset",
 ]
 
@@ -51,6 +60,83 @@ class LabelledSplit:
             "images_per_class_max": int(counts.max()) if counts.size else 0,
             **self.info,
         }
+
+
+@dataclass
+class MultilabelSplit:
+    """One side of a multi-label split: the images, their ``(N, C)`` targets (1 present, 0 absent, -1 unknown) in
+    ``labels`` and the class names (all classes of the data set, on both sides)."""
+
+    dataset: ImageDataset
+    labels: np.ndarray
+    classes: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.float32)
+        if self.labels.shape != (len(self.dataset), len(self.classes)):
+            raise ValueError(
+                f"targets of shape {self.labels.shape} for {len(self.dataset)} images and {len(self.classes)} classes"
+            )
+
+    def positives(self) -> np.ndarray:
+        """``(C,)`` number of images where each class is present."""
+        return (self.labels == 1).sum(axis=0).astype(np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        pos = self.positives()
+        n = len(self.labels)
+        return {
+            "images": n,
+            "classes": len(self.classes),
+            "labels_per_image": float((self.labels == 1).sum() / n) if n else 0.0,
+            "positives_per_class_min": int(pos.min()) if pos.size else 0,
+            "positives_per_class_max": int(pos.max()) if pos.size else 0,
+            "unknown_fraction": float((self.labels == -1).mean()) if n else 0.0,
+            **self.info,
+        }
+
+
+def multilabel_split(
+    dataset: ImageDataset, how: str, fraction: float, seed: int
+) -> tuple[MultilabelSplit, MultilabelSplit | None]:
+    """Split multi-label data into training and validation images at random (``how="images"``) or not at all
+    (``how="none"``). Images without any label and without unknown classes are kept: they are negatives for
+    every class. Classes with no positive training image are reported with a :class:`DataWarning`.
+
+    Raises:
+        DataError: fewer than 2 images, or ``how="classes"`` (a classifier cannot predict unseen classes).
+    """
+    targets = dataset.target_matrix()
+    full = MultilabelSplit(dataset, targets, dataset.classes, {})
+    if how == "none":
+        _warn_unseen(full, dataset.source)
+        return full, None
+    if how != "images":
+        raise DataError(f"a multi-label data set is split by images, not {how!r}")
+    n = len(dataset)
+    n_val = max(1, round(fraction * n))
+    if n - n_val < 1:
+        raise DataError(f"{dataset.source} has {n} images: too few to hold out {fraction:.0%} for validation")
+    order = np.random.default_rng(seed).permutation(n)
+    is_val = np.zeros(n, dtype=bool)
+    is_val[order[:n_val]] = True
+    info = {"split": "images", "fraction": fraction, "seed": seed}
+    train = MultilabelSplit(dataset.subset(np.flatnonzero(~is_val)), targets[~is_val], dataset.classes, info)
+    val = MultilabelSplit(dataset.subset(np.flatnonzero(is_val)), targets[is_val], dataset.classes, info)
+    _warn_unseen(train, dataset.source)
+    return train, val
+
+
+def _warn_unseen(train: MultilabelSplit, source: str) -> None:
+    missing = [c for c, n in zip(train.classes, train.positives(), strict=True) if n == 0]
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        warnings.warn(
+            f"{len(missing)} class(es) of {source} have no positive training image and cannot be learned: {shown}",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def _relabel(
@@ -159,12 +245,19 @@ class FeatureItems(Dataset):
 def collate_labelled(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch items of :class:`~frugalvision.train.samplers.SeededItems`; unreadable images are dropped.
 
-    Returns ``{"image": (B', ...) or None, "label": (B',) int64, "index": (B',) int64, "skipped": [(i, msg)]}``.
+    Returns ``{"image": (B', ...) or None, "label": (B',) int64 or (B', C) float32 multi-label targets,
+    "index": (B',) int64, "skipped": [(i, msg)]}``.
     """
     keep = [item for item in batch if item["image"] is not None]
+    multilabel = bool(batch) and isinstance(batch[0]["label"], torch.Tensor)
+    if multilabel:
+        width = batch[0]["label"].shape[0]
+        labels = torch.stack([item["label"] for item in keep]) if keep else torch.zeros(0, width)
+    else:
+        labels = torch.tensor([item["label"] for item in keep], dtype=torch.long)
     return {
         "image": torch.stack([item["image"] for item in keep]) if keep else None,
-        "label": torch.tensor([item["label"] for item in keep], dtype=torch.long),
+        "label": labels,
         "index": torch.tensor([item["index"] for item in keep], dtype=torch.long),
         "skipped": [
             (int(item["index"]), str(item.get("error", ""))) for item in batch if item["image"] is None
@@ -172,8 +265,9 @@ def collate_labelled(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class EmbeddingDataModule(pl.LightningDataModule):
-    """Training batches from :class:`MPerClassSampler` and sharded validation batches, DDP-aware.
+class LabelledDataModule(pl.LightningDataModule):
+    """Training batches from the configured sampler (:class:`MPerClassSampler`, :class:`ShuffleSampler` or
+    :class:`ClassAwareSampler`) and sharded validation batches, DDP-aware.
 
     Lightning's own distributed sampler is switched off (``Trainer(use_distributed_sampler=False)``); the
     samplers here are told the world size and rank by the trainer, and the training sampler starts at the
@@ -192,12 +286,16 @@ class EmbeddingDataModule(pl.LightningDataModule):
         seed: int,
         num_workers: int,
         steps_per_epoch: int | None,
+        sampler: str = "m_per_class",
     ) -> None:
         super().__init__()
+        if sampler not in ("m_per_class", "shuffle", "class_aware"):
+            raise ValueError(f"sampler must be m_per_class, shuffle or class_aware, got {sampler!r}")
         self.train_items, self.val_items = train, val
         self.batch_size, self.m_per_class, self.eval_batch_size = batch_size, m_per_class, eval_batch_size
         self.seed, self.num_workers, self.steps_per_epoch = seed, num_workers, steps_per_epoch
-        self.train_sampler: MPerClassSampler | None = None
+        self.sampler = sampler
+        self.train_sampler: MPerClassSampler | ShuffleSampler | ClassAwareSampler | None = None
 
     def _world(self) -> tuple[int, int, int]:
         """World size, rank and the epoch the next training iteration belongs to.
@@ -212,18 +310,22 @@ class EmbeddingDataModule(pl.LightningDataModule):
         epoch = int(trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
         return trainer.world_size, trainer.global_rank, epoch
 
-    def make_train_sampler(self, world_size: int = 1, rank: int = 0, epoch: int = 0) -> MPerClassSampler:
+    def make_train_sampler(
+        self, world_size: int = 1, rank: int = 0, epoch: int = 0
+    ) -> MPerClassSampler | ShuffleSampler | ClassAwareSampler:
         """The training batch sampler for this world size, rank and starting epoch."""
-        return MPerClassSampler(
-            self.train_items.labels,
-            self.m_per_class,
-            self.batch_size,
-            self.seed,
-            num_batches=self.steps_per_epoch,
-            num_replicas=world_size,
-            rank=rank,
-            epoch=epoch,
-        )
+        common: dict[str, Any] = {
+            "num_batches": self.steps_per_epoch,
+            "num_replicas": world_size,
+            "rank": rank,
+            "epoch": epoch,
+        }
+        labels = self.train_items.labels
+        if self.sampler == "shuffle":
+            return ShuffleSampler(len(labels), self.batch_size, self.seed, **common)
+        if self.sampler == "class_aware":
+            return ClassAwareSampler(labels, self.batch_size, self.seed, **common)
+        return MPerClassSampler(labels, self.m_per_class, self.batch_size, self.seed, **common)
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank, epoch = self._world()

@@ -1,6 +1,9 @@
 """``fit``: from a :class:`~frugalvision.train.config.TrainConfig` to a trained model bundle.
 
-One entry point for both ways of training an embedding model:
+One entry point for both tasks -- ``task="embedding"`` (metric learning, :class:`~frugalvision.train.tasks.
+EmbeddingTask`) and ``task="multilabel"`` (tagging, :class:`~frugalvision.train.tasks.MultilabelTask`; per-class
+decision thresholds are tuned on the validation images after training and saved in the bundle) -- and both ways of
+training:
 
 * **fine-tuning** -- images go through the backbone every step, with the recipe's augmentation;
 * **frozen-backbone fast path** (``model.freeze_backbone``) -- pooled features are computed once for the training
@@ -10,7 +13,7 @@ One entry point for both ways of training an embedding model:
 What a run leaves in ``out``::
 
     config.yaml          the resolved configuration
-    checkpoints/         last.ckpt (every epoch) and best.ckpt (best validation MAP@R), written atomically
+    checkpoints/         last.ckpt (every epoch) and best.ckpt (best validation MAP@R / mAP), written atomically
     logs/, tensorboard/  CSV and TensorBoard logs (Lightning's CSVLogger and TensorBoardLogger)
     feature_cache/       pooled features of the fast path (unless data.cache_dir points elsewhere)
     model/               the bundle: config.json, model.safetensors, report.md, curves.png
@@ -51,23 +54,25 @@ from frugalvision.embeddings import default_num_workers
 from frugalvision.models.embedding_model import EmbeddingModel, create_embedding_model
 from frugalvision.train._checkpoint import AtomicCheckpointIO
 from frugalvision.train.cache import cached_features
-from frugalvision.train.config import ConfigError, TrainConfig, validate
+from frugalvision.train.config import ConfigError, TrainConfig, sampler_kind, val_split_kind, validate
 from frugalvision.train.data import (
-    EmbeddingDataModule,
     FeatureItems,
+    LabelledDataModule,
     LabelledSplit,
+    MultilabelSplit,
     check_validation_split,
+    collate_labelled,
     labelled_split,
+    multilabel_split,
     split_dataset,
 )
 from frugalvision.train.losses import HYPERBOLIC_LOSSES, build_loss, canonical_loss_name
 from frugalvision.train.recipes import train_transform
 from frugalvision.train.samplers import SeededItems
-from frugalvision.train.tasks import EmbeddingTask
+from frugalvision.train.tasks import EmbeddingTask, MultilabelTask, SupervisedTask
 
 __all__ = ["FitResult", "fit", "resolve_precision"]
 
-MONITOR = "val/map@r"
 # Lightning notices that are expected here: workers are chosen on purpose, validation metrics are computed on the
 # gathered set (identical on every rank), the frozen backbone / BatchNorm layers are in eval mode on purpose.
 _QUIET = (
@@ -96,10 +101,13 @@ class FitResult:
         out: the run folder.
         bundle: the model bundle folder (``out/model``), or None on processes other than rank 0.
         model: the trained model, with the best checkpoint's weights.
-        metrics: validation metrics of the best epoch (``val/recall@1``, ``val/map@r``, ...), ``best_epoch``.
-        baseline: the same metrics for the pretrained backbone alone (pooled features, no head).
+        metrics: validation metrics of the best epoch (``val/recall@1``, ``val/map@r``, ... for embeddings;
+            ``val/map``, ``val/cf1``, ... and ``val/tuned/...`` at the tuned thresholds for multi-label),
+            ``best_epoch``.
+        baseline: the same metrics for the pretrained backbone alone (pooled features, no head; embeddings only).
         history: one dict per epoch.
         best_checkpoint: path of the best checkpoint.
+        thresholds: the multi-label per-class decision thresholds (None for embeddings).
     """
 
     out: Path
@@ -109,6 +117,7 @@ class FitResult:
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: str | None = None
+    thresholds: list[float] | None = None
 
 
 def _env_rank() -> int:
@@ -150,14 +159,16 @@ class _EpochSeeder(Callback):
         random.seed(derived)
         np.random.seed(derived)  # noqa: NPY002  (third-party augmentations draw from the global generator)
         torch.manual_seed(derived)
-        datamodule = trainer.datamodule  # type: ignore[attr-defined]
-        if isinstance(datamodule, EmbeddingDataModule) and datamodule.train_sampler is not None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, LabelledDataModule) and datamodule.train_sampler is not None:
             datamodule.train_sampler.set_epoch(epoch)
 
 
 def _normalization(config: TrainConfig) -> str:
     norm = config.model.normalization
-    hyperbolic = canonical_loss_name(config.loss.name) in HYPERBOLIC_LOSSES
+    if config.task == "multilabel":
+        return "none"  # logits
+    hyperbolic = canonical_loss_name(config.loss.resolved_name(config.task)) in HYPERBOLIC_LOSSES
     if norm == "auto":
         return "poincare" if hyperbolic else "l2"
     if hyperbolic and norm == "none":
@@ -168,12 +179,23 @@ def _normalization(config: TrainConfig) -> str:
     return norm
 
 
-def build_model(config: TrainConfig) -> EmbeddingModel:
+def build_model(
+    config: TrainConfig, num_classes: int | None = None, prior: np.ndarray | None = None
+) -> EmbeddingModel:
     """The :class:`~frugalvision.models.EmbeddingModel` a configuration describes (pretrained backbone, new head).
 
     On the fast path GeM's ``p`` is fixed (features are pooled once) and the backbone's gradients are off.
+
+    For the multi-label task (``num_classes`` required) the head is a classifier with one logit per class and no
+    normalisation; its weights start small (normal, std 0.01) and its biases at the log-odds of each class's
+    training frequency ``prior`` (clipped to [0.001, 0.5]; 0.01 when not given), so training starts from "predict
+    the base rate" instead of a loss dominated by the many negatives (the prior initialisation of the focal-loss
+    paper, Lin et al. 2017, Sec. 4.1, per class).
     """
     m = config.model
+    multilabel = config.task == "multilabel"
+    if multilabel and not num_classes:
+        raise ConfigError("the multilabel task needs the number of classes to build its classifier head")
     frozen = m.freeze_backbone
     model_kwargs = dict(m.model_kwargs)
     if m.drop_path_rate > 0 and not frozen:
@@ -186,7 +208,7 @@ def build_model(config: TrainConfig) -> EmbeddingModel:
         gem_p=m.gem_p,
         gem_learnable=m.gem_learnable and not frozen,
         head=m.head,
-        embedding_size=m.embedding_size,
+        embedding_size=int(num_classes) if multilabel and num_classes else m.embedding_size,
         normalization=_normalization(config),
         hidden_size=m.hidden_size,
         dropout=m.drop_rate,
@@ -197,14 +219,65 @@ def build_model(config: TrainConfig) -> EmbeddingModel:
     )
     if frozen:
         model.backbone.requires_grad_(False)
+    if multilabel:
+        _init_classifier(model, prior)
     return model
 
 
-def _splits(config: TrainConfig) -> tuple[LabelledSplit, LabelledSplit | None, Any]:
+def _init_classifier(model: EmbeddingModel, prior: np.ndarray | None) -> None:
+    last = model.head.out
+    if not isinstance(last, torch.nn.Linear):  # pragma: no cover - the multilabel head is always linear
+        raise ConfigError("the multilabel classifier head must end in a linear layer")
+    p = (
+        np.full(last.out_features, 0.01)
+        if prior is None
+        else np.clip(np.asarray(prior, dtype=np.float64), 1e-3, 0.5)
+    )
+    with torch.no_grad():
+        torch.nn.init.normal_(last.weight, std=0.01)
+        last.bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=last.bias.dtype))
+
+
+Split = LabelledSplit | MultilabelSplit
+
+
+def _multilabel_splits(
+    config: TrainConfig, dataset: Any
+) -> tuple[MultilabelSplit, MultilabelSplit | None, Any]:
+    d = config.data
+    if d.val_data is None:
+        train, val = multilabel_split(dataset, val_split_kind(config), d.val_fraction, config.seed)
+        return train, val, (dataset, None)
+    train, _ = multilabel_split(dataset, "none", d.val_fraction, config.seed)
+    val_dataset = open_dataset(d.val_data, format=d.format, on_corrupt=d.on_corrupt)
+    return train, align_targets(val_dataset, train.classes, str(d.val_data)), (dataset, val_dataset)
+
+
+def align_targets(dataset: Any, classes: list[str], source: str) -> MultilabelSplit:
+    """``dataset``'s multi-label targets re-ordered to ``classes`` (a model's classes). A class the data set does
+    not name is absent from all its images; a class the model does not know raises :class:`ConfigError`."""
+    extra = [c for c in dataset.classes if c not in classes]
+    if extra:
+        raise ConfigError(
+            f"{source} has labels the model does not know: {', '.join(extra[:10])}; the model's classes are "
+            f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}"
+        )
+    own = dataset.target_matrix()
+    targets = np.zeros((len(dataset), len(classes)), dtype=np.float32)
+    column = {c: i for i, c in enumerate(dataset.classes)}
+    for j, name in enumerate(classes):
+        if name in column:
+            targets[:, j] = own[:, column[name]]
+    return MultilabelSplit(dataset, targets, list(classes), {"split": "val_data", "val_data": source})
+
+
+def _splits(config: TrainConfig) -> tuple[Split, Split | None, Any]:
     d = config.data
     if d.path is None:
         raise ConfigError("data.path is required: a class-per-folder tree or a manifest (CLI: --data)")
     dataset = open_dataset(d.path, format=d.format, on_corrupt=d.on_corrupt)
+    if config.task == "multilabel":
+        return _multilabel_splits(config, dataset)
     val_dataset = None
     if d.val_data is not None:
         train = labelled_split(dataset)
@@ -213,8 +286,8 @@ def _splits(config: TrainConfig) -> tuple[LabelledSplit, LabelledSplit | None, A
         assert val is not None
         check_validation_split(val, str(d.val_data))
     else:
-        train, val = split_dataset(dataset, d.val_split, d.val_fraction, config.seed)
-    if len(train.classes) < config.data.batch_size // config.data.m_per_class:
+        train, val = split_dataset(dataset, val_split_kind(config), d.val_fraction, config.seed)
+    if sampler_kind(config) == "m_per_class" and len(train.classes) < d.batch_size // d.m_per_class:
         raise ConfigError(
             f"data.batch_size: a batch of {d.batch_size} with m_per_class={d.m_per_class} needs "
             f"{d.batch_size // d.m_per_class} training classes, but there are {len(train.classes)}"
@@ -222,16 +295,14 @@ def _splits(config: TrainConfig) -> tuple[LabelledSplit, LabelledSplit | None, A
     return train, val, (dataset, val_dataset)
 
 
-def _feature_rows(
-    split: LabelledSplit, rows: dict[str, int], features: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _feature_rows(split: Split, rows: dict[str, int], features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     index = np.array([rows.get(str(p), -1) for p in split.dataset.paths], dtype=np.int64)
     keep = index >= 0
     return features[index[keep]], split.labels[keep]
 
 
 def _cached_items(
-    config: TrainConfig, model: EmbeddingModel, train: LabelledSplit, val: LabelledSplit | None, sources: Any
+    config: TrainConfig, model: EmbeddingModel, train: Split, val: Split | None, sources: Any
 ) -> tuple[SeededItems, SeededItems | None]:
     d = config.data
     cache_root = Path(d.cache_dir) if d.cache_dir else Path(config.out) / "feature_cache"
@@ -263,7 +334,7 @@ def fit(
     text_encoder: Any | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train an embedding model as ``config`` says and save the bundle to ``<config.out>/model``.
+    """Train an embedding or multi-label model as ``config`` says and save the bundle to ``<config.out>/model``.
 
     Args:
         config: the resolved configuration (:func:`~frugalvision.train.config.load_config`).
@@ -280,8 +351,6 @@ def fit(
         DataError: data sets that cannot be read or split.
     """
     validate(config)
-    if config.task != "embedding":
-        raise ConfigError(f"task {config.task!r} is not supported by this engine; use task=embedding")
     out = Path(config.out)
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
@@ -296,18 +365,35 @@ def fit(
     np.random.seed(config.seed)  # noqa: NPY002  (third-party augmentations draw from the global generator)
     torch.manual_seed(config.seed)
 
+    multilabel = config.task == "multilabel"
     train, val, sources = _splits(config)
-    model = build_model(config)
+    prior = None
+    if isinstance(train, MultilabelSplit):
+        known = np.maximum((train.labels != -1).sum(axis=0), 1)
+        prior = train.positives() / known
+    model = build_model(config, num_classes=len(train.classes), prior=prior)
     frozen = config.model.freeze_backbone
+    loss_name = config.loss.resolved_name(config.task)
     loss = build_loss(
-        config.loss.name,
+        loss_name,
         num_classes=len(train.classes),
         embedding_size=model.embedding_size,
         class_names=train.classes,
         kwargs=config.loss.kwargs,
         hyperbolic_c=config.model.hyperbolic_c if model.normalization == "poincare" else None,
         text_encoder=text_encoder,
+        class_counts=train.positives().tolist() if isinstance(train, MultilabelSplit) else None,
+        num_samples=len(train.labels),
     )
+    if multilabel and config.loss.partial != "ignore":
+        from frugalvision.losses import PartialAnnotationLoss
+
+        try:
+            loss = PartialAnnotationLoss(loss, mode=config.loss.partial, **config.loss.partial_kwargs)
+        except TypeError as e:
+            raise ConfigError(f"loss.partial_kwargs: {e}") from e
+    task_class: type[SupervisedTask] = MultilabelTask if multilabel else EmbeddingTask
+    monitor = task_class.monitor
 
     t = config.trainer
     accelerator = "gpu" if _uses_cuda(t.accelerator) and t.accelerator == "auto" else t.accelerator
@@ -315,7 +401,7 @@ def fit(
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
-        monitor=MONITOR if val is not None else None,
+        monitor=monitor if val is not None else None,
         mode="max",
         save_top_k=1,
         auto_insert_metric_name=False,
@@ -326,7 +412,7 @@ def fit(
     )
     all_callbacks: list[Callback] = [_EpochSeeder(config.seed), checkpoint, latest, *callbacks]
     if val is not None and t.patience is not None:
-        all_callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience))
+        all_callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=t.patience))
     no_validation: dict[str, Any] = {} if val is not None else {"limit_val_batches": 0}
     trainer = pl.Trainer(
         max_epochs=t.epochs,
@@ -343,7 +429,10 @@ def fit(
         ],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
-        num_sanity_val_steps=-1 if (val is not None and t.eval_before_training and not resume) else 0,
+        # The sanity run measures the pretrained backbone alone (embeddings only: a new classifier has no baseline).
+        num_sanity_val_steps=-1
+        if (val is not None and t.eval_before_training and not resume and not multilabel)
+        else 0,
         **no_validation,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress,
@@ -368,7 +457,7 @@ def fit(
         1, len(train_items) // (config.data.batch_size * trainer.world_size)
     )
     trainer.log_every_n_steps = min(t.log_every_n_steps, steps)  # type: ignore[attr-defined]
-    datamodule = EmbeddingDataModule(
+    datamodule = LabelledDataModule(
         train_items,
         val_items,
         batch_size=config.data.batch_size,
@@ -377,8 +466,9 @@ def fit(
         seed=config.seed,
         num_workers=workers,
         steps_per_epoch=steps,
+        sampler=sampler_kind(config),
     )
-    task = EmbeddingTask(model, loss, config, steps_per_epoch=steps, cached_features=frozen)
+    task = task_class(model, loss, config, steps_per_epoch=steps, cached_features=frozen)
     with warnings.catch_warnings():
         for message in _QUIET:
             warnings.filterwarnings("ignore", message=message)
@@ -393,13 +483,23 @@ def fit(
     model = task.model.cpu().eval()
     metrics = _epoch_metrics(task.history, best_epoch)
     result = FitResult(out, None, model, metrics, dict(task.baseline), list(task.history), best or None)
+    extra: dict[str, Any] = {}
+    if multilabel and trainer.is_global_zero:
+        extra = _tune_thresholds(model, val_items, train.classes, frozen, config)
+        result.metrics.update(extra.pop("metrics"))
+        result.thresholds = extra["thresholds"]
+    loss_record: dict[str, Any] = {"name": canonical_loss_name(loss_name), "kwargs": dict(config.loss.kwargs)}
+    if multilabel:
+        loss_record.update(partial=config.loss.partial, partial_kwargs=dict(config.loss.partial_kwargs))
     if trainer.is_global_zero:
         result.bundle = save_bundle(
             model,
             out / "model",
-            task="embedding",
+            task=config.task,
             classes=train.classes,
-            loss={"name": canonical_loss_name(config.loss.name), "kwargs": dict(config.loss.kwargs)},
+            thresholds=extra.get("thresholds"),
+            per_class=extra.get("per_class"),
+            loss=loss_record,
             training=config.to_dict(),
             metrics={**metrics, "baseline": dict(task.baseline)},
             history=task.history,
@@ -411,6 +511,55 @@ def fit(
             },
         )
     return result
+
+
+def predict_outputs(
+    model: EmbeddingModel, items: SeededItems, *, cached_features: bool, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``model`` (or only its head, on cached features) over ``items``: ``(outputs (N', D), labels)`` for the
+    readable items, in order."""
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_labelled
+    )
+    outputs, labels = [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            if batch["image"] is None:
+                continue
+            x = batch["image"]
+            outputs.append((model.embed_features(x) if cached_features else model(x)).float().numpy())
+            labels.append(batch["label"].numpy())
+    if not outputs:
+        return np.zeros((0, model.embedding_size), np.float32), np.zeros(
+            (0, model.embedding_size), np.float32
+        )
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def _tune_thresholds(
+    model: EmbeddingModel,
+    val_items: SeededItems | None,
+    classes: list[str],
+    cached: bool,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """Per-class F1-maximising thresholds on the validation images (0.5 without validation data), the metrics at
+    those thresholds (``val/tuned/...``: optimistic, as tuned on the same images) and the per-class report."""
+    from frugalvision.metrics import multilabel_metrics, per_class_report, tune_thresholds
+
+    if val_items is None:
+        return {"thresholds": [0.5] * len(classes), "metrics": {}, "per_class": None}
+    logits, targets = predict_outputs(
+        model, val_items, cached_features=cached, batch_size=config.data.eval_batch_size
+    )
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    thresholds = tune_thresholds(scores, targets)
+    k = min(config.trainer.eval_top_k, len(classes))
+    tuned = multilabel_metrics(scores, targets, thresholds=thresholds, top_k=k)
+    metrics = {f"val/tuned/{name}": float(tuned[name]) for name in ("cp", "cr", "cf1", "op", "or", "of1")}
+    report = per_class_report(scores, targets, classes, thresholds)
+    return {"thresholds": [float(t) for t in thresholds], "metrics": metrics, "per_class": report}
 
 
 def _epoch_metrics(history: list[dict[str, Any]], epoch: int | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from frugalvision.losses import LanguageGuidanceLoss, create_loss, list_losses
+from frugalvision.losses import LanguageGuidanceLoss, create_loss, get_loss_class, list_losses
 from frugalvision.train.config import ConfigError
 
 __all__ = ["build_loss", "loss_terms"]
@@ -25,10 +25,8 @@ HYPERBOLIC_LOSSES = ("hyperbolic_pce",)
 
 
 def _accepted(name: str) -> set[str]:
-    # The registry is the losses package's; its classes' constructor signatures say what they take.
-    from frugalvision.losses._registry import _REGISTRY
-
-    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    # The registered classes' constructor signatures say what they take.
+    params = inspect.signature(get_loss_class(name)).parameters.values()
     return {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
@@ -51,6 +49,8 @@ def build_loss(
     kwargs: Mapping[str, Any] | None = None,
     hyperbolic_c: float | None = None,
     text_encoder: Any | None = None,
+    class_counts: Sequence[int] | None = None,
+    num_samples: int | None = None,
 ) -> nn.Module:
     """Construct loss ``name`` for ``num_classes`` training classes and ``embedding_size``-d embeddings.
 
@@ -64,6 +64,8 @@ def build_loss(
             explicit ``c``).
         text_encoder: language model ``list[str] -> (n, d)`` for ``language_guided`` (default: the offline
             MiniLM of ``frugalvision.losses.minilm_text_encoder``).
+        class_counts, num_samples: positives per class and images in the training set, for losses that take
+            them (the Distribution-Balanced loss).
 
     Raises:
         ConfigError: unknown loss, arguments it does not take (named), a curvature that differs from the head's.
@@ -106,14 +108,20 @@ def build_loss(
                 "distances in the ball the head maps into; set one value"
             )
         args["c"] = hyperbolic_c
-    for arg, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
-        if arg in accepted:
+    filled = {
+        "num_classes": num_classes,
+        "embedding_size": embedding_size,
+        "class_counts": None if class_counts is None else list(class_counts),
+        "num_samples": num_samples,
+    }
+    for arg, value in filled.items():
+        if arg in accepted and value is not None:
             args.setdefault(arg, value)
     unknown = sorted(set(args) - accepted)
     if unknown:
         raise ConfigError(
             f"loss.kwargs: {key!r} does not take {', '.join(unknown)}; it takes "
-            f"{', '.join(sorted(accepted - {'num_classes', 'embedding_size', 'base_loss'}))}"
+            f"{', '.join(sorted(accepted - {*filled, 'base_loss'}))}"
         )
     try:
         return create_loss(key, **args)

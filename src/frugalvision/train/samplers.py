@@ -1,4 +1,5 @@
-"""Batch samplers for metric learning: m images of each of ``batch_size / m`` classes, deterministic per epoch.
+"""Training batch samplers, deterministic per epoch: m images of each of ``batch_size / m`` classes (metric
+learning), a plain shuffle, and class-aware sampling (multi-label tagging of long-tailed classes).
 
 A batch sampler yields lists of ``(index, item_seed)`` pairs: ``item_seed`` fixes the random augmentation of that
 image (see :class:`SeededItems`), so an epoch's batches *and* their augmentations depend only on
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["MPerClassSampler", "SeededItems", "ShardSampler"]
+__all__ = ["ClassAwareSampler", "MPerClassSampler", "SeededItems", "ShardSampler", "ShuffleSampler"]
 
 
 class MPerClassSampler(Sampler[list[tuple[int, int]]]):
@@ -131,6 +132,121 @@ class MPerClassSampler(Sampler[list[tuple[int, int]]]):
         yield from self.global_batches()[self.rank :: self.num_replicas]
 
 
+class _EpochBatches(Sampler[list[tuple[int, int]]]):
+    """Shared mechanics: ``num_batches`` per rank, drawn from ``(seed, epoch)``, ranks taking disjoint slices of
+    one global sequence of batches (as :class:`MPerClassSampler`); subclasses say which indices an epoch visits."""
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int = 0,
+        *,
+        num_batches: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
+        if size < 1:
+            raise ValueError("there are no training items to sample")
+        self.size, self.batch_size, self.seed = int(size), int(batch_size), int(seed)
+        self.num_replicas, self.rank, self.epoch = int(num_replicas), int(rank), int(epoch)
+        if num_batches is None:
+            num_batches = max(1, self.size // (self.batch_size * self.num_replicas))
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        self.num_batches = int(num_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose batches the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def global_batches(self) -> list[list[tuple[int, int]]]:
+        """All ranks' batches of the current epoch, in order (rank ``r`` gets ``[r::num_replicas]``)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        total = self.num_batches * self.num_replicas
+        order = self._draw(rng, total * self.batch_size)
+        seeds = rng.integers(0, 2**31 - 1, size=len(order))
+        pairs = [(int(i), int(s)) for i, s in zip(order, seeds, strict=True)]
+        return [pairs[b * self.batch_size : (b + 1) * self.batch_size] for b in range(total)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        yield from self.global_batches()[self.rank :: self.num_replicas]
+
+
+class ShuffleSampler(_EpochBatches):
+    """Batches of ``batch_size`` items from a fresh random permutation of all items (more permutations are
+    chained when an epoch asks for more items than there are), deterministic in ``(seed, epoch)``.
+
+    Args:
+        size: number of items.
+        batch_size, seed, num_batches, num_replicas, rank, epoch: as for :class:`MPerClassSampler`.
+    """
+
+    def _draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        rounds = -(-count // self.size)
+        return np.concatenate([rng.permutation(self.size) for _ in range(rounds)])[:count]
+
+
+class ClassAwareSampler(_EpochBatches):
+    """Class-aware sampling for long-tailed (multi-label) data (Shen et al., "Relay Backpropagation", ECCV 2016):
+    each draw picks a class uniformly from a shuffled cycle of the classes, then the next image of that class from
+    a shuffled cycle of its images. Every class is seen about equally often, so head classes stop dominating.
+
+    Args:
+        targets: ``(N, C)`` multi-label targets (1 present, 0 absent, -1 unknown) or ``(N,)`` class ids; an item
+            belongs to the classes where it is present. Classes without items are never drawn.
+        batch_size, seed, num_batches, num_replicas, rank, epoch: as for :class:`MPerClassSampler`.
+    """
+
+    def __init__(
+        self,
+        targets: np.ndarray | torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        t = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)
+        if t.ndim == 1:
+            members = [np.flatnonzero(t == c) for c in np.unique(t[t >= 0])]
+        elif t.ndim == 2:
+            members = [np.flatnonzero(t[:, c] == 1) for c in range(t.shape[1])]
+        else:
+            raise ValueError(
+                f"targets must be (N,) class ids or (N, C) multi-label targets, got shape {t.shape}"
+            )
+        self._members = [m for m in members if len(m)]
+        if not self._members:
+            raise ValueError("class-aware sampling needs at least one class with a positive item")
+        super().__init__(len(t), batch_size, seed, **kwargs)
+
+    def _draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        n_classes = len(self._members)
+        cycles = [rng.permutation(m) for m in self._members]
+        cursor = [0] * n_classes
+        out = np.empty(count, dtype=np.int64)
+        queue: list[int] = []
+        for k in range(count):
+            if not queue:
+                queue = rng.permutation(n_classes).tolist()
+            c = queue.pop()
+            if cursor[c] == len(cycles[c]):
+                cycles[c], cursor[c] = rng.permutation(self._members[c]), 0
+            out[k] = cycles[c][cursor[c]]
+            cursor[c] += 1
+        return out
+
+
 class ShardSampler(Sampler[list[int]]):
     """Sequential evaluation batches of this rank's shard ``rank, rank + R, rank + 2R, ...`` (no padding, so
     every item is evaluated exactly once across ranks)."""
@@ -155,14 +271,16 @@ class SeededItems(Dataset):
     """Wrap a data set so that item ``(index, seed)`` is produced under ``seed``: Python's, NumPy's and torch's
     global generators are seeded before ``dataset[index]`` (timm's augmentations draw from them) and restored after.
 
-    ``item = dataset[index]`` must be a dict; ``{"label": labels[index]}`` is added. ``seeded=False`` skips the
+    ``item = dataset[index]`` must be a dict; ``{"label": labels[index]}`` is added: an ``int`` class id for
+    ``(N,)`` labels, a ``(C,)`` float32 tensor for ``(N, C)`` multi-label targets. ``seeded=False`` skips the
     seeding (for items without randomness, e.g. cached features or evaluation images).
     """
 
     def __init__(self, dataset: Any, labels: Sequence[int] | np.ndarray, seeded: bool = True) -> None:
         self.dataset = dataset
         self.seeded = bool(seeded)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        array = np.asarray(labels)
+        self.labels = array.astype(np.float32) if array.ndim == 2 else array.astype(np.int64)
         if len(self.labels) != len(dataset):
             raise ValueError(f"{len(self.labels)} labels for a data set of {len(dataset)} items")
 
@@ -185,5 +303,6 @@ class SeededItems(Dataset):
                 np.random.set_state(np_state)  # noqa: NPY002
                 torch.set_rng_state(torch_state)
         item["index"] = int(index)
-        item["label"] = int(self.labels[int(index)])
+        row = self.labels[int(index)]
+        item["label"] = torch.from_numpy(row.copy()) if self.labels.ndim == 2 else int(row)
         return item

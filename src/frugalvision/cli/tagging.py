@@ -1,0 +1,127 @@
+"""``frugalvision predict``: tag images with a multi-label model (training bundle or ONNX deploy bundle); and the
+multi-label side of ``frugalvision evaluate``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from frugalvision.cli.main import cli
+from frugalvision.errors import DataWarning, FrugalVisionError
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per image (path, labels, scores)."
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Print the K most probable classes of each image instead of those over their thresholds.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="One decision threshold for every class instead of the per-class thresholds saved in the bundle.",
+)
+@click.option(
+    "--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch."
+)
+def predict(
+    model: Path,
+    images: tuple[Path, ...],
+    as_json: bool,
+    top_k: int | None,
+    threshold: float | None,
+    batch_size: int,
+) -> None:
+    """Tag IMAGES (files or folders) with the multi-label MODEL and print each image's labels with scores.
+
+    MODEL is a bundle from `frugalvision train --task multilabel` (runs on torch) or a deploy bundle from
+    `frugalvision export` (runs on ONNX Runtime, no torch). A label is printed when its probability reaches the
+    class's threshold (tuned on validation images when the model was trained).
+
+    \b
+      frugalvision predict runs/tags/model photos/ --json
+      frugalvision predict runs/tags/deploy a.jpg b.jpg --top-k 3
+    """
+    from frugalvision.runtime.config import is_deploy_bundle
+    from frugalvision.tagging import expand_images
+
+    files = expand_images(images)
+    if not files:
+        raise click.UsageError("no image files found in " + ", ".join(map(str, images)))
+    if is_deploy_bundle(model):
+        from frugalvision.runtime import Predictor
+
+        predictor = Predictor(model, batch_size=batch_size)
+        if predictor.task != "multilabel":
+            raise FrugalVisionError(
+                f"{model} is a {predictor.task} model; `predict` tags with multilabel models"
+            )
+        probs = predictor.probabilities(predictor.run(predictor.preprocess([str(f) for f in files])))
+        from frugalvision.tagging import decide
+
+        saved = predictor.config.thresholds or [0.5] * len(predictor.classes)
+        results = decide(probs, list(predictor.classes), saved if threshold is None else threshold, top_k)
+    else:
+        from frugalvision.tagging import Tagger
+
+        tagger = Tagger(model, thresholds=threshold)
+        results = tagger.predict(files, top_k=top_k, batch_size=batch_size)
+    for path, p in zip(files, results, strict=True):
+        if as_json:
+            click.echo(json.dumps({"path": str(path), **p.to_dict()}))
+        else:
+            shown = ", ".join(f"{label} {score:.2f}" for label, score in zip(p.labels, p.scores, strict=True))
+            click.echo(f"{path}: {shown or '(no label over its threshold)'}")
+
+
+def evaluate_tagging(
+    bundle: Path, data: Path, *, as_json: bool, workers: int | None, progress: bool, top_k: int
+) -> None:
+    """``frugalvision evaluate BUNDLE --data DATA`` for a multilabel bundle: mAP, CF1/OF1 and a per-class table."""
+    from frugalvision.data import open_dataset
+    from frugalvision.tagging import Tagger, evaluate_tagger
+
+    tagger = Tagger(bundle)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        result: dict[str, Any] = evaluate_tagger(
+            tagger, open_dataset(data), top_k=top_k, num_workers=workers or 0, progress=progress
+        )
+    _show_warnings(caught)
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), "data": str(data), **result}, indent=2))
+        return
+    m = result["metrics"]
+    click.echo(f"{result['images']} images, {len(tagger.classes)} classes")
+    click.echo(f"  {'mAP':<10} {m['map']:.4f}")
+    click.echo(f"  {'':<10} {'thresholds':>10} {'at 0.5':>8} {'top-' + str(top_k):>8}")
+    for name in ("cp", "cr", "cf1", "op", "or", "of1"):
+        top = m.get(f"{name}@top{top_k}", float("nan"))
+        click.echo(f"  {name.upper():<10} {m[name]:>10.4f} {m[name + '@0.5']:>8.4f} {top:>8.4f}")
+    click.echo(f"\n  {'class':<24} {'AP':>6} {'P':>6} {'R':>6} {'F1':>6} {'thr':>5} {'pos':>5}")
+    for row in result["per_class"]:
+        ap = row.get("ap")
+        click.echo(
+            f"  {str(row.get('class'))[:24]:<24} {ap if ap is not None else float('nan'):>6.3f} "
+            f"{row.get('precision', 0):>6.3f} {row.get('recall', 0):>6.3f} {row.get('f1', 0):>6.3f} "
+            f"{row.get('threshold', 0):>5.2f} {row.get('positives', 0):>5d}"
+        )

@@ -1,0 +1,222 @@
+"""Tagging images with a trained multi-label model bundle (torch), and evaluating it on labelled images.
+
+``frugalvision train --task multilabel`` writes a bundle whose model outputs one logit per class and whose
+``config.json`` holds the class names and the per-class decision thresholds tuned on validation images::
+
+    from frugalvision.tagging import Tagger
+    tagger = Tagger("runs/tags/model")
+    for p in tagger.predict(["a.jpg", "b.jpg"]):
+        print(p.labels, p.scores)            # the classes whose probability reaches their threshold
+
+Exported to ONNX (``frugalvision export``), the same decisions come from the torch-free
+:class:`frugalvision.runtime.Predictor`; both return :class:`~frugalvision.runtime.Prediction`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, collate_images, load_image
+from frugalvision.errors import DataWarning, FrugalVisionError
+from frugalvision.runtime.predictor import Prediction
+
+__all__ = ["Tagger", "decide", "evaluate_tagger", "expand_images"]
+
+ImageLike = str | os.PathLike[str] | Image.Image
+
+
+class Tagger:
+    """A multi-label model bundle, ready to tag images.
+
+    Args:
+        bundle: model bundle folder written by ``frugalvision train --task multilabel``.
+        device: where the model runs.
+        thresholds: override the bundle's per-class thresholds: one float for every class, or one per class.
+
+    Raises:
+        StoreError: not a bundle; FrugalVisionError: a bundle of another task (an embedding model has no classes).
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        thresholds: float | Sequence[float] | None = None,
+    ) -> None:
+        from frugalvision.bundle import load
+
+        self.model = load(bundle, device=device)
+        config = self.model.config
+        if config.get("task") != "multilabel":
+            raise FrugalVisionError(
+                f"{bundle} is a {config.get('task', 'embedding')} model; tagging needs a multilabel bundle "
+                "(frugalvision train --task multilabel). Embedding models are used with `frugalvision search`."
+            )
+        self.device = torch.device(device)
+        self.classes: list[str] = list(config.get("classes") or [])
+        saved = config.get("thresholds") or [0.5] * len(self.classes)
+        self.thresholds = _thresholds(saved if thresholds is None else thresholds, len(self.classes))
+        self._transform = self.model.transform()
+
+    def __repr__(self) -> str:
+        return f"Tagger({len(self.classes)} classes, bundle={self.model.bundle_path!r})"
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+        """``(N, C)`` float32 sigmoid probabilities for image files or PIL images (unreadable files raise
+        :class:`~frugalvision.errors.CorruptImageError` naming the file)."""
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in chunk]
+            x = torch.stack([self._transform(im) for im in pil]).to(self.device)
+            out.append(torch.sigmoid(self.model(x).float()).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def decide(self, probabilities: np.ndarray, top_k: int | None = None) -> list[Prediction]:
+        """A :class:`~frugalvision.runtime.Prediction` per row (see :func:`decide`)."""
+        return decide(probabilities, self.classes, self.thresholds, top_k)
+
+    def predict(
+        self, images: Sequence[ImageLike], top_k: int | None = None, batch_size: int = 32
+    ) -> list[Prediction]:
+        """Tags for each image (see :meth:`decide`)."""
+        return self.decide(self.probabilities(images, batch_size=batch_size), top_k=top_k)
+
+    @torch.inference_mode()
+    def dataset_probabilities(
+        self, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0, progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities (N', C), kept (N,) bool)`` for a data set; unreadable images are skipped with one
+        :class:`~frugalvision.errors.DataWarning` listing them (``kept`` is False for them)."""
+        loader = torch.utils.data.DataLoader(
+            dataset.with_transform(self._transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+        )
+        probs, kept = [], np.zeros(len(dataset), dtype=bool)
+        skipped: list[str] = []
+        for batch in tqdm(loader, desc="tagging", unit="batch", disable=not progress):
+            skipped += [msg for _, msg in batch["skipped"]]
+            if batch["image"] is None:
+                continue
+            probs.append(torch.sigmoid(self.model(batch["image"].to(self.device)).float()).cpu().numpy())
+            kept[batch["index"].numpy()] = True
+        if skipped:
+            listed = "\n  ".join(skipped[:10])
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable image(s):\n  {listed}", DataWarning, stacklevel=2
+            )
+        return (np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)), kept
+
+
+def decide(
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    thresholds: float | Sequence[float] | np.ndarray,
+    top_k: int | None = None,
+) -> list[Prediction]:
+    """Multi-label decisions: per row of ``probabilities (N, C)``, the classes whose probability reaches their
+    threshold, most probable first (may be empty); with ``top_k``, the ``top_k`` most probable instead."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    limits = _thresholds(thresholds, len(classes))
+    out = []
+    for row in np.asarray(probabilities, dtype=np.float32):
+        order = np.argsort(-row, kind="stable")
+        chosen = order[:top_k] if top_k is not None else order[row[order] >= limits[order]]
+        out.append(
+            Prediction(
+                labels=tuple(classes[i] for i in chosen),
+                scores=tuple(float(row[i]) for i in chosen),
+                probabilities=row,
+            )
+        )
+    return out
+
+
+def _thresholds(value: float | Sequence[float] | np.ndarray, n: int) -> np.ndarray:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out = np.full(n, float(value), dtype=np.float32)
+    else:
+        out = np.asarray(value, dtype=np.float32).reshape(-1)
+        if out.shape != (n,):
+            raise ValueError(f"thresholds must be one number or one per class ({n}), got {len(out)}")
+    if not np.all((out >= 0) & (out <= 1)):
+        raise ValueError("thresholds are probabilities and must lie in [0, 1]")
+    return out
+
+
+def evaluate_tagger(
+    tagger: Tagger,
+    dataset: ImageDataset,
+    *,
+    top_k: int = 3,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Multi-label metrics of ``tagger`` on labelled images: mAP, and CP/CR/CF1, OP/OR/OF1 at the bundle's
+    thresholds, at 0.5 and at top-k, plus a per-class report.
+
+    The data set's classes are matched to the model's by name (classes the data set does not name are absent from
+    its images; unknown entries, target -1, are left out of every metric).
+
+    Returns:
+        ``{"images": N, "metrics": {"map": ..., "cf1": ..., "cf1@0.5": ..., "cf1@top3": ...},
+        "per_class": [{"class": ..., "ap": ..., ...}]}``.
+
+    Raises:
+        FrugalVisionError: the data set names classes the model does not know, or has no positive label.
+    """
+    from frugalvision.metrics import multilabel_metrics, per_class_report
+
+    extra = [c for c in dataset.classes if c not in tagger.classes]
+    if extra:
+        raise FrugalVisionError(
+            f"{dataset.source} has labels the model does not know: {', '.join(extra[:10])}; the model's classes "
+            f"are {', '.join(tagger.classes[:20])}{' ...' if len(tagger.classes) > 20 else ''}"
+        )
+    own = dataset.target_matrix()
+    targets = np.zeros((len(dataset), len(tagger.classes)), dtype=np.float32)
+    for j, name in enumerate(dataset.classes):
+        targets[:, tagger.classes.index(name)] = own[:, j]
+    probs, kept = tagger.dataset_probabilities(
+        dataset, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
+    targets = targets[kept]
+    if not (targets == 1).any():
+        raise FrugalVisionError(f"{dataset.source} has no positive label: nothing to evaluate")
+    k = min(top_k, len(tagger.classes))
+    tuned = multilabel_metrics(probs, targets, thresholds=tagger.thresholds, top_k=k)
+    half = multilabel_metrics(probs, targets, thresholds=0.5, top_k=k)
+    metrics = {name: float(v) for name, v in tuned.items()}
+    metrics.update({f"{name}@0.5": float(half[name]) for name in ("cp", "cr", "cf1", "op", "or", "of1")})
+    return {
+        "images": int(kept.sum()),
+        "metrics": metrics,
+        "per_class": per_class_report(probs, targets, tagger.classes, tagger.thresholds),
+    }
+
+
+def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the folders named."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            out.append(p)
+    return out

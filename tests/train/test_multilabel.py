@@ -1,0 +1,246 @@
+"""The multi-label task on the shared engine: fit (fast path and fine-tuning), thresholds in the bundle, resume,
+tagging with the bundle and with its ONNX export, partial annotations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+import frugalvision
+from frugalvision.data import read_manifest
+from frugalvision.losses import list_losses
+from frugalvision.train import ConfigError, fit, load_config
+from frugalvision.train.data import multilabel_split
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),
+]
+
+CLASSES = ("red", "green", "blue", "yellow", "white")
+_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 230), "yellow": (240, 230, 20)}
+
+
+def make_multilabel_manifest(root: Path, n: int = 48, size: int = 32, unknown_every: int = 0) -> Path:
+    """``n`` images on a grey background with 1-3 coloured squares (one per class, in a class-specific corner;
+    "white" is a centre square); a JSONL manifest ``labels.jsonl``. ``unknown_every``: every k-th image marks one
+    absent class as unknown."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    corners = {"red": (0, 0), "green": (0, 1), "blue": (1, 0), "yellow": (1, 1)}
+    half = size // 2
+    lines = []
+    for i in range(n):
+        k = int(rng.integers(1, 4))
+        present = sorted(rng.choice(len(CLASSES), size=k, replace=False).tolist())
+        arr = np.clip(rng.normal(110, 20, (size, size, 3)), 0, 255)
+        for c in present:
+            name = CLASSES[c]
+            if name == "white":
+                arr[half - 5 : half + 5, half - 5 : half + 5] = 250
+            else:
+                r, q = corners[name]
+                arr[r * half + 2 : (r + 1) * half - 2, q * half + 2 : (q + 1) * half - 2] = _COLOURS[name]
+        Image.fromarray(arr.astype(np.uint8)).save(root / f"img{i:03d}.png")
+        row: dict = {"path": f"img{i:03d}.png", "labels": [CLASSES[c] for c in present]}
+        absent = [CLASSES[c] for c in range(len(CLASSES)) if c not in present]
+        if unknown_every and i % unknown_every == 0:
+            row["unknown"] = absent[:1]
+        lines.append(json.dumps(row))
+    (root / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "labels.jsonl"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_multilabel_manifest(tmp_path_factory.mktemp("tags") / "data", unknown_every=4)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+def _config(data: Path, out: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            "task=multilabel",
+            f"data.path={data}",
+            f"out={out}",
+            "model.name=test_efficientnet",
+            "model.pretrained=false",
+            "model.input_size=32",
+            "data.batch_size=8",
+            "data.val_fraction=0.25",
+            "data.num_workers=0",
+            "trainer.epochs=2",
+            "trainer.progress=false",
+            "optim.lr=1e-3",
+            *overrides,
+        ],
+    )
+
+
+def test_targets_and_split_keep_unknown_entries(manifest: Path) -> None:
+    dataset = read_manifest(manifest)
+    targets = dataset.target_matrix()
+    assert dataset.multilabel and dataset.classes == sorted(CLASSES) and targets.shape == (48, 5)
+    assert set(np.unique(targets)) == {-1.0, 0.0, 1.0} and (targets == -1).sum() == 12
+    train, val = multilabel_split(dataset, "images", 0.25, seed=0)
+    assert val is not None and len(train.labels) == 36 and len(val.labels) == 12
+    rows = {str(p): i for i, p in enumerate(dataset.paths)}
+    for split in (train, val):
+        index = [rows[str(p)] for p in split.dataset.paths]
+        np.testing.assert_array_equal(split.labels, targets[index])
+    assert not set(map(str, train.dataset.paths)) & set(map(str, val.dataset.paths))
+
+
+@pytest.mark.parametrize("loss", list_losses(include_aliases=False, task="multilabel"))
+def test_fast_path_fit_with_every_multilabel_loss(
+    loss: str, manifest: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    cfg = _config(
+        manifest,
+        tmp_path / "run",
+        f"loss.name={loss}",
+        "model.freeze_backbone=true",
+        f"data.cache_dir={cache_dir}",
+    )
+    result = fit(cfg)
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    assert {"val/map", "val/cf1", "val/of1", "val/cf1@top3", "val/tuned/cf1"} <= set(result.metrics)
+    assert result.metrics["val/map"] == max(h["val/map"] for h in result.history)
+    assert result.baseline == {}
+    saved = json.loads((result.bundle / "config.json").read_text())
+    assert saved["task"] == "multilabel" and saved["classes"] == sorted(CLASSES)
+    assert saved["loss"]["name"] == loss and len(saved["thresholds"]) == 5
+    assert all(0 <= t <= 1 for t in saved["thresholds"]) and result.thresholds == saved["thresholds"]
+    assert [r["class"] for r in saved["per_class"]] == sorted(CLASSES)
+    assert (result.bundle / "per_class_ap.png").is_file() and "Per class" in (
+        result.bundle / "report.md"
+    ).read_text()
+    loaded = frugalvision.load(result.bundle)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert loaded(x).shape == (2, 5)
+        torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)
+
+
+def test_classifier_bias_starts_at_the_class_log_odds(manifest: Path, tmp_path: Path) -> None:
+    from frugalvision.train import build_model
+
+    cfg = _config(manifest, tmp_path, "model.freeze_backbone=true")
+    prior = np.array([0.4, 0.2, 0.001, 0.05, 0.9])
+    model = build_model(cfg, num_classes=5, prior=prior)
+    expected = np.log(np.clip(prior, 1e-3, 0.5) / (1 - np.clip(prior, 1e-3, 0.5)))
+    np.testing.assert_allclose(model.head.out.bias.detach().numpy(), expected, rtol=1e-6)
+    assert model.embedding_size == 5 and model.normalization == "none"
+
+
+def test_fine_tuning_learns_the_tags_and_the_tagger_uses_the_thresholds(
+    manifest: Path, tmp_path: Path
+) -> None:
+    from frugalvision.tagging import Tagger, evaluate_tagger
+
+    cfg = _config(
+        manifest,
+        tmp_path / "run",
+        "data.sampler=class_aware",
+        "recipe=none",
+        "trainer.epochs=6",
+        "optim.lr=3e-3",
+        "loss.name=bce",
+        "optim.warmup_epochs=0",
+    )
+    result = fit(cfg)
+    first, best = result.history[0]["val/map"], result.metrics["val/map"]
+    assert best > 0.6 and best >= first, result.history  # a random scorer gets about the positive rate, ~0.4
+    tagger = Tagger(result.bundle)
+    np.testing.assert_allclose(tagger.thresholds, result.thresholds, rtol=0, atol=1e-7)
+    dataset = read_manifest(manifest)
+    probs = tagger.probabilities(dataset.paths[:4])
+    with torch.no_grad():
+        x = torch.stack([result.model.transform()(Image.open(p).convert("RGB")) for p in dataset.paths[:4]])
+        np.testing.assert_allclose(probs, torch.sigmoid(result.model(x)).numpy(), rtol=1e-5, atol=1e-6)
+    for p, row in zip(tagger.decide(probs), probs, strict=True):
+        expected = {c for c, s, t in zip(tagger.classes, row, tagger.thresholds, strict=True) if s >= t}
+        assert set(p.labels) == expected and list(p.scores) == sorted(p.scores, reverse=True)
+    report = evaluate_tagger(tagger, dataset, progress=False)
+    assert report["images"] == 48 and 0 < report["metrics"]["map"] <= 1
+    assert {"cf1", "of1", "cf1@0.5", "cf1@top3"} <= set(report["metrics"]) and len(report["per_class"]) == 5
+
+
+class _CrashAtEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_with_selective_partial_loss_equals_an_uninterrupted_run(
+    manifest: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    settings = (
+        "model.freeze_backbone=true",
+        f"data.cache_dir={cache_dir}",
+        "loss.partial=selective",
+        "trainer.epochs=3",
+        "model.drop_rate=0.2",
+    )
+    reference = fit(_config(manifest, tmp_path / "ref", *settings))
+    cfg = _config(manifest, tmp_path / "crash", *settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, callbacks=[_CrashAtEpoch(2)])
+    resumed = fit(cfg, resume=True)
+    assert resumed.history == reference.history
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert resumed.thresholds == reference.thresholds
+    saved = json.loads((resumed.bundle / "config.json").read_text())
+    assert saved["loss"]["partial"] == "selective"
+
+
+def test_onnx_export_predicts_like_the_bundle(manifest: Path, tmp_path: Path, cache_dir: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from frugalvision.deploy import export_bundle
+    from frugalvision.runtime import Predictor
+    from frugalvision.tagging import Tagger
+
+    result = fit(
+        _config(manifest, tmp_path / "run", "model.freeze_backbone=true", f"data.cache_dir={cache_dir}")
+    )
+    export_bundle(result.bundle, tmp_path / "deploy")
+    predictor = Predictor(tmp_path / "deploy")
+    assert predictor.task == "multilabel" and list(predictor.classes) == sorted(CLASSES)
+    np.testing.assert_allclose(predictor.config.thresholds, result.thresholds, rtol=0, atol=1e-7)
+    paths = [str(p) for p in read_manifest(manifest).paths[:6]]
+    tagger = Tagger(result.bundle)
+    np.testing.assert_allclose(
+        predictor.predict(paths)[0].probabilities, tagger.probabilities(paths)[0], atol=1e-5
+    )
+    assert [p.labels for p in predictor.predict(paths)] == [p.labels for p in tagger.predict(paths)]
+
+
+def test_multilabel_config_errors(manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'proxynca\\+\\+' is a loss for the embedding task"):
+        _config(manifest, tmp_path, "loss.name=proxynca++")
+    with pytest.raises(ConfigError, match="'asl' is a loss for the multilabel task"):
+        load_config(None, [f"data.path={manifest}", "loss.name=asl"])
+    with pytest.raises(ConfigError, match="val_split=classes"):
+        _config(manifest, tmp_path, "data.val_split=classes")
+    with pytest.raises(ConfigError, match="sampler=m_per_class is for the embedding task"):
+        _config(manifest, tmp_path, "data.sampler=m_per_class")
+    with pytest.raises(ConfigError, match="apply to the multilabel task only"):
+        load_config(None, [f"data.path={manifest}", "loss.partial=selective"])
+    assert _config(manifest, tmp_path).loss.resolved_name("multilabel") == "asl"
