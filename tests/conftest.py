@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,44 @@ def tiny_folder(tmp_path: Path) -> Path:
             arr = np.clip(np.array(rgb) + rng.normal(0, 25, (40, 48, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
     return root
+
+
+# --- multi-label data -----------------------------------------------------------------------------------
+TAG_CLASSES = ("red", "green", "blue", "yellow", "white")
+_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 230), "yellow": (240, 230, 20)}
+
+
+def make_multilabel_manifest(root: Path, n: int = 48, size: int = 32, unknown_every: int = 0) -> Path:
+    """``n`` images on a grey background with 1-3 coloured squares (one per class, in a class-specific corner;
+    "white" is a centre square); a JSONL manifest ``labels.jsonl``. ``unknown_every``: every k-th image marks one
+    absent class as unknown."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    corners = {"red": (0, 0), "green": (0, 1), "blue": (1, 0), "yellow": (1, 1)}
+    half = size // 2
+    lines = []
+    for i in range(n):
+        k = int(rng.integers(1, 4))
+        present = sorted(rng.choice(len(TAG_CLASSES), size=k, replace=False).tolist())
+        arr = np.clip(rng.normal(110, 20, (size, size, 3)), 0, 255)
+        for c in present:
+            name = TAG_CLASSES[c]
+            if name == "white":
+                arr[half - 5 : half + 5, half - 5 : half + 5] = 250
+            else:
+                r, q = corners[name]
+                arr[r * half + 2 : (r + 1) * half - 2, q * half + 2 : (q + 1) * half - 2] = _COLOURS[name]
+        Image.fromarray(arr.astype(np.uint8)).save(root / f"img{i:03d}.png")
+        row: dict = {"path": f"img{i:03d}.png", "labels": [TAG_CLASSES[c] for c in present]}
+        absent = [TAG_CLASSES[c] for c in range(len(TAG_CLASSES)) if c not in present]
+        if unknown_every and i % unknown_every == 0:
+            row["unknown"] = absent[:1]
+        lines.append(json.dumps(row))
+    (root / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "labels.jsonl"
+
+
+@pytest.fixture(scope="session")
+def multilabel_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 tagged images (5 classes, 1-3 per image, every 4th image with one unknown class): ``labels.jsonl``."""
+    return make_multilabel_manifest(tmp_path_factory.mktemp("tags") / "data", unknown_every=4)

@@ -24,7 +24,18 @@ def _examples() -> list[str]:
 
 
 def _resolve(words: list[str]) -> tuple[click.Command, list[str]]:
-    from frugalvision.cli import curate, demo, deploy, discover, foundation, ood, retrieval, serve, train  # noqa: F401
+    from frugalvision.cli import (  # noqa: F401
+        curate,
+        demo,
+        deploy,
+        discover,
+        foundation,
+        ood,
+        retrieval,
+        serve,
+        tagging,
+        train,
+    )
 
     command: click.Command = cli
     rest = words[1:]

@@ -18,48 +18,17 @@ from frugalvision.losses import list_losses
 from frugalvision.train import ConfigError, fit, load_config
 from frugalvision.train.data import multilabel_split
 
+CLASSES = ("blue", "green", "red", "white", "yellow")  # the classes of the multilabel_manifest fixture
+
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),
 ]
 
-CLASSES = ("red", "green", "blue", "yellow", "white")
-_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 230), "yellow": (240, 230, 20)}
-
-
-def make_multilabel_manifest(root: Path, n: int = 48, size: int = 32, unknown_every: int = 0) -> Path:
-    """``n`` images on a grey background with 1-3 coloured squares (one per class, in a class-specific corner;
-    "white" is a centre square); a JSONL manifest ``labels.jsonl``. ``unknown_every``: every k-th image marks one
-    absent class as unknown."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    corners = {"red": (0, 0), "green": (0, 1), "blue": (1, 0), "yellow": (1, 1)}
-    half = size // 2
-    lines = []
-    for i in range(n):
-        k = int(rng.integers(1, 4))
-        present = sorted(rng.choice(len(CLASSES), size=k, replace=False).tolist())
-        arr = np.clip(rng.normal(110, 20, (size, size, 3)), 0, 255)
-        for c in present:
-            name = CLASSES[c]
-            if name == "white":
-                arr[half - 5 : half + 5, half - 5 : half + 5] = 250
-            else:
-                r, q = corners[name]
-                arr[r * half + 2 : (r + 1) * half - 2, q * half + 2 : (q + 1) * half - 2] = _COLOURS[name]
-        Image.fromarray(arr.astype(np.uint8)).save(root / f"img{i:03d}.png")
-        row: dict = {"path": f"img{i:03d}.png", "labels": [CLASSES[c] for c in present]}
-        absent = [CLASSES[c] for c in range(len(CLASSES)) if c not in present]
-        if unknown_every and i % unknown_every == 0:
-            row["unknown"] = absent[:1]
-        lines.append(json.dumps(row))
-    (root / "labels.jsonl").write_text("\n".join(lines) + "\n")
-    return root / "labels.jsonl"
-
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_multilabel_manifest(tmp_path_factory.mktemp("tags") / "data", unknown_every=4)
+def manifest(multilabel_manifest: Path) -> Path:
+    return multilabel_manifest
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +60,7 @@ def _config(data: Path, out: Path, *overrides: str):
 def test_targets_and_split_keep_unknown_entries(manifest: Path) -> None:
     dataset = read_manifest(manifest)
     targets = dataset.target_matrix()
-    assert dataset.multilabel and dataset.classes == sorted(CLASSES) and targets.shape == (48, 5)
+    assert dataset.multilabel and dataset.classes == list(CLASSES) and targets.shape == (48, 5)
     assert set(np.unique(targets)) == {-1.0, 0.0, 1.0} and (targets == -1).sum() == 12
     train, val = multilabel_split(dataset, "images", 0.25, seed=0)
     assert val is not None and len(train.labels) == 36 and len(val.labels) == 12
@@ -119,10 +88,10 @@ def test_fast_path_fit_with_every_multilabel_loss(
     assert result.metrics["val/map"] == max(h["val/map"] for h in result.history)
     assert result.baseline == {}
     saved = json.loads((result.bundle / "config.json").read_text())
-    assert saved["task"] == "multilabel" and saved["classes"] == sorted(CLASSES)
+    assert saved["task"] == "multilabel" and saved["classes"] == list(CLASSES)
     assert saved["loss"]["name"] == loss and len(saved["thresholds"]) == 5
     assert all(0 <= t <= 1 for t in saved["thresholds"]) and result.thresholds == saved["thresholds"]
-    assert [r["class"] for r in saved["per_class"]] == sorted(CLASSES)
+    assert [r["class"] for r in saved["per_class"]] == list(CLASSES)
     assert (result.bundle / "per_class_ap.png").is_file() and "Per class" in (
         result.bundle / "report.md"
     ).read_text()
@@ -222,7 +191,7 @@ def test_onnx_export_predicts_like_the_bundle(manifest: Path, tmp_path: Path, ca
     )
     export_bundle(result.bundle, tmp_path / "deploy")
     predictor = Predictor(tmp_path / "deploy")
-    assert predictor.task == "multilabel" and list(predictor.classes) == sorted(CLASSES)
+    assert predictor.task == "multilabel" and list(predictor.classes) == list(CLASSES)
     np.testing.assert_allclose(predictor.config.thresholds, result.thresholds, rtol=0, atol=1e-7)
     paths = [str(p) for p in read_manifest(manifest).paths[:6]]
     tagger = Tagger(result.bundle)

@@ -104,3 +104,36 @@ def test_seeded_items_are_reproducible_and_leave_global_state_alone() -> None:
     assert not torch.equal(
         SeededItems(_Noise(), [0] * 4, seeded=False)[(0, 1)]["image"], items[(0, 1)]["image"]
     )
+
+
+def test_shuffle_sampler_visits_every_item_once_per_epoch_and_is_deterministic() -> None:
+    from frugalvision.train.samplers import ShuffleSampler
+
+    sampler = ShuffleSampler(20, batch_size=5, seed=3)
+    batches = list(sampler)
+    assert len(batches) == 4 and sorted(i for b in batches for i, _ in b) == list(range(20))
+    assert batches == list(ShuffleSampler(20, batch_size=5, seed=3))
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    ranks = [list(ShuffleSampler(20, batch_size=5, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    seen = [i for r in ranks for b in r for i, _ in b]
+    assert sorted(seen) == list(range(20))  # the two ranks split one epoch
+
+
+def test_class_aware_sampler_balances_a_long_tail() -> None:
+    from frugalvision.train.samplers import ClassAwareSampler
+
+    targets = np.zeros((200, 3), dtype=np.float32)
+    targets[:190, 0] = 1  # head class: 190 images
+    targets[190:198, 1] = 1  # 8 images
+    targets[198:, 2] = 1  # tail: 2 images
+    targets[0, 2] = -1  # unknown entries never make an item a member
+    sampler = ClassAwareSampler(targets, batch_size=30, seed=0, num_batches=10)
+    drawn = np.array([i for b in sampler for i, _ in b])
+    per_class = [np.isin(drawn, np.flatnonzero(targets[:, c] == 1)).sum() for c in range(3)]
+    assert per_class == [100, 100, 100]  # a uniform class cycle: each class a third of the draws
+    assert set(drawn[np.isin(drawn, [198, 199])]) == {198, 199}
+    assert list(sampler) == list(ClassAwareSampler(targets, batch_size=30, seed=0, num_batches=10))
+    with pytest.raises(ValueError, match="at least one class with a positive"):
+        ClassAwareSampler(np.zeros((4, 2)), batch_size=2)
