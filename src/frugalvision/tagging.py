@@ -213,10 +213,13 @@ def evaluate_tagger(
 
 def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files named directly or found (recursively, sorted) in the folders named."""
+    from frugalvision.data._common import list_images
+    from frugalvision.data._image import normalize_extensions
+
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            out += list_images(p, normalize_extensions(IMAGE_EXTENSIONS))
         else:
             out.append(p)
     return out

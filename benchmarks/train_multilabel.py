@@ -1,0 +1,268 @@
+"""Multi-label tagging on real images: BCE vs focal vs ASL vs Distribution-Balanced loss, and partial annotations.
+
+Data (built from ``../shared/data`` by ``benchmarks/multilabel_data.py``, reproducibly, seed 0):
+
+* ``mosaic``: 2x2 mosaics of Caltech-101 photos (51 classes, 1-4 tiles of distinct classes per image, Zipf-long-
+  tailed class frequencies: 14 to 702 training positives per class), 1,500 train / 400 val / 800 test images; the
+  source photos of the three splits are disjoint.
+* ``bccd``: the genuine image-level labels (RBC / WBC / Platelets) of the BCCD blood-cell images, on the data set's
+  own train (205) / val (87) / test (72) splits.
+* ``coco128``: the genuine image-level labels of COCO-128 (80 classes, 61 present), 67 train / 29 test images;
+  a quarter of the training images is held out for validation. Tiny: read its numbers as a smoke test.
+
+Model: EfficientNet-Lite0 with its offline ImageNet weights, frozen-backbone fast path (pooled features computed
+once and cached; a linear classifier trains on them). Every run: same settings (``SETTINGS``), best epoch by
+validation mAP, per-class thresholds tuned for F1 on the validation images. Test metrics: mAP (macro), CF1 and OF1
+at the tuned thresholds (class-averaged and overall F1, the ML-GCN / ASL papers' definitions).
+
+Partial annotations (``mosaic``): a fraction of all annotations is hidden at random -- each (image, class) entry,
+positive or negative, becomes unknown with probability ``--hide`` (the "random per annotation" simulation of
+Ben-Baruch et al., CVPR 2022), so being unknown says nothing about being present. 0.5 leaves half of the negatives
+known; 0.9 leaves few of them, as in Open Images, where most classes are never checked for an image. The validation
+images stay fully annotated. Rows: unknown entries read as absent (``negative``: what a tool without partial-label
+support does -- hidden positives become false negatives), ignored (``ignore``), and the class-aware selective loss
+(``selective``: ignored for classes whose estimated prior is above 5 %, absent for the others).
+
+Times (``s``) are training only: the features of every manifest are extracted (and cached) before the tables.
+
+Usage::
+
+    python benchmarks/train_multilabel.py                   # all sets (~8 min on 2 CPU cores, most of it features)
+    python benchmarks/train_multilabel.py --sets mosaic --losses bce asl
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frugalvision.data import read_manifest
+from frugalvision.metrics import multilabel_metrics
+from frugalvision.train import fit, load_config
+from frugalvision.train.cache import cached_features
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODEL = "tf_efficientnet_lite0.in1k_offline"
+LOSSES = {"bce": "BCE", "focal": "Focal", "asl": "ASL", "db": "DB"}
+PARTIAL_MODES = ("negative", "ignore", "selective")
+#: The same for every loss: fast path, 30 epochs (early stopping on validation mAP), head lr 1e-3 x 10.
+SETTINGS = (
+    f"model.name={MODEL}",
+    "model.freeze_backbone=true",
+    "trainer.epochs=30",
+    "trainer.patience=8",
+    "optim.lr=1e-3",
+    "optim.warmup_epochs=1",
+    "data.batch_size=64",
+    "data.num_workers=0",
+    "trainer.progress=false",
+)
+
+
+def _data_module() -> Any:
+    path = Path(__file__).resolve().parent / "multilabel_data.py"
+    spec = importlib.util.spec_from_file_location("multilabel_data", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_sets(work: Path, names: list[str], hides: list[float]) -> dict[str, dict[str, Path]]:
+    """Manifests of the requested sets under ``work`` (built once, reused)."""
+    data = _data_module()
+    sets: dict[str, dict[str, Path]] = {}
+    if "mosaic" in names:
+        paths = data.build_mosaics(DATA_ROOT / "caltech101-dev", work / "mosaic", seed=0)
+        sets["mosaic"] = dict(paths)
+        for hide in hides:
+            partial = work / "mosaic" / f"train_hidden{round(hide * 100)}.jsonl"
+            data.hide_annotations(paths["train"], partial, fraction=hide, seed=0, classes=_classes(paths))
+            sets["mosaic"][f"hidden{round(hide * 100)}"] = partial
+    if "bccd" in names:
+        sets["bccd"] = data.bccd_manifests(work / "bccd")
+    if "coco128" in names:
+        paths = data.coco128_manifests(work / "coco128", seed=0)
+        sets["coco128"] = {"train": paths["train"], "test": paths["val"], "classes": paths["classes"]}
+    return sets
+
+
+def _classes(paths: dict[str, Path]) -> list[str]:
+    return [c for c in paths["classes"].read_text(encoding="utf-8").splitlines() if c.strip()]
+
+
+def extract_all(sets: dict[str, dict[str, Path]], work: Path) -> None:
+    """Pooled backbone features of every manifest, into the shared cache (so the timed runs only train)."""
+    from frugalvision.train import build_model
+
+    cfg = load_config(None, ["task=multilabel", *SETTINGS])
+    model = build_model(cfg, num_classes=2)
+    for name, paths in sets.items():
+        for key, path in paths.items():
+            if key == "classes":
+                continue
+            start = time.perf_counter()
+            dataset = read_manifest(path)
+            cached_features(model, dataset, work / "feature_cache", source=str(path), progress=False)
+            print(
+                f"  features {name}/{path.name}: {len(dataset)} images, {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+
+
+def _test_scores(result: Any, test: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sigmoid scores of the trained head on the cached test features; targets aligned to the model's classes
+    (test classes the model never saw are dropped and counted)."""
+    dataset = read_manifest(test)
+    model = result.model
+    feats, kept = cached_features(model, dataset, cache, source=str(test), progress=False)
+    with torch.inference_mode():
+        scores = torch.sigmoid(model.embed_features(torch.from_numpy(feats))).double().numpy()
+    classes = list(model.config["classes"])
+    own = dataset.target_matrix()[kept]
+    targets = np.zeros((len(own), len(classes)), dtype=np.float32)
+    column = {c: j for j, c in enumerate(dataset.classes)}
+    unseen = sum(1 for c in dataset.classes if c not in classes and (own[:, column[c]] == 1).any())
+    for j, name in enumerate(classes):
+        if name in column:
+            targets[:, j] = own[:, column[name]]
+    return scores, targets, unseen
+
+
+def run(
+    name: str, paths: dict[str, Path], train: Path, loss: str, partial: str, work: Path
+) -> dict[str, Any]:
+    out = work / "runs" / f"{name}-{train.stem}-{loss}-{partial}"
+    val = (
+        ["data.val_split=images", "data.val_fraction=0.25"]
+        if "val" not in paths
+        else [f"data.val_data={paths['val']}"]
+    )
+    cfg = load_config(
+        None,
+        [
+            "task=multilabel",
+            f"data.path={train}",
+            f"out={out}",
+            f"data.cache_dir={work / 'feature_cache'}",
+            f"loss.name={loss}",
+            f"loss.partial={partial}",
+            *val,
+            *SETTINGS,
+        ],
+    )
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    result = fit(cfg)
+    seconds = time.perf_counter() - start
+    scores, targets, unseen = _test_scores(result, paths["test"], work / "feature_cache")
+    thresholds = np.asarray(result.thresholds)
+    tuned = multilabel_metrics(scores, targets, thresholds=thresholds, top_k=3)
+    return {
+        "map": tuned["map"],
+        "cf1": tuned["cf1"],
+        "of1": tuned["of1"],
+        "cf1@top3": tuned["cf1@top3"],
+        "val_map": result.metrics.get("val/map", float("nan")),
+        "epoch": result.metrics.get("best_epoch"),
+        "seconds": seconds,
+        "unseen": unseen,
+    }
+
+
+def _scores(r: dict[str, Any]) -> list[str]:
+    return [f"{r['map']:.4f}", f"{r['cf1']:.4f}", f"{r['of1']:.4f}", f"{r['seconds']:.1f}"]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sets", nargs="+", default=["mosaic", "bccd", "coco128"], choices=["mosaic", "bccd", "coco128"]
+    )
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
+    parser.add_argument("--partial-losses", nargs="+", default=["bce", "asl"], choices=list(LOSSES))
+    parser.add_argument(
+        "--hide", type=float, nargs="+", default=[0.5, 0.9], help="fractions of annotations hidden (mosaic)"
+    )
+    parser.add_argument("--work", type=Path, default=Path("/tmp/frugalvision-bench/multilabel"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if not DATA_ROOT.is_dir():
+        raise SystemExit(f"this benchmark reads real images from {DATA_ROOT}, which is missing")
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    sets = build_sets(args.work, args.sets, args.hide)
+    print(f"data built in {time.perf_counter() - t0:.0f} s under {args.work}")
+    extract_all(sets, args.work)
+    print()
+
+    print("## Losses (full annotations): test mAP / CF1 / OF1 at tuned thresholds\n")
+    print(_row(["set", "loss", "mAP", "CF1", "OF1", "CF1@top3", "val mAP", "best epoch", "s"]))
+    print(_row(["---"] * 9))
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, paths in sets.items():
+        for loss in args.losses:
+            r = run(name, paths, paths["train"], loss, "ignore", args.work)
+            table[name, loss] = r
+            print(
+                _row(
+                    [
+                        name,
+                        LOSSES[loss],
+                        f"{r['map']:.4f}",
+                        f"{r['cf1']:.4f}",
+                        f"{r['of1']:.4f}",
+                        f"{r['cf1@top3']:.4f}",
+                        f"{r['val_map']:.4f}",
+                        str(r["epoch"]),
+                        f"{r['seconds']:.1f}",
+                    ]
+                ),
+                flush=True,
+            )
+    if "bce" in args.losses:
+        print("\nmAP vs BCE (points):")
+        for name in sets:
+            deltas = [
+                f"{LOSSES[loss]} {100 * (table[name, loss]['map'] - table[name, 'bce']['map']):+.2f}"
+                for loss in args.losses
+                if loss != "bce"
+            ]
+            print(f"  {name}: " + ", ".join(deltas))
+
+    if "mosaic" in sets:
+        paths = sets["mosaic"]
+        print("\n## Partial annotations (mosaic, a fraction of all annotations hidden at random)\n")
+        print(_row(["loss", "hidden", "unknown entries", "mAP", "CF1", "OF1", "s"]))
+        print(_row(["---"] * 7))
+        for loss in args.partial_losses:
+            full = table.get(("mosaic", loss)) or run(
+                "mosaic", paths, paths["train"], loss, "ignore", args.work
+            )
+            print(_row([LOSSES[loss], "0", "(reference)", *_scores(full)]))
+            for hide in args.hide:
+                for mode in PARTIAL_MODES:
+                    r = run("mosaic", paths, paths[f"hidden{round(hide * 100)}"], loss, mode, args.work)
+                    print(_row([LOSSES[loss], f"{hide:g}", mode, *_scores(r)]), flush=True)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
