@@ -7,13 +7,12 @@ agree on what an image looks like (upright, RGB, 8 bits per channel) and on whic
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from frugalvision._pixels import DECODE_ERRORS, to_rgb
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
 
 __all__ = ["IMAGE_EXTENSIONS", "image_size", "is_image_file", "load_image", "normalize_extensions"]
@@ -21,21 +20,8 @@ __all__ = ["IMAGE_EXTENSIONS", "image_size", "is_image_file", "load_image", "nor
 #: File extensions read as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-# Exceptions Pillow's decoders are known to raise on damaged or hostile files. ``OSError`` covers
-# "image file is truncated", ``UnidentifiedImageError`` and unreadable files; plugins raise the others
-# on malformed headers. A programming error elsewhere (``NameError``, ``AttributeError``) still propagates.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    struct.error,
-    Image.DecompressionBombError,
-)
+# What Pillow raises on damaged or hostile files (see frugalvision._pixels), and the decompression-bomb guard.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (*DECODE_ERRORS, Image.DecompressionBombError)
 
 # EXIF orientations 5-8 include a quarter turn: width and height swap once the image is made upright.
 _EXIF_ORIENTATION = 0x0112
@@ -81,49 +67,6 @@ def _reason(exc: BaseException) -> str:
     return f"cannot be decoded: {text}"
 
 
-def _high_bit_depth_to_8bit(img: Image.Image) -> Image.Image:
-    """Scale 16-bit, 32-bit integer and float grayscale to 8 bits instead of clipping at 255.
-
-    Pillow's ``convert("L")`` clips these modes, which turns most 16-bit photographs white. The rules:
-    ``I;16*`` is 16-bit by definition (scaled by 255/65535); ``I`` (how older Pillow opens 16-bit PNGs) is
-    kept if it fits in 0..255, scaled as 16-bit if it fits in 0..65535, else min-max scaled; ``F`` in
-    [0, 1] is scaled by 255, otherwise clipped to 0..255.
-    """
-    arr = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16"):
-        scaled = arr * (255.0 / 65535.0)
-    elif img.mode == "I":
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if lo >= 0 and hi <= 255:
-            scaled = arr
-        elif lo >= 0 and hi <= 65535:
-            scaled = arr * (255.0 / 65535.0)
-        else:
-            scaled = (arr - lo) * (255.0 / max(hi - lo, 1.0))
-    else:  # "F"
-        finite = arr[np.isfinite(arr)]
-        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
-            arr = arr * 255.0
-        scaled = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode.startswith("I") or mode == "F":
-        img, mode = _high_bit_depth_to_8bit(img), "L"
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        # Composite on white: transparent pixels of logos and icons are usually meant as "background",
-        # and black (what a plain convert would give) changes the embedding far more than white does.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "RGB":
-        return img
-    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr...
-
-
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Load an image as an upright 8-bit RGB ``PIL.Image``.
 
@@ -160,7 +103,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             upright = ImageOps.exif_transpose(img)
-            return _to_rgb(upright if upright is not None else img)
+            return to_rgb(upright if upright is not None else img)
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(f"corrupt image {path}: {_reason(exc)}") from exc
 

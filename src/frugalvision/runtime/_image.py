@@ -1,9 +1,9 @@
 """Torch-free image decoding for the runtime and the service: bytes, files or arrays to upright 8-bit RGB.
 
-The rules are those of :func:`frugalvision.data.load_image` (EXIF orientation applied, high bit depths scaled to
-8 bits, transparency composited on white, first frame of animations), so an image looks the same to a deployed
-model as it did in training. ``frugalvision.data`` cannot be imported here: its package imports torch. A test
-checks that both decoders agree on every image mode.
+The pixel rules are those of :func:`frugalvision.data.load_image` -- both end in :func:`frugalvision._pixels.to_rgb`
+(EXIF orientation applied, high bit depths scaled to 8 bits, transparency composited on white, first frame of
+animations) -- so an image looks the same to a deployed model as it did in training. A test checks that both
+decoders agree on every image mode.
 
 Untrusted input (the HTTP service) is checked before any pixel is decoded: the container format against an
 allow-list and the pixel count against a limit read from the header, so a decompression bomb is refused
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from frugalvision._pixels import DECODE_ERRORS as _DECODE_ERRORS
+from frugalvision._pixels import to_rgb
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
 
 __all__ = [
@@ -45,50 +46,6 @@ class UnsupportedImageError(CorruptImageError):
 
 class ImageTooLargeError(CorruptImageError):
     """The image has more pixels than allowed (a possible decompression bomb; HTTP 413)."""
-
-
-# What Pillow's decoders raise on damaged or hostile data (see frugalvision.data._image for the reasoning).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    struct.error,
-)
-
-
-def _gray_to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit / 32-bit integer / float grayscale scaled to ``L`` (Pillow's own conversion clips at 255)."""
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16"):
-        values = values * (255.0 / 65535.0)
-    elif img.mode == "I":
-        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if low < 0 or high > 65535:
-            values = (values - low) * (255.0 / max(high - low, 1.0))
-        elif high > 255:
-            values = values * (255.0 / 65535.0)
-    else:  # "F": [0, 1] data are scaled, anything else clipped
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
-            values = values * 255.0
-        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to ``RGB``: high bit depths scaled, transparency composited on white, others converted."""
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _gray_to_8bit(img)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _why(exc: BaseException) -> str:
