@@ -159,7 +159,9 @@ def save_bundle(
 
             rows = config["per_class"]
             save_per_class_ap_plot(
-                [r.get("ap") for r in rows],
+                [
+                    math.nan if r.get("ap") is None else r["ap"] for r in rows
+                ],  # NaN (no positive) is null in JSON
                 [r.get("positives", 0) for r in rows],
                 [r.get("class", "?") for r in rows],
                 tmp / "per_class_ap.png",

@@ -213,3 +213,31 @@ def test_multilabel_config_errors(manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="apply to the multilabel task only"):
         load_config(None, [f"data.path={manifest}", "loss.partial=selective"])
     assert _config(manifest, tmp_path).loss.resolved_name("multilabel") == "asl"
+
+
+def test_bundle_with_a_class_without_validation_positives(tmp_path: Path) -> None:
+    from frugalvision.bundle import save_bundle
+    from frugalvision.models import create_embedding_model
+
+    model = create_embedding_model(
+        "test_efficientnet", pretrained=False, embedding_size=3, normalization="none", input_size=32
+    )
+    rows = [
+        {"class": "a", "ap": 0.5, "positives": 3},
+        {"class": "b", "ap": float("nan"), "positives": 0},  # no positive: AP undefined
+        {"class": "c", "ap": 1.0, "positives": 1},
+    ]
+    path = save_bundle(
+        model,
+        tmp_path / "b",
+        task="multilabel",
+        classes=["a", "b", "c"],
+        thresholds=[0.5] * 3,
+        per_class=rows,
+    )
+    saved = json.loads((path / "config.json").read_text())
+    assert saved["per_class"][1]["ap"] is None and (path / "per_class_ap.png").is_file()
+    with pytest.raises(ValueError, match="needs as many classes"):
+        save_bundle(model, tmp_path / "x", task="multilabel", classes=["a"])
+    with pytest.raises(ValueError, match="one value per class"):
+        save_bundle(model, tmp_path / "x", task="multilabel", classes=["a", "b", "c"], thresholds=[0.5])
