@@ -445,6 +445,7 @@ def hide_annotations(
     seed: int,
     mode: str = "random_per_annotation",
     classes: Sequence[str] | None = None,
+    negative_fraction: float | None = None,
 ) -> dict[str, int]:
     """Simulate partial annotation by moving annotations of a JSON Lines manifest to an ``"unknown"`` list.
 
@@ -473,6 +474,9 @@ def hide_annotations(
         mode: one of :data:`HIDE_MODES`.
         classes: the full class list (required for ``"random_per_annotation"``; default for
             ``"positives_only"``: the sorted labels of the manifest).
+        negative_fraction: ``"random_per_annotation"`` only: hide negatives with this probability instead of
+            ``fraction`` -- e.g. 0.5 of the positives and 0.95 of the negatives imitates Open Images, where most
+            classes are never checked for an image (unknown entries are then mostly, but not all, absent).
 
     Returns:
         Counts ``{"images", "positives", "negatives", "hidden_positives", "hidden_negatives"}``.
@@ -482,6 +486,8 @@ def hide_annotations(
     """
     src, dst = Path(manifest_in), Path(manifest_out)
     fraction = _check_fraction(fraction, "fraction")
+    if negative_fraction is not None:
+        negative_fraction = _check_fraction(negative_fraction, "negative_fraction")
     seed = _check_count(seed, "seed", 0)
     if mode not in HIDE_MODES:
         raise ValueError(f"mode must be one of {HIDE_MODES}, got {mode!r}")
@@ -510,9 +516,12 @@ def hide_annotations(
         state = np.zeros(len(classes), dtype=np.int8)  # 1 positive, 0 negative, -1 unknown
         state[[index[c] for c in row["labels"]]] = 1
         state[[index[c] for c in row["unknown"]]] = -1
-        hide = rng.random(len(classes)) < fraction
+        draw = rng.random(len(classes))
+        hide = draw < fraction
         if mode == "positives_only":
             hide &= state == 1
+        elif negative_fraction is not None:
+            hide = np.where(state == 1, hide, draw < negative_fraction)
         counts["images"] += 1
         counts["positives"] += int((state == 1).sum())
         counts["negatives"] += int((state == 0).sum())

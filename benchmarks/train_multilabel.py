@@ -18,7 +18,8 @@ at the tuned thresholds (class-averaged and overall F1, the ML-GCN / ASL papers'
 Partial annotations (``mosaic``): a fraction of all annotations is hidden at random -- each (image, class) entry,
 positive or negative, becomes unknown with probability ``--hide`` (the "random per annotation" simulation of
 Ben-Baruch et al., CVPR 2022), so being unknown says nothing about being present. 0.5 leaves half of the negatives
-known; 0.9 leaves few of them, as in Open Images, where most classes are never checked for an image. The validation
+known, 0.9 a tenth of everything; ``0.5/0.95`` hides half of the positives but 95 % of the negatives, as in Open
+Images, where most classes are never checked for an image (unknown entries are then mostly absent). The validation
 images stay fully annotated. Rows: unknown entries read as absent (``negative``: what a tool without partial-label
 support does -- hidden positives become false negatives), ignored (``ignore``), and the class-aware selective loss
 (``selective``: ignored for classes whose estimated prior is above 5 %, absent for the others).
@@ -76,7 +77,7 @@ def _data_module() -> Any:
     return module
 
 
-def build_sets(work: Path, names: list[str], hides: list[float]) -> dict[str, dict[str, Path]]:
+def build_sets(work: Path, names: list[str], hides: list[str]) -> dict[str, dict[str, Path]]:
     """Manifests of the requested sets under ``work`` (built once, reused)."""
     data = _data_module()
     sets: dict[str, dict[str, Path]] = {}
@@ -84,9 +85,18 @@ def build_sets(work: Path, names: list[str], hides: list[float]) -> dict[str, di
         paths = data.build_mosaics(DATA_ROOT / "caltech101-dev", work / "mosaic", seed=0)
         sets["mosaic"] = dict(paths)
         for hide in hides:
-            partial = work / "mosaic" / f"train_hidden{round(hide * 100)}.jsonl"
-            data.hide_annotations(paths["train"], partial, fraction=hide, seed=0, classes=_classes(paths))
-            sets["mosaic"][f"hidden{round(hide * 100)}"] = partial
+            pos, _, neg = hide.partition("/")
+            suffix = f"{round(float(pos) * 100)}" + (f"_{round(float(neg) * 100)}" if neg else "")
+            partial = work / "mosaic" / f"train_hidden{suffix}.jsonl"
+            data.hide_annotations(
+                paths["train"],
+                partial,
+                fraction=float(pos),
+                negative_fraction=float(neg) if neg else None,
+                seed=0,
+                classes=_classes(paths),
+            )
+            sets["mosaic"][f"hidden{hide}"] = partial
     if "bccd" in names:
         sets["bccd"] = data.bccd_manifests(work / "bccd")
     if "coco128" in names:
@@ -197,7 +207,11 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     parser.add_argument("--partial-losses", nargs="+", default=["bce", "asl"], choices=list(LOSSES))
     parser.add_argument(
-        "--hide", type=float, nargs="+", default=[0.5, 0.9], help="fractions of annotations hidden (mosaic)"
+        "--hide",
+        nargs="+",
+        default=["0.5", "0.9", "0.5/0.95"],
+        help="hidden fractions (mosaic): P hides each annotation with probability P; P/N hides positives with P, "
+        "negatives with N",
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/frugalvision-bench/multilabel"))
     parser.add_argument("--threads", type=int, default=2)
@@ -259,8 +273,8 @@ def main() -> None:
             print(_row([LOSSES[loss], "0", "(reference)", *_scores(full)]))
             for hide in args.hide:
                 for mode in PARTIAL_MODES:
-                    r = run("mosaic", paths, paths[f"hidden{round(hide * 100)}"], loss, mode, args.work)
-                    print(_row([LOSSES[loss], f"{hide:g}", mode, *_scores(r)]), flush=True)
+                    r = run("mosaic", paths, paths[f"hidden{hide}"], loss, mode, args.work)
+                    print(_row([LOSSES[loss], hide, mode, *_scores(r)]), flush=True)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -276,6 +276,35 @@ def test_hide_modes_leak(mode: str, tmp_path: Path) -> None:
         assert pos_given_unknown == 1.0
 
 
+def test_hide_negatives_at_their_own_rate(tmp_path: Path) -> None:
+    """``negative_fraction``: positives hidden at ``fraction``, negatives at ``negative_fraction``."""
+    classes = [f"c{k}" for k in range(20)]
+    truth = _synthetic_manifest(tmp_path / "full.jsonl", 1000, classes)
+    mld.hide_annotations(
+        tmp_path / "full.jsonl",
+        tmp_path / "p.jsonl",
+        fraction=0.5,
+        negative_fraction=0.95,
+        seed=1,
+        classes=classes,
+    )
+    part = _rows(tmp_path / "p.jsonl")
+    unknown = [c in t for r, t in zip(part, truth, strict=True) for c in r["unknown"]]
+    positives = sum(len(t) for t in truth)
+    negatives = len(truth) * len(classes) - positives
+    assert abs(sum(unknown) / positives - 0.5) < 0.05
+    assert abs((len(unknown) - sum(unknown)) / negatives - 0.95) < 0.01
+    with pytest.raises(ValueError, match="negative_fraction"):
+        mld.hide_annotations(
+            tmp_path / "full.jsonl",
+            tmp_path / "q.jsonl",
+            fraction=0.5,
+            negative_fraction=2,
+            seed=1,
+            classes=classes,
+        )
+
+
 def test_hide_annotations_errors(tmp_path: Path) -> None:
     src = tmp_path / "full.jsonl"
     _synthetic_manifest(src, 5, ["a", "b", "c"])
