@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli
-from frugalvision.errors import DataWarning
+from frugalvision.cli.main import cli, data_warnings
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
@@ -68,19 +65,6 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Images per forward pass.",
     )(f)
     return f
-
-
-@contextmanager
-def data_warnings() -> Iterator[None]:
-    """Print DataWarnings (skipped images...) as yellow lines on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        yield
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def load_store(

@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from frugalvision import __version__
-from frugalvision.errors import FrugalVisionError
+from frugalvision.errors import DataWarning, FrugalVisionError
 
 _USER_ERRORS = (FrugalVisionError, ValueError, FileNotFoundError)
+
+
+@contextmanager
+def data_warnings() -> Iterator[None]:
+    """Print the :class:`~frugalvision.errors.DataWarning` s raised inside (skipped images...) as yellow lines on
+    stderr once the block ends; other warnings are shown as Python shows them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 class _FriendlyGroup(click.Group):
@@ -63,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         demo,
         deploy,
         discover,
+        distill,
         foundation,
         ood,
         retrieval,

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import click
 import numpy as np
 
-from frugalvision.cli.main import cli
-from frugalvision.errors import DataWarning, StoreError
+from frugalvision.cli.main import cli, data_warnings
+from frugalvision.errors import StoreError
 
 DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
-
-
-def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) -> Any:
@@ -135,8 +126,7 @@ def embed(
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
     backbone = _embedder(model, pretrained, weights)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
+    with data_warnings():
         store = extract_embeddings(
             backbone,
             dataset,
@@ -148,7 +138,6 @@ def embed(
             overwrite=overwrite,
             progress=progress,
         )
-    _show_warnings(caught)
     click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}")
 
 
@@ -362,15 +351,10 @@ def evaluate(
         from frugalvision.data import open_dataset
 
         model = _embedder(str(store_dir))
-        with (
-            tempfile.TemporaryDirectory(prefix="frugalvision-eval-") as tmp,
-            warnings.catch_warnings(record=True) as caught,
-        ):
-            warnings.simplefilter("always", DataWarning)
+        with tempfile.TemporaryDirectory(prefix="frugalvision-eval-") as tmp, data_warnings():
             store = extract_embeddings(
                 model, open_dataset(data), Path(tmp) / "store", num_workers=workers, progress=progress
             )
-        _show_warnings(caught)
     elif data is not None:
         raise click.UsageError("--data goes with a model bundle; a STORE already holds its embeddings")
     else:

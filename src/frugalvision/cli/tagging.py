@@ -4,22 +4,13 @@ multi-label side of ``frugalvision evaluate``."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli
-from frugalvision.errors import DataWarning, FrugalVisionError
-
-
-def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+from frugalvision.cli.main import cli, data_warnings
+from frugalvision.errors import FrugalVisionError
 
 
 @cli.command()
@@ -101,12 +92,10 @@ def evaluate_tagging(
     from frugalvision.tagging import Tagger, evaluate_tagger
 
     tagger = Tagger(bundle)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
+    with data_warnings():
         result: dict[str, Any] = evaluate_tagger(
             tagger, open_dataset(data), top_k=top_k, num_workers=workers or 0, progress=progress
         )
-    _show_warnings(caught)
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle), "data": str(data), **result}, indent=2))
         return

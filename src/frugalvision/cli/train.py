@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli
-from frugalvision.errors import DataWarning
+from frugalvision.cli.main import cli, data_warnings
 
 # flag name -> dotted config key; a flag left out keeps the value from --config / the defaults.
 _FLAG_KEYS = {
@@ -220,14 +218,8 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
         raise ConfigError("no training data: pass --data (or set data.path in --config)")
     if "out" not in values and not (config_file and "out" in read_yaml(config_file)) and base is None:
         raise ConfigError("no run folder: pass --out (or set out in --config)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
+    with data_warnings():
         result = fit(config, resume=resume)
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if result.bundle is None:  # a secondary process of a multi-device run
         return
     click.echo(f"\nbest epoch {result.metrics.get('best_epoch', '-')} of {config.trainer.epochs}")
