@@ -84,3 +84,20 @@ def test_head_size_must_fit_the_backbone() -> None:
         EmbeddingModel(backbone, GlobalPool("avg"), EmbeddingHead(100, 8))
     with pytest.raises(ValueError, match="input_size"):
         create_embedding_model("test_efficientnet", pretrained=False, input_size=4)
+
+
+def test_models_with_a_head_layer_before_the_classifier() -> None:
+    """MobileNetV3: forward_features gives 576 channels, its conv_head turns the pooled map into 1024 pre-logits;
+    native pooling sees the latter, other poolings the former."""
+    native = create_embedding_model(
+        "mobilenetv3_small_100", pretrained=False, embedding_size=8, input_size=64
+    )
+    avg = create_embedding_model(
+        "mobilenetv3_small_100", pretrained=False, embedding_size=8, input_size=64, pooling="avg"
+    )
+    assert (native.backbone.num_features, native.backbone.map_features) == (1024, 576)
+    assert native.num_features == 1024 and avg.num_features == 576
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert native(x).shape == avg(x).shape == (2, 8)
+        assert native.features(x).shape == (2, 1024) and avg.features(x).shape == (2, 576)

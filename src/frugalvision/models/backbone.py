@@ -75,7 +75,9 @@ class Backbone(nn.Module):
         spec: how it was built (:class:`BackboneSpec`).
         data_config: timm's preprocessing config (``input_size``, ``interpolation``, ``mean``, ``std``,
             ``crop_pct``, ``crop_mode``): the single definition shared by training, evaluation and export.
-        num_features: width of the pooled features.
+        num_features: width of the pooled features ``forward`` returns (timm's pre-logits).
+        map_features: channel width of ``forward_features`` (what pooling other than the native one sees; differs
+            from ``num_features`` for models with a head layer before the classifier, e.g. MobileNetV3).
     """
 
     def __init__(self, model: nn.Module, spec: BackboneSpec, data_config: dict[str, Any]) -> None:
@@ -83,7 +85,10 @@ class Backbone(nn.Module):
         self.model = model
         self.spec = spec
         self.data_config = dict(data_config)
-        self.num_features: int = int(model.num_features)  # type: ignore[arg-type]
+        # timm: ``num_features`` is the width of forward_features' map/tokens; ``head_hidden_size`` the width of
+        # the pre-logits when a head layer sits between them (MobileNetV3's conv_head: 576 -> 1024).
+        self.map_features: int = int(model.num_features)  # type: ignore[arg-type]
+        self.num_features: int = int(getattr(model, "head_hidden_size", None) or self.map_features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features: ``(B, C, h, w)`` for CNNs, ``(B, tokens, C)`` for ViTs."""

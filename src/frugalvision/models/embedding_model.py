@@ -87,10 +87,11 @@ class EmbeddingModel(nn.Module):
         model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if head.in_features != backbone.num_features:
+        width = backbone.num_features if pooling.kind == "native" else backbone.map_features
+        if head.in_features != width:
             raise ValueError(
-                f"head expects {head.in_features} features but backbone {backbone.spec.name!r} gives "
-                f"{backbone.num_features}"
+                f"head expects {head.in_features} features but backbone {backbone.spec.name!r} with "
+                f"{pooling.kind} pooling gives {width}"
             )
         self.backbone = backbone
         self.pooling = pooling
@@ -104,7 +105,7 @@ class EmbeddingModel(nn.Module):
     @property
     def num_features(self) -> int:
         """Width of the pooled backbone features."""
-        return self.backbone.num_features
+        return self.backbone.num_features if self.pooling.kind == "native" else self.backbone.map_features
 
     @property
     def embedding_size(self) -> int:
@@ -202,7 +203,7 @@ def create_embedding_model(
         channels_last=str(getattr(timm_model, "output_fmt", "NCHW")).upper().endswith("NHWC"),
     )
     emb_head = EmbeddingHead(
-        backbone.num_features,
+        backbone.num_features if pool.kind == "native" else backbone.map_features,
         embedding_size,
         kind=head,
         normalization=normalization,
