@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO"]
+__all__ = ["AtomicCheckpointIO", "last_checkpoint"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -51,3 +51,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise FileNotFoundError(f"checkpoint not found: {target}")
         loaded: dict[str, Any] = torch.load(target, map_location=map_location, weights_only=True)
         return loaded
+
+
+def last_checkpoint(out: Path, resume: bool, what: str = "training run") -> Path:
+    """``out/checkpoints/last.ckpt``, checked against ``resume``: resuming needs it, a fresh run must not find one
+    (it would silently mix two runs). Raises ``ConfigError`` saying which flag to use."""
+    from frugalvision.train.config import ConfigError
+
+    last = Path(out) / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"cannot resume: no checkpoint at {last} (start the run without --resume)")
+    if not resume and last.is_file():
+        raise ConfigError(
+            f"{out} already holds a {what} ({last}); pass --resume to continue it, or choose another --out"
+        )
+    return last

@@ -27,8 +27,9 @@ from frugalvision.data import ImageDataset
 from frugalvision.embeddings import EmbeddingStore, extract_embeddings
 from frugalvision.errors import StoreError
 from frugalvision.models.embedding_model import EmbeddingModel, jsonable_data_config
+from frugalvision.train._dist import env_rank
 
-__all__ = ["PooledFeatures", "cached_features", "feature_cache_key"]
+__all__ = ["PooledFeatures", "cached_features", "extract_once", "feature_cache_key"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,25 @@ def feature_cache_key(model: EmbeddingModel, source: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _rank() -> int:
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+def extract_once(
+    model: Any, dataset: ImageDataset, folder: Path, *, what: str, wait_s: float = 3600.0, **kwargs: Any
+) -> EmbeddingStore:
+    """:func:`~frugalvision.embeddings.extract_embeddings` into ``folder`` by rank 0 only; the other processes of a
+    multi-process run wait (up to ``wait_s``) for the finished store instead of racing on the same folder.
+
+    Raises:
+        StoreError: the wait timed out (``what`` names the store in the message).
+    """
+    if env_rank() == 0:
+        return extract_embeddings(model, dataset, folder, **kwargs)
+    deadline = time.monotonic() + wait_s
+    while not (EmbeddingStore.exists(folder) and not (folder / "parts").exists()):
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"rank {env_rank()} waited {wait_s:.0f} s for rank 0 to write the {what} {folder}"
+            )
+        time.sleep(1.0)
+    return EmbeddingStore.load(folder)
 
 
 def cached_features(
@@ -107,26 +122,18 @@ def cached_features(
         (they are left out of ``features``, which follows the data set's order).
     """
     folder = Path(cache_root) / feature_cache_key(model, source)
-    if _rank() == 0:
-        store = extract_embeddings(
-            PooledFeatures(model),
-            dataset,
-            folder,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            normalize=False,
-            device=device,
-            progress=progress,
-        )
-    else:  # rank 0 writes the cache; the others wait for it instead of racing on the same folder
-        deadline = time.monotonic() + wait_s
-        while not (EmbeddingStore.exists(folder) and not (folder / "parts").exists()):
-            if time.monotonic() > deadline:
-                raise StoreError(
-                    f"rank {_rank()} waited {wait_s:.0f} s for rank 0 to write the feature cache {folder}"
-                )
-            time.sleep(1.0)
-        store = EmbeddingStore.load(folder)
+    store = extract_once(
+        PooledFeatures(model),
+        dataset,
+        folder,
+        what="feature cache",
+        wait_s=wait_s,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        normalize=False,
+        device=device,
+        progress=progress,
+    )
     rows = {p: i for i, p in enumerate(store.paths)}
     index = np.array([rows.get(str(p), -1) for p in dataset.paths], dtype=np.int64)
     kept = index >= 0

@@ -34,6 +34,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainerConfig",
+    "coerce_value",
     "load_config",
     "parse_override",
 ]
@@ -553,7 +554,7 @@ def _build(cls: Any, values: Mapping[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value or {}, f"{key}.")
         else:
-            kwargs[name] = _coerce(value, tp, key)
+            kwargs[name] = coerce_value(value, tp, key)
     return cls(**kwargs)
 
 
@@ -568,7 +569,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (numbers written as strings are accepted)."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -578,7 +579,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, key)
+                return coerce_value(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
@@ -613,6 +614,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if tp is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
         if isinstance(value, str) and value:
             return value
         raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
@@ -623,10 +626,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         if args and args[-1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
+            return tuple(coerce_value(v, args[0], key) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        return tuple(coerce_value(v, a, key) for v, a in zip(value, args, strict=True))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")

@@ -3,14 +3,16 @@ labelled item sets and the Lightning data module."""
 
 from __future__ import annotations
 
+import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from frugalvision.data import ImageDataset
@@ -24,6 +26,7 @@ from frugalvision.train.samplers import (
 )
 
 __all__ = [
+    "EpochSeeder",
     "FeatureItems",
     "LabelledDataModule",
     "LabelledSplit",
@@ -287,6 +290,7 @@ class LabelledDataModule(pl.LightningDataModule):
         num_workers: int,
         steps_per_epoch: int | None,
         sampler: str = "m_per_class",
+        collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = collate_labelled,
     ) -> None:
         super().__init__()
         if sampler not in ("m_per_class", "shuffle", "class_aware"):
@@ -295,6 +299,7 @@ class LabelledDataModule(pl.LightningDataModule):
         self.batch_size, self.m_per_class, self.eval_batch_size = batch_size, m_per_class, eval_batch_size
         self.seed, self.num_workers, self.steps_per_epoch = seed, num_workers, steps_per_epoch
         self.sampler = sampler
+        self.collate_fn = collate_fn
         self.train_sampler: MPerClassSampler | ShuffleSampler | ClassAwareSampler | None = None
 
     def _world(self) -> tuple[int, int, int]:
@@ -334,7 +339,7 @@ class LabelledDataModule(pl.LightningDataModule):
             self.train_items,
             batch_sampler=self.train_sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_labelled,
+            collate_fn=self.collate_fn,
             persistent_workers=False,
             generator=_private_generator(self.seed),
         )
@@ -349,10 +354,29 @@ class LabelledDataModule(pl.LightningDataModule):
             self.val_items,
             batch_sampler=ShardSampler(len(self.val_items), self.eval_batch_size, world_size, rank),
             num_workers=self.num_workers,
-            collate_fn=collate_labelled,
+            collate_fn=self.collate_fn,
             persistent_workers=False,
             generator=_private_generator(self.seed),
         )
+
+
+class EpochSeeder(Callback):
+    """At each epoch start: the global generators seeded from ``(seed, epoch, rank)`` and the data module's
+    ``train_sampler`` told the epoch -- so an epoch's randomness does not depend on what ran before it (the key to
+    exact resumption)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch, rank = trainer.current_epoch, trainer.global_rank
+        derived = int(np.random.SeedSequence([self.seed, epoch, rank]).generate_state(1)[0])
+        random.seed(derived)
+        np.random.seed(derived)  # noqa: NPY002  (third-party augmentations draw from the global generator)
+        torch.manual_seed(derived)
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
 
 
 def _private_generator(seed: int) -> torch.Generator:

@@ -34,7 +34,6 @@ Lightning documents. ``accelerator="cpu"`` with ``strategy="ddp"`` runs the same
 from __future__ import annotations
 
 import logging
-import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -52,10 +51,12 @@ from frugalvision.bundle import save_bundle
 from frugalvision.data import open_dataset
 from frugalvision.embeddings import default_num_workers
 from frugalvision.models.embedding_model import EmbeddingModel, create_embedding_model
-from frugalvision.train._checkpoint import AtomicCheckpointIO
+from frugalvision.train._checkpoint import AtomicCheckpointIO, last_checkpoint
+from frugalvision.train._dist import devices_arg, env_rank, uses_cuda
 from frugalvision.train.cache import cached_features
 from frugalvision.train.config import ConfigError, TrainConfig, sampler_kind, val_split_kind, validate
 from frugalvision.train.data import (
+    EpochSeeder,
     FeatureItems,
     LabelledDataModule,
     LabelledSplit,
@@ -120,48 +121,13 @@ class FitResult:
     thresholds: list[float] | None = None
 
 
-def _env_rank() -> int:
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def _uses_cuda(accelerator: str) -> bool:
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``"auto"`` -> ``"bf16-mixed"`` on a bfloat16-capable CUDA device, else ``"32-true"``."""
     if precision != "auto":
         return precision
-    if _uses_cuda(accelerator) and torch.cuda.is_bf16_supported():
+    if uses_cuda(accelerator) and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
-
-
-def _devices(value: int | str) -> int | str:
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return value
-
-
-class _EpochSeeder(Callback):
-    """At each epoch start: global generators seeded from ``(seed, epoch, rank)`` and the batch sampler told the
-    epoch -- so an epoch's randomness does not depend on what ran before it (the key to exact resumption)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch, rank = trainer.current_epoch, trainer.global_rank
-        derived = int(np.random.SeedSequence([self.seed, epoch, rank]).generate_state(1)[0])
-        random.seed(derived)
-        np.random.seed(derived)  # noqa: NPY002  (third-party augmentations draw from the global generator)
-        torch.manual_seed(derived)
-        datamodule = getattr(trainer, "datamodule", None)
-        if isinstance(datamodule, LabelledDataModule) and datamodule.train_sampler is not None:
-            datamodule.train_sampler.set_epoch(epoch)
 
 
 def _normalization(config: TrainConfig) -> str:
@@ -306,7 +272,7 @@ def _cached_items(
 ) -> tuple[SeededItems, SeededItems | None]:
     d = config.data
     cache_root = Path(d.cache_dir) if d.cache_dir else Path(config.out) / "feature_cache"
-    device = "cuda" if _uses_cuda(config.trainer.accelerator) else "cpu"
+    device = "cuda" if uses_cuda(config.trainer.accelerator) else "cpu"
     common: dict[str, Any] = {"batch_size": d.eval_batch_size, "num_workers": d.num_workers, "device": device}
     progress = config.trainer.progress
     dataset, val_dataset = sources
@@ -352,14 +318,8 @@ def fit(
     """
     validate(config)
     out = Path(config.out)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"cannot resume: no checkpoint at {last} (start the run without --resume)")
-    if not resume and last.is_file():
-        raise ConfigError(
-            f"{out} already holds a training run ({last}); pass --resume to continue it, or choose another --out"
-        )
-    if _env_rank() == 0:
+    last = last_checkpoint(out, resume)
+    if env_rank() == 0:
         config.save_yaml(out / "config.yaml")
     random.seed(config.seed)
     np.random.seed(config.seed)  # noqa: NPY002  (third-party augmentations draw from the global generator)
@@ -396,7 +356,7 @@ def fit(
     monitor = task_class.monitor
 
     t = config.trainer
-    accelerator = "gpu" if _uses_cuda(t.accelerator) and t.accelerator == "auto" else t.accelerator
+    accelerator = "gpu" if uses_cuda(t.accelerator) and t.accelerator == "auto" else t.accelerator
     # Two checkpoints: best.ckpt (best validation MAP@R) and last.ckpt (every epoch, for --resume).
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -410,14 +370,14 @@ def fit(
     latest = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
     )
-    all_callbacks: list[Callback] = [_EpochSeeder(config.seed), checkpoint, latest, *callbacks]
+    all_callbacks: list[Callback] = [EpochSeeder(config.seed), checkpoint, latest, *callbacks]
     if val is not None and t.patience is not None:
         all_callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=t.patience))
     no_validation: dict[str, Any] = {} if val is not None else {"limit_val_batches": 0}
     trainer = pl.Trainer(
         max_epochs=t.epochs,
         accelerator=accelerator,
-        devices=_devices(t.devices),
+        devices=devices_arg(t.devices),
         strategy=t.strategy,
         num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from frugalvision.losses import loss_param_groups
 from frugalvision.models.embedding_model import EmbeddingModel
 from frugalvision.train.config import TrainConfig
 
-__all__ = ["WarmupCosine", "build_optimizer", "parameter_groups"]
+__all__ = ["WarmupCosine", "build_optimizer", "parameter_groups", "split_decay"]
 
 
 class WarmupCosine:
@@ -48,7 +48,8 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _split_decay(named: list[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def split_decay(named: list[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters that get weight decay (matrices, kernels) and those that do not (1-D, biases)."""
     decay = [p for n, p in named if p.requires_grad and p.ndim > 1 and not n.endswith(".bias")]
     no_decay = [p for n, p in named if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias"))]
     return decay, no_decay
@@ -68,7 +69,7 @@ def parameter_groups(
     if not frozen_backbone:
         parts.insert(0, ("backbone", model.backbone, o.lr))
     for name, module, lr in parts:
-        decay, no_decay = _split_decay(list(module.named_parameters()))
+        decay, no_decay = split_decay(list(module.named_parameters()))
         if decay:
             groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": o.weight_decay})
         if no_decay:

@@ -27,6 +27,7 @@ from torch import nn
 from frugalvision.errors import DataWarning
 from frugalvision.metrics import retrieval_metrics
 from frugalvision.models.embedding_model import EmbeddingModel
+from frugalvision.train._dist import all_gather_rows
 from frugalvision.train.config import TrainConfig
 from frugalvision.train.losses import loss_terms
 from frugalvision.train.optim import build_optimizer
@@ -189,7 +190,7 @@ class SupervisedTask(pl.LightningModule):
         idx = torch.cat([i for _, _, i in self._val]) if self._val else torch.zeros(0, dtype=torch.long)
         self._val = []
         if self.trainer.world_size > 1:
-            out, lab, idx = _all_gather_rows(out, lab.to(out.device), idx.to(out.device))
+            out, lab, idx = all_gather_rows(out, lab.to(out.device), idx.to(out.device))
         order = torch.argsort(idx.cpu())
         return out.cpu()[order], lab.cpu()[order]
 
@@ -294,35 +295,3 @@ class MultilabelTask(SupervisedTask):
         result = multilabel_metrics(scores, targets.numpy(), thresholds=0.5, top_k=k)
         keep = ("map", "cf1", "of1", f"cf1@top{k}", f"of1@top{k}")
         return {name: float(result[name]) for name in keep if name in result}
-
-
-def _all_gather(t: torch.Tensor) -> torch.Tensor:
-    """``(world, *t.shape)``: ``t`` from every process (same shape everywhere); no gradient."""
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.stack(parts)
-
-
-def _all_gather_rows(
-    emb: torch.Tensor, labels: torch.Tensor, index: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gather row sets of different sizes from every process (padded to the largest, then trimmed)."""
-    count = torch.tensor([emb.shape[0]], device=emb.device)
-    counts = _all_gather(count).reshape(-1).tolist()
-    width = max(counts)
-    pad = width - emb.shape[0]
-    if pad:
-        emb = torch.cat([emb, emb.new_zeros(pad, emb.shape[1])])
-        labels = torch.cat([labels, labels.new_full((pad, *labels.shape[1:]), -1)])
-        index = torch.cat([index, index.new_full((pad,), -1)])
-    all_emb, all_lab, all_idx = (_all_gather(t) for t in (emb, labels, index))
-    keep = torch.cat(
-        [torch.arange(r * width, r * width + c, device=emb.device) for r, c in enumerate(counts)]
-    )
-    return (
-        all_emb.reshape(-1, emb.shape[1])[keep],
-        all_lab.reshape(-1, *labels.shape[1:])[keep],
-        all_idx.reshape(-1)[keep],
-    )
