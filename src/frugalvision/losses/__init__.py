@@ -96,6 +96,11 @@ __all__ += [
     "siglip_loss",
 ]
 
+# Distillation: student vs teacher embeddings (no labels, so not in the label-based registry).
+from frugalvision.losses.distillation import DistillationLoss, distillation_loss  # noqa: E402
+
+__all__ += ["DistillationLoss", "distillation_loss"]
+
 # Multi-label losses on sigmoid logits (targets 1 / 0 / -1 unknown) and the partial-annotation wrapper.
 from frugalvision.losses.multilabel import (  # noqa: E402
     AsymmetricLoss,

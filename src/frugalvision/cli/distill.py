@@ -1,0 +1,266 @@
+"""``frugalvision distill``: a large teacher teaches a small student (a thin layer over
+:func:`frugalvision.distill.distill`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from frugalvision.cli.main import cli, data_warnings
+
+# flag name -> DistillConfig field; a flag left out keeps the default (or, with --resume, the run's config.yaml).
+_FLAGS = (
+    "data", "out", "teacher", "teacher_weights", "teacher_pretrained", "teacher_input_size", "teacher_cache",
+    "student", "student_pretrained", "student_weights", "input_size", "pooling", "drop_path_rate", "temperature",
+    "learnable_temperature", "mse_weight", "contrastive_weight", "symmetric", "epochs", "batch_size", "lr",
+    "weight_decay", "warmup_epochs", "recipe", "val_split", "val_fraction", "val_data", "eval_every", "num_workers",
+    "seed", "accelerator", "devices", "strategy", "precision", "progress",
+)  # fmt: skip
+_PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", "val_data")
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Images to distil on: a folder of photos (labels not needed), a class-per-folder tree or a manifest.",
+)
+@click.option(
+    "--teacher",
+    "-t",
+    default=None,
+    help="Teacher: a timm/offline/open_clip:ARCH/TAG model name, a model bundle folder, or an embedding store of "
+    "the teacher's embeddings of these images (from `frugalvision embed`) [default: tf_efficientnet_lite0.in1k_offline].",
+)
+@click.option(
+    "--student",
+    "-s",
+    default=None,
+    help="Student: a timm model name; its head maps to the teacher's dimension [default: mobilenetv3_small_100].",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder: config.yaml, teacher_cache/, checkpoints/, logs/ and the student bundle model/.",
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Local .safetensors/.pth weights for a teacher model name.",
+)
+@click.option(
+    "--teacher-pretrained/--no-teacher-pretrained",
+    default=None,
+    help="Load the teacher model's pretrained weights [default: yes].",
+)
+@click.option(
+    "--teacher-input-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Teacher resolution in pixels [default: the teacher's own].",
+)
+@click.option(
+    "--teacher-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the teacher's cached embeddings, shareable between runs [default: OUT/teacher_cache].",
+)
+@click.option(
+    "--student-pretrained/--no-student-pretrained",
+    default=None,
+    help="Start the student from pretrained weights [default: no, from scratch (offline)].",
+)
+@click.option(
+    "--student-weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Local .safetensors/.pth weights to start the student from.",
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Student resolution in pixels, e.g. 128 or 160 for a fast CPU model [default: the student's own].",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["auto", "native", "avg", "gem", "max"]),
+    default=None,
+    help="Student pooling; auto = the model's pre-logits, or average pooling where they do not fit [default: auto].",
+)
+@click.option(
+    "--drop-path-rate",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=None,
+    help="Stochastic depth of the student (timm's drop_path_rate) [default: 0].",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="InfoNCE temperature tau [default: 0.07].",
+)
+@click.option(
+    "--learnable-temperature/--fixed-temperature",
+    default=None,
+    help="Learn the temperature as CLIP learns its logit scale [default: fixed].",
+)
+@click.option(
+    "--mse-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Weight of the squared error between normalised embeddings [default: 1].",
+)
+@click.option(
+    "--contrastive-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Weight of the InfoNCE term [default: 1].",
+)
+@click.option(
+    "--symmetric/--one-sided",
+    default=None,
+    help="Symmetric InfoNCE (student->teacher and teacher->student) or student->teacher only [default: symmetric].",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 30].")
+@click.option(
+    "--batch-size",
+    "-b",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Images per batch and device; the other images of a batch are InfoNCE's negatives [default: 64].",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="AdamW learning rate [default: 1e-3].",
+)
+@click.option(
+    "--weight-decay", type=click.FloatRange(min=0), default=None, help="AdamW weight decay [default: 0.05]."
+)
+@click.option(
+    "--warmup-epochs",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Linear warm-up before the cosine decay [default: 1].",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(["none", "light", "medium", "strong"]),
+    default=None,
+    help="Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean "
+    "images [default: light].",
+)
+@click.option(
+    "--val-split",
+    type=click.Choice(["images", "classes", "none"]),
+    default=None,
+    help="Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none "
+    "[default: images].",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=None,
+    help="Share of images (or classes) held out [default: 0.2].",
+)
+@click.option(
+    "--val-data",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A separate held-out data set (wins over --val-split).",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epochs between held-out evaluations; the last epoch is always evaluated [default: 1].",
+)
+@click.option(
+    "--workers",
+    "-j",
+    "num_workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Data-loading processes [default: one per core, at most 8].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Random seed: split, batches, augmentation, initialisation [default: 0].",
+)
+@click.option("--accelerator", default=None, help="cpu, gpu, or auto [default: auto].")
+@click.option(
+    "--devices", default=None, help="Devices: 1, 2, ... or auto (with --strategy ddp) [default: 1]."
+)
+@click.option("--strategy", default=None, help="Lightning strategy: auto, ddp, ... [default: auto].")
+@click.option(
+    "--precision",
+    default=None,
+    help="32-true, bf16-mixed, 16-mixed, or auto (bf16-mixed on GPUs that support it) [default: auto].",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last checkpoint (its config.yaml is reused; flags still override).",
+)
+@click.option("--progress/--no-progress", default=None, help="Show progress bars [default: yes].")
+def distill(resume: bool, **flags: Any) -> None:
+    """Distil a large teacher into a small student that runs cheaply on a CPU.
+
+    \b
+      frugalvision distill --data photos/ --out runs/d                   # lite0 teaches mobilenetv3_small_100
+      frugalvision distill --data photos/ --teacher store/ --out runs/d  # teacher embeddings from `embed`
+      frugalvision distill --out runs/d --resume                         # continue a killed run
+
+    The teacher embeds every clean image once (cached); the student learns to map augmented views of each image
+    to that embedding (InfoNCE + squared error, Li et al., ICCV 2023). Prints student vs teacher on held-out
+    images -- kNN Recall@1 and MAP@R when the images have labels -- and writes a model bundle to OUT/model that
+    works with `frugalvision embed/search/evaluate --model` and `frugalvision export`.
+    """
+    from frugalvision.distill import DistillConfig
+    from frugalvision.distill import distill as run
+    from frugalvision.train.config import ConfigError
+
+    values = {name: flags[name] for name in _FLAGS if flags.get(name) is not None}
+    for name in _PATHS:
+        if name in values:
+            values[name] = str(values[name])
+    if "out" not in values:
+        raise ConfigError("no run folder: pass --out")
+    base: dict[str, Any] = {}
+    if resume:
+        saved = Path(values["out"]) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {saved} not found (start the run without --resume)")
+        base = DistillConfig.from_yaml(saved).to_dict()
+    config = DistillConfig.from_dict({**base, **values})
+    if config.data is None:
+        raise ConfigError("no training images: pass --data")
+    with data_warnings():
+        result = run(config, resume=resume)
+    if result.bundle is None:  # a secondary process of a multi-device run
+        return
+    student, teacher = result.metrics, result.teacher_metrics
+    click.echo(f"\nheld-out images, final epoch ({config.epochs}):")
+    click.echo(f"  {'metric':<14} {'teacher':>9} {'student':>9}")
+    for key in ("val/recall@1", "val/map@r", "val/cosine", "val/nn_agreement"):
+        if key in student:
+            ref = teacher.get(key, 1.0 if key in ("val/cosine", "val/nn_agreement") else None)
+            shown = f"{ref:>9.4f}" if ref is not None else f"{'-':>9}"
+            click.echo(f"  {key[4:]:<14} {shown} {student[key]:>9.4f}")
+    if "val/recall@1" not in student and student:
+        click.echo("  (no labels on the held-out images: kNN Recall@1 needs them)")
+    teacher_params = result.teacher.get("params")
+    params = f"{teacher_params / 1e6:>8.2f}M" if teacher_params else f"{'-':>9}"
+    click.echo(f"  {'parameters':<14} {params} {result.student_params / 1e6:>8.2f}M")
+    click.echo(f"model bundle: {result.bundle}  (report: {result.bundle / 'report.md'})")
+    click.echo(f"try: frugalvision export {result.bundle} --out {Path(config.out) / 'deploy'}")
