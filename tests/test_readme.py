@@ -29,6 +29,7 @@ def _resolve(words: list[str]) -> tuple[click.Command, list[str]]:
         demo,
         deploy,
         discover,
+        distill,
         foundation,
         ood,
         retrieval,
