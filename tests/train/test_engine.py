@@ -135,3 +135,20 @@ def test_user_errors(labelled_folder: Path, tmp_path: Path, tiny_config) -> None
         fit(tiny_config(labelled_folder, tmp_path, "data.val_fraction=0.9"))
     with pytest.raises(ConfigError, match="normalization=none"):
         fit(tiny_config(labelled_folder, tmp_path, "loss.name=hyperbolic_pce", "model.normalization=none"))
+
+
+def test_default_head_width_follows_the_training_path(labelled_folder: Path, tmp_path: Path) -> None:
+    from frugalvision.train import build_model, load_config
+
+    common = [f"data.path={labelled_folder}", "model.name=test_efficientnet", "model.pretrained=false"]
+    frozen = build_model(load_config(None, [*common, "model.freeze_backbone=true"]))
+    assert frozen.embedding_size == frozen.num_features  # the pooled features' width: no compression
+    weight = frozen.head.out.weight.detach()  # square and orthogonal: a rotation of the pretrained features
+    torch.testing.assert_close(weight @ weight.T, torch.eye(weight.shape[0]), atol=1e-5, rtol=0)
+    assert build_model(load_config(None, common)).embedding_size == 128
+    assert (
+        build_model(
+            load_config(None, [*common, "model.freeze_backbone=true", "model.embedding_size=32"])
+        ).embedding_size
+        == 32
+    )

@@ -162,7 +162,7 @@ def create_embedding_model(
     gem_p: float = 3.0,
     gem_learnable: bool = True,
     head: str = "linear",
-    embedding_size: int = 128,
+    embedding_size: int | None = 128,
     normalization: str = "l2",
     hidden_size: int | None = None,
     dropout: float = 0.0,
@@ -179,7 +179,8 @@ def create_embedding_model(
             ``"gem"`` or ``"max"`` (over patch tokens for ViTs).
         gem_p, gem_learnable: GeM exponent and whether it is learned.
         head, embedding_size, normalization, hidden_size, dropout, c, clip_r: see
-            :class:`~frugalvision.models.heads.EmbeddingHead`.
+            :class:`~frugalvision.models.heads.EmbeddingHead`; ``embedding_size=None`` keeps the pooled features'
+            width (a linear head then starts as a rotation of the pretrained features).
         input_size: train/evaluate at this square resolution instead of the backbone's default (the
             ``data_config``'s ``input_size``); ViTs also need ``model_kwargs={"img_size": input_size}``.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``img_size``).
@@ -202,9 +203,10 @@ def create_embedding_model(
         num_prefix_tokens=int(getattr(timm_model, "num_prefix_tokens", 0) or 0),
         channels_last=str(getattr(timm_model, "output_fmt", "NCHW")).upper().endswith("NHWC"),
     )
+    width = backbone.num_features if pool.kind == "native" else backbone.map_features
     emb_head = EmbeddingHead(
-        backbone.num_features if pool.kind == "native" else backbone.map_features,
-        embedding_size,
+        width,
+        width if embedding_size is None else embedding_size,
         kind=head,
         normalization=normalization,
         hidden_size=hidden_size,

@@ -174,7 +174,7 @@ def build_model(
         gem_p=m.gem_p,
         gem_learnable=m.gem_learnable and not frozen,
         head=m.head,
-        embedding_size=int(num_classes) if multilabel and num_classes else m.embedding_size,
+        embedding_size=int(num_classes) if multilabel and num_classes else embedding_size(config),
         normalization=_normalization(config),
         hidden_size=m.hidden_size,
         dropout=m.drop_rate,
@@ -188,6 +188,14 @@ def build_model(
     if multilabel:
         _init_classifier(model, prior)
     return model
+
+
+def embedding_size(config: TrainConfig) -> int | None:
+    """``model.embedding_size``, with its default resolved: ``None`` (the pooled features' width) on the
+    frozen-backbone fast path, 128 when fine-tuning."""
+    if config.model.embedding_size is not None:
+        return config.model.embedding_size
+    return None if config.model.freeze_backbone else 128
 
 
 def _init_classifier(model: EmbeddingModel, prior: np.ndarray | None) -> None:
