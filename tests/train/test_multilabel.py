@@ -241,3 +241,21 @@ def test_bundle_with_a_class_without_validation_positives(tmp_path: Path) -> Non
         save_bundle(model, tmp_path / "x", task="multilabel", classes=["a"])
     with pytest.raises(ValueError, match="one value per class"):
         save_bundle(model, tmp_path / "x", task="multilabel", classes=["a", "b", "c"], thresholds=[0.5])
+
+
+def test_untuned_classes_get_the_pooled_threshold() -> None:
+    from frugalvision.metrics import tune_thresholds
+    from frugalvision.train.engine import decision_thresholds
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((60, 4)) < 0.3).astype(np.float32)
+    targets[:, 3] = 0  # no validation positive for class 3
+    targets[:5, 2] = -1
+    scores = np.clip(0.25 * targets + rng.random((60, 4)) * 0.5, 0, 1)
+    thresholds = decision_thresholds(scores, targets)
+    np.testing.assert_array_equal(thresholds[:3], tune_thresholds(scores, targets)[:3])
+    pooled = tune_thresholds(scores.reshape(-1, 1), targets.reshape(-1, 1))[
+        0
+    ]  # every known entry, one column
+    assert thresholds[3] == pytest.approx(pooled) and thresholds[3] != 0.5
+    assert np.all(decision_thresholds(scores, np.zeros_like(targets)) == 0.5)

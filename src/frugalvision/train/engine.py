@@ -505,6 +505,17 @@ def predict_outputs(
     return np.concatenate(outputs), np.concatenate(labels)
 
 
+def decision_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class thresholds maximising F1 on validation ``scores (N, C)`` (probabilities) and ``targets`` in
+    {1, 0, -1}. A class without a known positive cannot be tuned: it gets the one threshold that maximises F1 over
+    all known entries pooled (0.5 would leave rare classes -- whose probabilities start at their low base rate --
+    silent); 0.5 if there is no positive at all."""
+    from frugalvision.metrics import tune_thresholds
+
+    pooled = tune_thresholds(scores.reshape(-1, 1), targets.reshape(-1, 1), default=0.5)[0]
+    return tune_thresholds(scores, targets, default=float(pooled))
+
+
 def _tune_thresholds(
     model: EmbeddingModel,
     val_items: SeededItems | None,
@@ -512,9 +523,10 @@ def _tune_thresholds(
     cached: bool,
     config: TrainConfig,
 ) -> dict[str, Any]:
-    """Per-class F1-maximising thresholds on the validation images (0.5 without validation data), the metrics at
-    those thresholds (``val/tuned/...``: optimistic, as tuned on the same images) and the per-class report."""
-    from frugalvision.metrics import multilabel_metrics, per_class_report, tune_thresholds
+    """Per-class F1-maximising thresholds on the validation images (classes without a validation positive: the
+    threshold that maximises F1 over all classes pooled; 0.5 without validation data), the metrics at those
+    thresholds (``val/tuned/...``: optimistic, as tuned on the same images) and the per-class report."""
+    from frugalvision.metrics import multilabel_metrics, per_class_report
 
     if val_items is None:
         return {"thresholds": [0.5] * len(classes), "metrics": {}, "per_class": None}
@@ -522,7 +534,7 @@ def _tune_thresholds(
         model, val_items, cached_features=cached, batch_size=config.data.eval_batch_size
     )
     scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    thresholds = tune_thresholds(scores, targets)
+    thresholds = decision_thresholds(scores, targets)
     k = min(config.trainer.eval_top_k, len(classes))
     tuned = multilabel_metrics(scores, targets, thresholds=thresholds, top_k=k)
     metrics = {f"val/tuned/{name}": float(tuned[name]) for name in ("cp", "cr", "cf1", "op", "or", "of1")}
