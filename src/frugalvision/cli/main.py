@@ -69,6 +69,12 @@ def cli() -> None:
       frugalvision train --data photos/ --out runs/x --freeze-backbone
       frugalvision embed photos/ --model runs/x/model --out store/
 
+    Tagging images with several labels each:
+
+    \b
+      frugalvision train --task multilabel --data tags.jsonl --out runs/t --freeze-backbone
+      frugalvision predict runs/t/model photos/ --json
+
     `frugalvision demo` runs all of it offline on built-in sample photos.
     """
 
