@@ -58,7 +58,7 @@ class Tagger:
         config = self.model.config
         if config.get("task") != "multilabel":
             raise FrugalVisionError(
-                f"{bundle} is a {config.get('task', 'embedding')} model; tagging needs a multilabel bundle "
+                f"{bundle} holds a model of task {config.get('task', 'embedding')!r}; tagging needs a multilabel bundle "
                 "(frugalvision train --task multilabel). Embedding models are used with `frugalvision search`."
             )
         self.device = torch.device(device)

@@ -259,3 +259,23 @@ def test_untuned_classes_get_the_pooled_threshold() -> None:
     ]  # every known entry, one column
     assert thresholds[3] == pytest.approx(pooled) and thresholds[3] != 0.5
     assert np.all(decision_thresholds(scores, np.zeros_like(targets)) == 0.5)
+
+
+def test_tagger_errors(tmp_path: Path) -> None:
+    from frugalvision.bundle import save_bundle
+    from frugalvision.errors import FrugalVisionError
+    from frugalvision.models import create_embedding_model
+    from frugalvision.tagging import Tagger, decide
+
+    model = create_embedding_model("test_efficientnet", pretrained=False, embedding_size=3, input_size=32)
+    embedding = save_bundle(model, tmp_path / "emb", task="embedding")
+    with pytest.raises(FrugalVisionError, match="task 'embedding'; tagging needs a multilabel bundle"):
+        Tagger(embedding)
+    tags = save_bundle(model, tmp_path / "tags", task="multilabel", classes=["a", "b", "c"])
+    with pytest.raises(ValueError, match="one number or one per class \\(3\\), got 2"):
+        Tagger(tags, thresholds=[0.5, 0.5])
+    with pytest.raises(ValueError, match="must lie in \\[0, 1\\]"):
+        Tagger(tags, thresholds=1.5)
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        decide(np.zeros((1, 3)), ["a", "b", "c"], 0.5, top_k=0)
+    assert Tagger(tags).thresholds.tolist() == [0.5, 0.5, 0.5]  # a bundle without tuned thresholds
