@@ -135,6 +135,9 @@ def main() -> None:
         "distilled towards its own full-resolution embeddings",
     )
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--head-only-epochs", type=int, default=0, help="train the student's head alone first (LP-FT)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=DistillConfig.lr)
     parser.add_argument("--recipe", default="light", choices=["none", "light", "medium", "strong"])
@@ -180,6 +183,7 @@ def main() -> None:
         student_pretrained=args.student_pretrained,
         input_size=args.input_size,
         epochs=args.epochs,
+        head_only_epochs=args.head_only_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         recipe=args.recipe,

@@ -343,3 +343,40 @@ def test_cli_round_trip(labelled_folder: Path, tmp_path: Path, cache_dir: Path) 
     assert all(p.help for p in command.params if p.name != "help"), (
         "every option of `frugalvision distill` has help"
     )
+
+
+class _Snapshots(Callback):
+    """Backbone and head weights (and BatchNorm statistics) at the start of training and after every epoch."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.on_train_epoch_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        model = pl_module.model
+        self.rows.append(
+            (
+                {k: v.detach().clone() for k, v in model.backbone.state_dict().items()},
+                {k: v.detach().clone() for k, v in model.head.state_dict().items()},
+            )
+        )
+
+
+def test_head_only_epochs_train_the_head_first(labelled_folder: Path, tmp_path: Path) -> None:
+    snapshots = _Snapshots()
+    config = _config(labelled_folder, tmp_path / "run", epochs=3, head_only_epochs=2, warmup_epochs=0)
+    start = build_student(config, 8)  # not the run's student: only its architecture is compared
+    run = distill(config, callbacks=[snapshots])
+    (b_start, h_start), _, (b1, h1), (b2, _) = snapshots.rows
+    assert all(
+        torch.equal(b_start[k], b1[k]) for k in b1
+    )  # epochs 0 and 1: backbone (and BN statistics) frozen
+    assert any(not torch.equal(h_start[k], h1[k]) for k in h1)  # ... while the head trains
+    assert any(not torch.equal(b1[k], b2[k]) for k in b1)  # epoch 2: everything trains
+    assert set(b1) == set(start.backbone.state_dict()) and run.bundle is not None
+    with pytest.raises(ConfigError, match="head_only_epochs must be in"):
+        _config(labelled_folder, tmp_path / "x", epochs=2, head_only_epochs=2)
+    with pytest.raises(ConfigError, match="cannot be used with a DDP strategy"):
+        _config(labelled_folder, tmp_path / "x", head_only_epochs=1, strategy="ddp")

@@ -15,7 +15,7 @@ _FLAGS = (
     "data", "out", "teacher", "teacher_weights", "teacher_pretrained", "teacher_input_size", "teacher_cache",
     "student", "student_pretrained", "student_weights", "input_size", "pooling", "drop_path_rate", "temperature",
     "learnable_temperature", "mse_weight", "contrastive_weight", "symmetric", "epochs", "batch_size", "lr",
-    "weight_decay", "warmup_epochs", "recipe", "val_split", "val_fraction", "val_data", "eval_every", "num_workers",
+    "weight_decay", "warmup_epochs", "head_only_epochs", "recipe", "val_split", "val_fraction", "val_data", "eval_every", "num_workers",
     "seed", "accelerator", "devices", "strategy", "precision", "progress",
 )  # fmt: skip
 _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", "val_data")
@@ -150,6 +150,13 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
     type=click.FloatRange(min=0),
     default=None,
     help="Linear warm-up before the cosine decay [default: 1].",
+)
+@click.option(
+    "--head-only-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Train only the student's head for this many epochs first (linear probing, then fine-tuning): for "
+    "pretrained students [default: 0].",
 )
 @click.option(
     "--recipe",

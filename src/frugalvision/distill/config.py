@@ -42,7 +42,10 @@ class DistillConfig:
     ``mse_weight``, ``contrastive_weight``, ``symmetric``.
 
     Optimisation: AdamW (``lr``, ``weight_decay``; none on biases, norms and the temperature), linear warm-up over
-    ``warmup_epochs`` then cosine decay per step, ``grad_clip``; ``recipe`` = the augmentation preset of
+    ``warmup_epochs`` then cosine decay per step, ``grad_clip``; ``head_only_epochs``: train only the head (the
+    backbone frozen, its BatchNorm statistics too) for this many epochs first -- linear probing then fine-tuning
+    (LP-FT, Kumar et al., ICLR 2022), which keeps a *pretrained* student's features from being distorted while its
+    new head is still random; ``recipe`` = the augmentation preset of
     :mod:`frugalvision.train.recipes` for the student's images (``"light"`` by default; ``"none"``: no
     augmentation). ``eval_every``: epochs between held-out evaluations (the last epoch is always evaluated).
     """
@@ -70,6 +73,7 @@ class DistillConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
+    head_only_epochs: int = 0
     grad_clip: float | None = 1.0
     recipe: Literal["none", "light", "medium", "strong"] = "light"
     val_split: Literal["images", "classes", "none"] = "images"
@@ -110,6 +114,16 @@ class DistillConfig:
             (self.lr > 0, "lr", f"must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}"),
             (self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}"),
+            (
+                0 <= self.head_only_epochs < self.epochs,
+                "head_only_epochs",
+                f"must be in [0, epochs={self.epochs}), got {self.head_only_epochs}",
+            ),
+            (
+                self.head_only_epochs == 0 or "ddp" not in self.strategy,
+                "head_only_epochs",
+                "cannot be used with a DDP strategy (DDP fixes the trained parameters at the start); set it to 0",
+            ),
             (
                 self.grad_clip is None or self.grad_clip > 0,
                 "grad_clip",

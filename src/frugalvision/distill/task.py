@@ -94,6 +94,8 @@ class DistillTask(pl.LightningModule):
         super().__init__()
         self.model = model
         self.loss = loss
+        # the backbone parameters that train (freeze_unused may have frozen some for good)
+        self._backbone_trainable = [p for p in model.backbone.parameters() if p.requires_grad]
         self.config = config
         self.steps_per_epoch = int(steps_per_epoch)
         self.save_hyperparameters(
@@ -115,6 +117,11 @@ class DistillTask(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.train()  # Lightning keeps the modes modules had when fit started (models are built in eval mode)
         self._sums, self._count, self.last_eval = {}, 0, {}
+        head_only = self.current_epoch < self.config.head_only_epochs  # LP-FT: the head alone first
+        for p in self._backbone_trainable:
+            p.requires_grad_(not head_only)
+        if head_only:
+            self.model.backbone.eval()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         self._note_skipped(batch)
