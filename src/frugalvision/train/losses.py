@@ -161,8 +161,8 @@ def build_loss(
                 f"loss {key!r} needs the names of the {num_classes} classes, got {len(class_names)}"
             )
         args.setdefault(LOSS_NEEDS["class_names"], list(class_names))
-        if "text_model" in entry.needs and text_encoder is not None:
-            args.setdefault(LOSS_NEEDS["text_model"], text_encoder)
+    if "text_model" in entry.needs and text_encoder is not None:
+        args.setdefault(LOSS_NEEDS["text_model"], text_encoder)
     if entry.space == "poincare" and hyperbolic_c is not None:
         if "c" in args and abs(float(args["c"]) - hyperbolic_c) > 1e-12:
             raise ConfigError(
