@@ -5,9 +5,13 @@ import torch
 from torch import nn
 
 from frugalvision.losses import (
+    LOSS_NEEDS,
+    LOSS_SPACES,
     _registry,
     create_loss,
+    get_loss_class,
     list_losses,
+    loss_entry,
     loss_param_groups,
     loss_task,
     register_loss,
@@ -26,9 +30,7 @@ PART1 = {
 
 @pytest.fixture
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
-    monkeypatch.setattr(_registry, "_CANONICAL", dict(_registry._CANONICAL))
-    monkeypatch.setattr(_registry, "_TASK", dict(_registry._TASK))
+    monkeypatch.setattr(_registry, "_ENTRIES", dict(_registry._ENTRIES))
 
 
 @pytest.mark.parametrize("name", list(PART1))
@@ -132,3 +134,78 @@ def test_losses_are_listed_by_task(clean_registry) -> None:
         list_losses(task="detection")
     with pytest.raises(ValueError, match="register_loss task must be one of"):
         register_loss("toy_detect", task="detection")
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_every_name_resolves_to_its_canonical_entry(name: str) -> None:
+    """Aliases are resolved once, by the registry: an alias gives the very entry of its canonical name, with
+    all its traits, whatever the case or surrounding spaces."""
+    entry = loss_entry(name)
+    assert entry is loss_entry(entry.name) is loss_entry(f" {name.upper()} ")
+    assert entry.name in list_losses(include_aliases=False)
+    assert name == entry.name or name in entry.aliases
+    assert get_loss_class(name) is entry.cls and loss_task(name) == entry.task
+
+
+def test_registered_traits() -> None:
+    """What each loss needs is registered with it (spot checks of the declarations)."""
+    hyperbolic = loss_entry("hyperbolic")
+    assert (hyperbolic.name, hyperbolic.space, hyperbolic.needs) == ("hyperbolic_pce", "poincare", ())
+    assert loss_entry("proxy_nca_pp").space == "sphere" and loss_entry("lmcl").name == "cosface"
+    guided = loss_entry("language_guided")
+    assert guided.space is None and guided.wraps == "proxynca++"
+    assert set(guided.needs) == {"class_names", "text_model"}
+    assert loss_entry("asymmetric").space == "euclidean"
+
+
+def test_traits_are_checked_at_registration(clean_registry) -> None:
+    with pytest.raises(ValueError, match=f"space must be one of {', '.join(LOSS_SPACES)}"):
+        register_loss("toy_flat", space="flat")
+    with pytest.raises(ValueError, match=f"needs must be among {', '.join(LOSS_NEEDS)}"):
+        register_loss("toy_needy", needs=("weather",))
+    with pytest.raises(ValueError, match="wraps"):
+        register_loss("toy_wrap", wraps="Triplet")
+
+    class NoArgs(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x.sum()
+
+    with pytest.raises(TypeError, match=r"'toy_ball'.*space='poincare'.*argument 'c'"):
+        register_loss("toy_ball", space="poincare")(NoArgs)
+    with pytest.raises(TypeError, match=r"'toy_names'.*needs class_names.*argument 'class_names'"):
+        register_loss("toy_names", needs=("class_names",))(NoArgs)
+    with pytest.raises(TypeError, match=r"'toy_text'.*needs text_model.*argument 'language_model'"):
+        register_loss("toy_text", needs=("text_model",))(NoArgs)
+    with pytest.raises(TypeError, match=r"'toy_wrapping'.*wraps.*argument 'base_loss'"):
+        register_loss("toy_wrapping", wraps="triplet")(NoArgs)
+    assert "toy_ball" not in list_losses()  # nothing is registered by a failed registration
+
+    @register_loss("toy_default_spaces")
+    class Plain(NoArgs):
+        pass
+
+    @register_loss("toy_tags", task="multilabel")
+    class Tags(NoArgs):
+        pass
+
+    assert loss_entry("toy_default_spaces").space == "sphere" and loss_entry("toy_tags").space == "euclidean"
+
+
+@pytest.mark.parametrize("name", list_losses(include_aliases=False))
+def test_every_loss_optimises_all_its_own_parameters(name: str) -> None:
+    """Learnable losses (proxies, class weights) need their own optimiser group: loss_param_groups covers every
+    trainable parameter of every registered loss, once."""
+    from frugalvision.train import build_loss
+
+    loss = build_loss(
+        name,
+        num_classes=4,
+        embedding_size=8,
+        class_names=["cat", "dog", "car", "cup"],
+        text_encoder=lambda texts: torch.randn(len(texts), 4, generator=torch.Generator().manual_seed(0)),
+        class_counts=[3, 2, 2, 1],
+        num_samples=6,
+    )
+    trainable = {id(p) for p in loss.parameters() if p.requires_grad}
+    grouped = [id(p) for g in loss_param_groups(loss, base_lr=0.1) for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable)

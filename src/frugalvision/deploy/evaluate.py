@@ -6,8 +6,9 @@ For each precision (``fp32``, ``int8``...) the images are run through :class:`~f
 * embedding models: Recall@1 and MAP@R, leave-one-out over the labelled images
   (:func:`frugalvision.metrics.retrieval_metrics`; Musgrave et al., ECCV 2020, §3.2);
 * classification: top-1 accuracy against each image's first label;
-* multilabel: mean over classes of average precision ``AP = Σ_n (R_n − R_{n−1}) P_n`` (precision at each
-  positive, the area under the precision-recall step curve, as scikit-learn's ``average_precision_score``).
+* multilabel: :func:`frugalvision.metrics.mean_average_precision`, the mean over classes of
+  ``AP = Σ_n (R_n − R_{n−1}) P_n`` over the distinct score thresholds (tied scores form one step), as
+  scikit-learn's ``average_precision_score``.
 
 Speed: images per second of the model alone (no decoding) at batch 1 and 32 on random inputs, each measured for
 a bounded time; and the agreement of each precision's outputs with fp32's (:func:`output_agreement`).
@@ -24,32 +25,11 @@ import numpy as np
 
 from frugalvision.deploy.export import output_agreement
 from frugalvision.errors import DataError
+from frugalvision.metrics import mean_average_precision
 from frugalvision.runtime.config import read_deploy_config
 from frugalvision.runtime.predictor import Predictor
 
 __all__ = ["compare_precisions", "mean_average_precision", "throughput"]
-
-
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over classes (with at least one positive) of the average precision of ``scores (N, C)`` for binary
-    ``targets (N, C)``; ties are broken by row order after a stable sort on descending score."""
-    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0
-    if scores.shape != targets.shape or scores.ndim != 2:
-        raise ValueError(
-            f"scores and targets must be (N, C) of one shape, got {scores.shape} and {targets.shape}"
-        )
-    aps = []
-    for c in range(scores.shape[1]):
-        positives = int(targets[:, c].sum())
-        if positives == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = targets[order, c]
-        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps.append(float(precision_at[hits].sum() / positives))
-    if not aps:
-        raise ValueError("no class has a positive target; average precision is undefined")
-    return float(np.mean(aps))
 
 
 def throughput(predictor: Predictor, batch_size: int, seconds: float = 2.0, seed: int = 0) -> float:

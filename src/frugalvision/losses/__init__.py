@@ -1,15 +1,21 @@
 """Metric-learning losses: ``loss(embeddings (B, D), labels (B,), **extra) -> scalar``.
 
 Every loss is an ``nn.Module`` holding its own learnable parameters (proxies, class weights) and is
-registered by name: ``create_loss("proxynca++", num_classes=100, embedding_size=512)``; ``list_losses()``
-gives the names and ``loss_param_groups(loss, base_lr)`` the optimiser groups for its parameters.
+registered by name with what it needs (its task, the space its inputs live in, class names or a text model, a
+loss it wraps): ``create_loss("proxynca++", num_classes=100, embedding_size=512)``; ``list_losses()`` gives the
+names, ``loss_entry(name)`` a loss's registered traits (aliases resolve to their canonical entry) and
+``loss_param_groups(loss, base_lr)`` the optimiser groups for its parameters.
 """
 
 from frugalvision.losses._registry import (
+    LOSS_NEEDS,
+    LOSS_SPACES,
     LOSS_TASKS,
+    LossEntry,
     create_loss,
     get_loss_class,
     list_losses,
+    loss_entry,
     loss_param_groups,
     loss_task,
     register_loss,
@@ -36,9 +42,12 @@ from frugalvision.losses.reducers import masked_reduce
 from frugalvision.losses.triplet import TripletMarginLoss, triplet_margin_loss
 
 __all__ = [
+    "LOSS_NEEDS",
+    "LOSS_SPACES",
     "LOSS_TASKS",
     "ArcFaceLoss",
     "CosFaceLoss",
+    "LossEntry",
     "ProxyNCALoss",
     "ProxyNCAPlusPlusLoss",
     "QuadrupletLoss",
@@ -52,6 +61,7 @@ __all__ = [
     "get_loss_class",
     "hard_triplets",
     "list_losses",
+    "loss_entry",
     "loss_param_groups",
     "loss_task",
     "masked_reduce",

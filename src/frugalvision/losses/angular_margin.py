@@ -213,7 +213,7 @@ class _AngularMarginLoss(ClassMatrixLoss):
         return cosine_logits(embeddings, self.weight)
 
 
-@register_loss("arcface", "arc_face")
+@register_loss("arcface", "arc_face", space="sphere")
 class ArcFaceLoss(_AngularMarginLoss):
     """ArcFace with its own ``weight (num_classes, embedding_size)``; see :func:`arcface_loss`.
 
@@ -254,7 +254,7 @@ class ArcFaceLoss(_AngularMarginLoss):
         return f"{super().extra_repr()}, scale={self.scale}, margin={self.margin} rad, easy_margin={self.easy_margin}"
 
 
-@register_loss("cosface", "cos_face", "lmcl")
+@register_loss("cosface", "cos_face", "lmcl", space="sphere")
 class CosFaceLoss(_AngularMarginLoss):
     """CosFace with its own ``weight (num_classes, embedding_size)``; see :func:`cosface_loss`.
 
@@ -283,7 +283,7 @@ class CosFaceLoss(_AngularMarginLoss):
         return f"{super().extra_repr()}, scale={self.scale}, margin={self.margin}"
 
 
-@register_loss("sphereface", "sphere_face", "a_softmax")
+@register_loss("sphereface", "sphere_face", "a_softmax", space="sphere")
 class SphereFaceLoss(_AngularMarginLoss):
     """SphereFace (A-Softmax) with its own ``weight (num_classes, embedding_size)``; see :func:`sphereface_loss`.
 

@@ -115,7 +115,7 @@ def hyperbolic_pairwise_ce_loss(
     return per_anchor.mean()
 
 
-@register_loss("hyperbolic_pce", "hyperbolic")
+@register_loss("hyperbolic_pce", "hyperbolic", space="poincare")
 class HyperbolicPairwiseCELoss(nn.Module):
     """Module form of :func:`hyperbolic_pairwise_ce_loss` (Hyp-ViT, CVPR 2022); no learnable parameters.
 

@@ -53,7 +53,7 @@ def intra_batch_loss(
     return backbone_weight * backbone_term + mpn_weight * refined_term
 
 
-@register_loss("intra_batch", "intrabatch")
+@register_loss("intra_batch", "intrabatch", space="sphere")
 class IntraBatchLoss(nn.Module):
     r"""Classification through a message-passing network over the mini-batch (intra-batch connections).
 

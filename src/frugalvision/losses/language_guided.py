@@ -290,7 +290,7 @@ def language_guidance_loss(
     return kl * temperature**2 / batch
 
 
-@register_loss("language_guided")
+@register_loss("language_guided", wraps="proxynca++", needs=("class_names", "text_model"))
 class LanguageGuidanceLoss(nn.Module):
     r"""``base_loss(embeddings, labels) + ω · L_lang``: any metric-learning loss plus language guidance.
 
@@ -386,6 +386,20 @@ class LanguageGuidanceLoss(nn.Module):
         if self.base_loss is None:
             return guidance
         return self.base_loss(embeddings, labels, **extra) + guidance
+
+    def terms(self, embeddings: torch.Tensor, labels: torch.Tensor, **extra: Any) -> dict[str, torch.Tensor]:
+        """The loss and its parts for logging: ``{"loss": base + ω · L_lang, "loss/base": base (detached),
+        "loss/language": L_lang (detached)}``; ``"loss"`` equals ``forward``'s value."""
+        language = self.language_term(embeddings, labels)
+        if self.base_loss is None:
+            base = embeddings.sum() * 0.0
+        else:
+            base = self.base_loss(embeddings, labels, **extra)
+        return {
+            "loss": base + self.weight * language,
+            "loss/base": base.detach(),
+            "loss/language": language.detach(),
+        }
 
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         """The base loss's parameter groups (the guidance term has no parameters)."""

@@ -273,7 +273,7 @@ def _bce(
     return reduce_multilabel(per_entry, targets, weights, reduction)
 
 
-@register_loss("bce", "binary_cross_entropy", task="multilabel")
+@register_loss("bce", "binary_cross_entropy", task="multilabel", space="euclidean")
 class BinaryCrossEntropyLoss(nn.Module):
     """Binary cross-entropy with optional per-class ``pos_weight``; see :func:`bce_loss`.
 
@@ -355,7 +355,7 @@ def focal_loss(
     return reduce_multilabel(per_entry, targets, weights, reduction)
 
 
-@register_loss("focal", "sigmoid_focal", task="multilabel")
+@register_loss("focal", "sigmoid_focal", task="multilabel", space="euclidean")
 class FocalLoss(nn.Module):
     """Sigmoid focal loss; see :func:`focal_loss`.
 
@@ -452,7 +452,7 @@ def asymmetric_loss(
     return reduce_multilabel(-log_term, targets, weights, reduction)
 
 
-@register_loss("asl", "asymmetric", task="multilabel")
+@register_loss("asl", "asymmetric", task="multilabel", space="euclidean")
 class AsymmetricLoss(nn.Module):
     """Asymmetric Loss (ASL); see :func:`asymmetric_loss`.
 
@@ -641,7 +641,7 @@ def _db_forward(
     return reduce_multilabel(per_entry, targets, weights, reduction)
 
 
-@register_loss("db", "distribution_balanced", task="multilabel")
+@register_loss("db", "distribution_balanced", task="multilabel", space="euclidean")
 class DistributionBalancedLoss(nn.Module):
     r"""Distribution-Balanced loss (Wu, Huang, Liu, Wang, Lin, ECCV 2020) for long-tailed multi-label data.
 

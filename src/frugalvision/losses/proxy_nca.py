@@ -119,7 +119,7 @@ class _ProxyLoss(ClassMatrixLoss):
         torch.nn.init.normal_(self.proxies, std=1.0 / 8.0)
 
 
-@register_loss("proxynca", "proxy_nca")
+@register_loss("proxynca", "proxy_nca", space="sphere")
 class ProxyNCALoss(_ProxyLoss):
     """ProxyNCA with its own ``proxies (num_classes, embedding_size)``; see :func:`proxy_nca_loss`.
 
@@ -158,7 +158,7 @@ class ProxyNCALoss(_ProxyLoss):
         )
 
 
-@register_loss("proxynca++", "proxyncapp", "proxy_nca_pp", "proxy_nca_plus_plus")
+@register_loss("proxynca++", "proxyncapp", "proxy_nca_pp", "proxy_nca_plus_plus", space="sphere")
 class ProxyNCAPlusPlusLoss(_ProxyLoss):
     """ProxyNCA++ with its own ``proxies (num_classes, embedding_size)``; see :func:`proxy_nca_plus_plus_loss`.
 

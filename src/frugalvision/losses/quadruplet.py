@@ -189,7 +189,7 @@ def quadruplet_loss(
     return loss
 
 
-@register_loss("quadruplet")
+@register_loss("quadruplet", space="sphere")
 class QuadrupletLoss(nn.Module):
     """Module form of :func:`quadruplet_loss`; see there for the equation, arguments and reference.
 

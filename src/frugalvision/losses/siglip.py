@@ -99,7 +99,7 @@ def siglip_loss(
     return pair_loss.sum() / batch
 
 
-@register_loss("siglip")
+@register_loss("siglip", space="sphere")
 class SigLIPLoss(nn.Module):
     """Module form of :func:`siglip_loss` holding the learnable log-temperature ``t'`` and bias ``b``.
 

@@ -176,7 +176,7 @@ def triplet_term(
     return masked_reduce(hinge(dist[a, p].unsqueeze(1) - d_an + margin), valid, reduction)
 
 
-@register_loss("triplet", "triplet_margin")
+@register_loss("triplet", "triplet_margin", space="sphere")
 class TripletMarginLoss(nn.Module):
     """Module form of :func:`triplet_margin_loss`; see there for the equation, arguments and references.
 

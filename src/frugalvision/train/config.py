@@ -90,7 +90,9 @@ class ModelConfig:
     classifier: its output size is the number of classes (``embedding_size`` is not used) and it has no
     normalisation.
 
-    ``normalization="auto"`` is ``"poincare"`` for the hyperbolic loss and ``"l2"`` otherwise.
+    ``normalization="auto"`` follows the space the loss is registered with (:func:`frugalvision.losses.
+    loss_entry`): ``"poincare"`` for a loss in the Poincaré ball (``hyperbolic_pce``), ``"l2"`` for one on the
+    sphere (all others), ``"none"`` for one in Euclidean space.
     ``freeze_backbone`` switches to the fast path: pooled features computed once and cached, only the head and
     the loss train. ``freeze_norm`` keeps the backbone's BatchNorm statistics fixed while fine-tuning (common in
     deep metric learning, where m-per-class batches are small and unlike ImageNet's). ``drop_rate`` is dropout on
@@ -144,9 +146,17 @@ class LossConfig:
     partial_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def resolved_name(self, task: str) -> str:
-        """The loss's name, with ``"auto"`` replaced by the task's default."""
+        """The loss's canonical registered name: ``"auto"`` replaced by the task's default, an alias by its
+        canonical name (an unknown name is returned lower-cased, for :func:`validate` to report)."""
+        from frugalvision.losses import loss_entry
+
         name = self.name.strip().lower()
-        return DEFAULT_LOSSES.get(task, "proxynca++") if name == "auto" else name
+        if name == "auto":
+            return DEFAULT_LOSSES.get(task, "proxynca++")
+        try:
+            return loss_entry(name).name
+        except ValueError:
+            return name
 
 
 @dataclass(frozen=True)

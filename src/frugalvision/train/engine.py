@@ -67,7 +67,7 @@ from frugalvision.train.data import (
     multilabel_split,
     split_dataset,
 )
-from frugalvision.train.losses import HYPERBOLIC_LOSSES, build_loss, canonical_loss_name
+from frugalvision.train.losses import build_loss, head_normalization
 from frugalvision.train.recipes import train_transform
 from frugalvision.train.samplers import SeededItems
 from frugalvision.train.tasks import EmbeddingTask, MultilabelTask, SupervisedTask
@@ -131,18 +131,11 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def _normalization(config: TrainConfig) -> str:
-    norm = config.model.normalization
     if config.task == "multilabel":
         return "none"  # logits
-    hyperbolic = canonical_loss_name(config.loss.resolved_name(config.task)) in HYPERBOLIC_LOSSES
-    if norm == "auto":
-        return "poincare" if hyperbolic else "l2"
-    if hyperbolic and norm == "none":
-        raise ConfigError(
-            f"model.normalization=none with loss {config.loss.name!r}: the hyperbolic loss needs embeddings inside "
-            "the Poincaré ball; use poincare (or auto)"
-        )
-    return norm
+    return head_normalization(
+        config.loss.resolved_name(config.task), config.loss.kwargs, config.model.normalization
+    )
 
 
 def build_model(
@@ -341,7 +334,7 @@ def fit(
         prior = train.positives() / known
     model = build_model(config, num_classes=len(train.classes), prior=prior)
     frozen = config.model.freeze_backbone
-    loss_name = config.loss.resolved_name(config.task)
+    loss_name = config.loss.resolved_name(config.task)  # canonical: an alias is resolved there
     loss = build_loss(
         loss_name,
         num_classes=len(train.classes),
@@ -456,7 +449,7 @@ def fit(
         extra = _tune_thresholds(model, val_items, train.classes, frozen, config)
         result.metrics.update(extra.pop("metrics"))
         result.thresholds = extra["thresholds"]
-    loss_record: dict[str, Any] = {"name": canonical_loss_name(loss_name), "kwargs": dict(config.loss.kwargs)}
+    loss_record: dict[str, Any] = {"name": loss_name, "kwargs": dict(config.loss.kwargs)}
     if multilabel:
         loss_record.update(partial=config.loss.partial, partial_kwargs=dict(config.loss.partial_kwargs))
     if trainer.is_global_zero:
