@@ -81,3 +81,36 @@ def make_multilabel_manifest(root: Path, n: int = 48, size: int = 32, unknown_ev
 def multilabel_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 tagged images (5 classes, 1-3 per image, every 4th image with one unknown class): ``labels.jsonl``."""
     return make_multilabel_manifest(tmp_path_factory.mktemp("tags") / "data", unknown_every=4)
+
+
+# --- tiny, very long images (issue 12, item 1) -----------------------------------------------------------
+@pytest.fixture
+def long_png(tmp_path: Path):
+    """``long_png(width, height, name=None)``: a black PNG of that size (1 x 30000 is 138 bytes), its path."""
+
+    def _make(width: int, height: int, name: str | None = None) -> Path:
+        path = tmp_path / (name or f"long-{width}x{height}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (width, height)).save(path)
+        return path
+
+    return _make
+
+
+#: Largest output a test lets Pillow's resize produce; far above any test image's real preprocessing.
+RESIZE_GUARD_PIXELS = 4_000_000
+
+
+@pytest.fixture
+def bounded_resize(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``PIL.Image.Image.resize`` raise ``AssertionError`` for an output over 4 million pixels instead of
+    allocating it, so a test of an unbounded intermediate fails (before the fix) without eating the machine's
+    memory. Every resize on the way (torchvision's ``Resize``, timm's, the runtime's) goes through it."""
+    resize = Image.Image.resize
+
+    def guarded(self: Image.Image, size, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if int(size[0]) * int(size[1]) > RESIZE_GUARD_PIXELS:
+            raise AssertionError(f"unbounded intermediate: {self.size} resized to {tuple(size)}")
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", guarded)

@@ -24,6 +24,12 @@ class CorruptImageError(FrugalVisionError, OSError):
     """An image exists but cannot be decoded (truncated, not an image, decompression bomb...)."""
 
 
+class ImageTooLargeError(CorruptImageError):
+    """An image refused for its size before its pixels are decoded: more pixels than allowed (a possible
+    decompression bomb), an extreme aspect ratio, or a size that preprocessing would resize it to that is over the
+    pixel limit (HTTP 413 in the service)."""
+
+
 class WeightsError(FrugalVisionError, RuntimeError):
     """Pretrained weights were asked for and could not be loaded (offline, missing file, mismatch)."""
 

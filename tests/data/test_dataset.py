@@ -176,3 +176,24 @@ def test_dataset_pickles(mixed: ImageDataset) -> None:
     copy = pickle.loads(pickle.dumps(mixed.with_transform(PILToTensor())))
     assert copy.samples == mixed.samples and copy.classes == mixed.classes
     assert copy[1]["image"].shape == (3, 6, 8)
+
+
+def test_transform_resize_is_checked_before_decoding(tmp_path: Path, long_png, bounded_resize) -> None:
+    """The data set reads the resize step of its transform (issue 12, item 1): a 20 x 1000 image (50:1, allowed) that
+    ``Resize(1000)`` would bring to 1000 x 50000 pixels is refused like a corrupt one, before it is decoded."""
+    from torchvision import transforms as T
+
+    from frugalvision.errors import ImageTooLargeError
+
+    thin, square = long_png(20, 1000), long_png(30, 30)
+    transform = T.Compose([T.Resize(1000), T.CenterCrop(8), PILToTensor()])
+    ds = ImageDataset([Sample(square), Sample(thin)], [], transform=transform)
+    assert ds[0]["image"].shape == (3, 8, 8)
+    item = ds[1]
+    assert item["image"] is None and item["error"] == (
+        f"{thin}: 20x1000 pixels would be resized to 1000x50000 = 50,000,000 pixels, over the limit of 40,000,000"
+    )
+    assert ds.find_corrupt(progress=False) == [(thin, item["error"])]
+    with pytest.raises(ImageTooLargeError, match=r"1000x50000"):
+        ImageDataset([Sample(thin)], [], transform=transform, on_corrupt="fail")[0]
+    assert ImageDataset([Sample(thin)], [])[0]["image"].size == (20, 1000)  # no transform: nothing to resize

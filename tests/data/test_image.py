@@ -182,3 +182,36 @@ def test_loaded_image_is_detached_from_file(tmp_path: Path, write_image) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ResourceWarning about an unclosed file
         assert img.getpixel((0, 0)) == (200, 30, 40)
+
+
+@pytest.mark.parametrize("size", [(1, 30000), (6000, 1), (1, 51)])
+def test_extreme_aspect_ratio_refused_from_the_header(size: tuple[int, int], long_png, monkeypatch) -> None:
+    """Issue 12, item 1: the same check as the runtime's, before any pixel is decoded."""
+    from frugalvision.errors import ImageTooLargeError
+
+    path = long_png(*size)
+
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("the pixels were decoded before the size was checked")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    ratio = max(size) // min(size)
+    with pytest.raises(ImageTooLargeError, match=rf"^{path}: {size[0]}x{size[1]} pixels has an aspect ratio of "
+                                                 rf"{ratio}:1, over the limit of 50:1"):  # fmt: skip
+        load_image(path)
+    monkeypatch.undo()
+    assert load_image(path, max_aspect=None).size == size
+    assert load_image(long_png(1, 50)).size == (1, 50)  # 50:1 itself is allowed
+
+
+def test_resize_rule_is_checked_before_decoding(long_png, monkeypatch) -> None:
+    from frugalvision._pixels import ResizeRule
+    from frugalvision.errors import ImageTooLargeError
+
+    path = long_png(20, 1000)  # 50:1; a 1000 px shorter side makes it 1000 x 50000
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda self: (_ for _ in ()).throw(AssertionError("decoded"))
+    )
+    with pytest.raises(ImageTooLargeError, match=r"20x1000 pixels would be resized to 1000x50000 = 50,000,000 "
+                                                 r"pixels, over the limit of 40,000,000"):  # fmt: skip
+        load_image(path, resize=ResizeRule("shorter", (1000, 1000)))

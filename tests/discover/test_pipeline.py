@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from frugalvision.discover import discover_images, open_discovery_set, read_voc
-from frugalvision.errors import CorruptImageError, DataError
+from frugalvision.errors import CorruptImageError, DataError, ImageTooLargeError
 
 _VOC_XML = """<annotation><filename>{name}.jpg</filename>
 <size><width>40</width><height>30</height><depth>3</depth></size>
@@ -113,6 +113,19 @@ def test_discover_images_skips_or_fails_on_bad_files(effnet, tmp_path: Path) -> 
     assert "broken.jpg" in skipped[0][1] and "tiny.png" in skipped[1][1]
     with pytest.raises(CorruptImageError, match=r"broken\.jpg"):
         discover_images([broken], effnet, progress=False, on_corrupt="fail")
+
+
+def test_discover_images_skips_or_fails_on_long_images(effnet, tmp_path: Path) -> None:
+    """An image over the 50:1 aspect-ratio limit is refused by the shared decoder check (issue 12, item 1)."""
+    good, long = tmp_path / "good.png", tmp_path / "long.png"
+    Image.new("RGB", (64, 48), (120, 40, 40)).save(good)
+    Image.new("RGB", (32, 2000), (40, 40, 120)).save(long)  # 62.5:1
+    results, skipped = discover_images([long, good], effnet, progress=False, image_size=64)
+    assert [p for p, _ in results] == [good]
+    assert skipped == [(long, f"{long}: 32x2000 pixels has an aspect ratio of 62.5:1, over the limit of 50:1 "
+                              "(preprocessing would scale its shorter side up to the model's input size)")]  # fmt: skip
+    with pytest.raises(ImageTooLargeError, match=r"long\.png: 32x2000 pixels"):
+        discover_images([long], effnet, progress=False, on_corrupt="fail", image_size=64)
 
 
 def _cli():

@@ -8,7 +8,7 @@ import torch
 
 from frugalvision.data import read_folder
 from frugalvision.embeddings import EmbeddingStore, extract_embeddings
-from frugalvision.errors import CorruptImageError, DataWarning, StoreError
+from frugalvision.errors import CorruptImageError, DataWarning, ImageTooLargeError, StoreError
 from frugalvision.models import create_backbone
 
 
@@ -129,3 +129,48 @@ def test_store_load_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="inconsistent"):
         EmbeddingStore(np.zeros((2, 3)), ["a"], [()])
     np.testing.assert_array_equal(store.label_ids(), [0, -1])
+
+
+def test_long_images_skipped_or_fail_before_resizing(
+    tiny_folder: Path, tmp_path: Path, backbone, long_png, bounded_resize
+) -> None:
+    """1 x N PNGs that the eval transform would resize to gigabytes follow on_corrupt (issue 12, item 1)."""
+    long_png(1, 30000, name="tiny/red/tall.png")
+    long_png(6000, 1, name="tiny/blue/wide.png")
+    with pytest.warns(DataWarning, match=r"(?s)skipped 2 unreadable image.*wide\.png: 6000x1 pixels has an aspect"
+                                         r".*tall\.png: 1x30000 pixels has an aspect ratio of 30000:1"):  # fmt: skip
+        store = extract_embeddings(
+            backbone, read_folder(tiny_folder), tmp_path / "skip", num_workers=0, progress=False
+        )
+    assert len(store) == 12
+    assert sorted(Path(s["path"]).name for s in store.info["skipped"]) == ["tall.png", "wide.png"]
+    failing = read_folder(tiny_folder, on_corrupt="fail")
+    with pytest.raises(ImageTooLargeError, match=r"wide\.png: 6000x1 pixels has an aspect ratio of 6000:1"):
+        extract_embeddings(backbone, failing, tmp_path / "fail", num_workers=0, progress=False)
+
+
+def test_embed_cli_long_image(tiny_folder: Path, tmp_path: Path, long_png, bounded_resize) -> None:
+    """`frugalvision embed --on-corrupt skip|fail` on a folder holding a 1 x 30000 PNG."""
+    from click.testing import CliRunner
+
+    from frugalvision.cli import retrieval  # noqa: F401  (registers the command)
+    from frugalvision.cli.main import cli
+
+    long_png(1, 30000, name="tiny/green/tall.png")
+    args = [
+        "embed",
+        str(tiny_folder),
+        "-m",
+        "test_efficientnet",
+        "--no-pretrained",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "wrote 12 embeddings" in r.output
+    assert "Warning: skipped 1 unreadable image(s):" in r.output and "tall.png: 1x30000 pixels" in r.output
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "f"), "--on-corrupt", "fail"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error: ") and "tall.png: 1x30000 pixels" in r.output

@@ -134,3 +134,22 @@ def test_real_photos_knn_and_mahalanobis_flag_unseen_photos(tmp_path: Path) -> N
     s_ood = det.score(features=ood.features, logits=ood.logits)
     assert auroc(s_id["knn"], s_ood["knn"]) > 0.9
     assert auroc(s_id["mahalanobis"], s_ood["mahalanobis"]) > 0.9
+
+
+def test_long_images_are_skipped_or_fail(
+    small_cnn, tiny_folder: Path, tmp_path: Path, long_png, bounded_resize
+) -> None:
+    """A 1 x 30000 PNG among the images (issue 12, item 1): before the fix the 64 px preprocessing resized it to
+    73 x 2,190,000 pixels; now it follows on_corrupt, in the cached extraction and in the jigsaw pass."""
+    from frugalvision.errors import DataWarning, ImageTooLargeError
+
+    long = long_png(1, 30000, name="tiny/red/long.png")
+    with pytest.warns(DataWarning, match=r"skipped 1 unreadable image\(s\):\n  .*long\.png: 1x30000 pixels"):
+        x = extract_ood_inputs(small_cnn, read_folder(tiny_folder), num_workers=0, progress=False)
+    assert len(x) == 12 and str(long) not in x.paths
+    ids, jigs = jigsaw_block_norms(small_cnn, read_folder(tiny_folder), num_workers=0)
+    assert ids.shape[0] == jigs.shape[0] == 12
+    with pytest.raises(ImageTooLargeError, match=r"long\.png: 1x30000 pixels has an aspect ratio of 30000:1"):
+        extract_ood_inputs(
+            small_cnn, read_folder(tiny_folder, on_corrupt="fail"), num_workers=0, progress=False
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from frugalvision.data import load_image
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
@@ -107,3 +107,31 @@ def test_refusals(tmp_path: Path, photos: list) -> None:
         decode_image(tmp_path / "missing.jpg")
     with pytest.raises(ValueError, match="max_pixels"):
         decode_image(jpeg, max_pixels=0)
+
+
+@pytest.mark.parametrize("size", [(1, 30000), (30000, 1), (1, 51)])
+def test_extreme_aspect_ratio_refused_before_decoding(size: tuple[int, int], long_png, monkeypatch) -> None:
+    """A 1 x N PNG of ~100 bytes is refused from its header: no pixel is decoded (issue 12, item 1)."""
+    path = long_png(*size)
+    width, height = size
+    pil, array = Image.new("L", size), np.zeros((height, width, 3), np.uint8)
+
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("the pixels were decoded before the size was checked")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    expected = (
+        rf"{width}x{height} pixels has an aspect ratio of {max(size) // min(size)}:1, over the limit of 50:1"
+    )
+    with pytest.raises(ImageTooLargeError, match=rf"^{path.name}: {expected}"):
+        decode_image(path.read_bytes(), name=path.name)
+    with pytest.raises(ImageTooLargeError, match=rf"^{path}: {expected}"):
+        decode_image(path)
+    with pytest.raises(ImageTooLargeError, match=expected):
+        decode_image(pil)
+    with pytest.raises(ImageTooLargeError, match=expected):
+        decode_image(array)
+    monkeypatch.undo()
+    assert decode_image(path, max_aspect=None).size == size  # the limit can be lifted
+    with pytest.raises(ValueError, match="max_aspect"):
+        decode_image(path, max_aspect=0.5)

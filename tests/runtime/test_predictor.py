@@ -152,3 +152,15 @@ def test_runtime_imports_no_torch(tiny_bundle) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_long_image_is_refused_with_its_name(tiny_bundle, photos: list, long_png, bounded_resize) -> None:
+    """The deployed model's preprocessing refuses a 1 x 30000 PNG before resizing it (issue 12, item 1)."""
+    from frugalvision.errors import ImageTooLargeError
+
+    folder, _ = tiny_bundle
+    p = Predictor(folder, threads=1)
+    path = long_png(1, 30000)
+    with pytest.raises(ImageTooLargeError, match=rf"^{path}: 1x30000 pixels has an aspect ratio of 30000:1"):
+        p.embed([photos[0], path])
+    assert p.embed(photos[:1]).shape == (1, 5)  # and it goes on serving

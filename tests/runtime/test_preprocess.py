@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from timm.data import create_transform
 
+from frugalvision.errors import ImageTooLargeError
 from frugalvision.runtime import Preprocessor
 
 LITE0 = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
@@ -91,3 +92,33 @@ def test_wrong_argument_types() -> None:
         pre.resize_crop(Image.new("L", (10, 10)))
     with pytest.raises(TypeError, match="mapping"):
         Preprocessor([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [(1, 30000), (30000, 1), (1, 6000), (1, 2000)])
+def test_long_images_are_refused_before_resizing(size: tuple[int, int], long_png, bounded_resize) -> None:
+    """Before the fix a 1 x 30000 PNG was resized to 256 x 7,680,000 pixels (issue 12, item 1)."""
+    path = long_png(*size)
+    pre = Preprocessor(LITE0)
+    with pytest.raises(ImageTooLargeError, match=rf"^{path}: {size[0]}x{size[1]} pixels has an aspect ratio"):
+        pre(path)
+    with pytest.raises(ImageTooLargeError, match=rf"^{path}: "):
+        pre.batch([path])
+    with pytest.raises(ImageTooLargeError, match="aspect ratio"):
+        pre(Image.new("RGB", size))
+
+
+def test_resized_size_over_the_limit_is_refused(long_png, bounded_resize) -> None:
+    path = long_png(40, 1600)  # 40:1 is allowed; LITE0 resizes it to 256 x 10240 = 2,621,440 pixels
+    assert Preprocessor(LITE0)(path).shape == (3, 224, 224)
+    small = Preprocessor(LITE0, max_pixels=1_000_000)  # input 64,000 pixels: only the resize is over
+    message = "40x1600 pixels would be resized to 256x10240 = 2,621,440 pixels, over the limit of 1,000,000"
+    with pytest.raises(ImageTooLargeError, match=rf"^{path}: {message}"):
+        small(path)
+    with pytest.raises(ImageTooLargeError, match=rf"^photo 3: {message}"):
+        small.resize_crop(Image.new("RGB", (40, 1600)), name="photo 3")
+    # without max_pixels the resize is held to 40 million pixels: 45 x 2000 to 1024 x 45511 at 512 px, crop 0.5
+    big = Preprocessor({**LITE0, "input_size": (3, 512, 512), "crop_pct": 0.5})
+    with pytest.raises(
+        ImageTooLargeError, match=r"1024x45511 = 46,603,264 pixels, over the limit of 40,000,000"
+    ):
+        big(long_png(45, 2000))

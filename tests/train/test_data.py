@@ -87,3 +87,38 @@ def test_datamodule_takes_world_and_epoch_from_the_trainer() -> None:
     assert batch["image"].shape == (4, 4) and len(set(batch["label"].tolist())) == 2
     val_indices = [i for b in dm.val_dataloader() for i in b["index"].tolist()]
     assert val_indices == list(range(1, 24, 2))  # rank 1's shard
+
+
+def test_loader_skips_or_fails_on_long_images(
+    labelled_folder: Path, tmp_path: Path, long_png, bounded_resize
+) -> None:
+    """Training and validation items of a 1 x 30000 PNG: skipped from the header, or an ImageTooLargeError
+    (issue 12, item 1). Before the fix the evaluation transform resized it to 36 x 1,080,000 pixels at 32 px."""
+    from torch.utils.data import DataLoader
+
+    from frugalvision.data import ImageDataset, Sample
+    from frugalvision.errors import ImageTooLargeError
+    from frugalvision.models import create_backbone
+    from frugalvision.train.config import AugmentConfig
+    from frugalvision.train.recipes import train_transform
+
+    model = create_backbone("test_efficientnet", pretrained=False)
+    model.data_config["input_size"] = (3, 32, 32)
+    long = long_png(1, 30000)
+    paths = [*sorted(labelled_folder.rglob("*.png"))[:3], long]
+    transforms = {
+        "eval": model.transform(),
+        "no-augment": train_transform(model.data_config, AugmentConfig(random_crop=False)),
+        "augment": train_transform(model.data_config, AugmentConfig()),
+    }
+    for name, transform in transforms.items():
+        ds = ImageDataset([Sample(p, (0,)) for p in paths], ["a"], transform=transform)
+        loader = DataLoader(SeededItems(ds, [0] * 4), batch_size=4, collate_fn=collate_labelled)
+        batch = next(iter(loader))
+        assert batch["image"].shape == (3, 3, 32, 32), name
+        assert batch["skipped"] == [(3, f"{long}: 1x30000 pixels has an aspect ratio of 30000:1, over the limit of "
+                                       "50:1 (preprocessing would scale its shorter side up to the model's input "
+                                       "size)")], name  # fmt: skip
+        strict = ImageDataset([Sample(p, (0,)) for p in paths], ["a"], transform=transform, on_corrupt="fail")
+        with pytest.raises(ImageTooLargeError, match=rf"^{long}: 1x30000"):
+            next(iter(DataLoader(SeededItems(strict, [0] * 4), batch_size=4, collate_fn=collate_labelled)))

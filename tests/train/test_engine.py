@@ -152,3 +152,26 @@ def test_default_head_width_follows_the_training_path(labelled_folder: Path, tmp
         ).embedding_size
         == 32
     )
+
+
+def test_fit_skips_or_fails_on_long_images(
+    labelled_folder: Path, tmp_path: Path, tiny_config, long_png, bounded_resize
+) -> None:
+    """A 1 x 30000 PNG in every class, trained on without augmentation: skipped with one warning per side, or an
+    ImageTooLargeError with data.on_corrupt=fail (issue 12, item 1)."""
+    import shutil
+
+    from frugalvision.errors import DataWarning, ImageTooLargeError
+
+    data = tmp_path / "data"
+    shutil.copytree(labelled_folder, data)
+    for folder in sorted(data.iterdir()):
+        long_png(1, 30000, name=f"data/{folder.name}/long.png")
+    settings = ("augment.random_crop=false", "trainer.epochs=1")
+    with pytest.warns(
+        DataWarning, match=r"(?s)skipped \d unreadable image.*long\.png: 1x30000 pixels has an aspect"
+    ):
+        result = fit(tiny_config(data, tmp_path / "skip", *settings))
+    assert result.bundle is not None
+    with pytest.raises(ImageTooLargeError, match=r"long\.png: 1x30000 pixels has an aspect ratio of 30000:1"):
+        fit(tiny_config(data, tmp_path / "fail", *settings, "data.on_corrupt=fail"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from frugalvision._pixels import DECODE_ERRORS, to_rgb
+from frugalvision._pixels import DECODE_ERRORS, MAX_ASPECT_RATIO, ResizeRule, check_image_size, to_rgb
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
 
 __all__ = ["IMAGE_EXTENSIONS", "image_size", "is_image_file", "load_image", "normalize_extensions"]
@@ -67,7 +67,12 @@ def _reason(exc: BaseException) -> str:
     return f"cannot be decoded: {text}"
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    resize: ResizeRule | None = None,
+    max_aspect: float | None = MAX_ASPECT_RATIO,
+) -> Image.Image:
     """Load an image as an upright 8-bit RGB ``PIL.Image``.
 
     The file is fully decoded here (``Image.load``), so a truncated file fails now, not inside a
@@ -81,14 +86,23 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     over twice the limit are refused, those between one and two times the limit load with Pillow's
     ``DecompressionBombWarning``.
 
+    Before decoding, the size read from the header is checked (:func:`frugalvision._pixels.check_image_size`): an
+    aspect ratio over ``max_aspect`` is refused, and so is an image that ``resize`` -- the resize step of the
+    preprocessing that comes next -- would bring to more than 40 million pixels (``MAX_RESIZED_PIXELS``).
+
     Args:
         path: image file.
+        resize: the resize step the image goes through next (:class:`ImageDataset` finds it in its transform),
+            or ``None``.
+        max_aspect: longest side / shorter side allowed (default 50); ``None``: any.
 
     Returns:
         An RGB image of size ``(width, height)`` after the EXIF rotation.
 
     Raises:
         ImageFileMissingError: ``path`` does not exist or is not a file.
+        ImageTooLargeError: an aspect ratio over ``max_aspect``, or a resized size over the limit (a
+            :class:`CorruptImageError`).
         CorruptImageError: the file is not an image, is truncated or damaged, or is a decompression bomb.
             The message names the file and the reason.
 
@@ -100,10 +114,13 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     path = Path(path)
     _check_exists(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            check_image_size(img.width, img.height, str(path), max_aspect=max_aspect, resize=resize)
             img.load()
             upright = ImageOps.exif_transpose(img)
             return to_rgb(upright if upright is not None else img)
+    except CorruptImageError:
+        raise
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(f"corrupt image {path}: {_reason(exc)}") from exc
 

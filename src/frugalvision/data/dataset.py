@@ -7,6 +7,7 @@ that files exist; pixels are decoded lazily in ``ImageDataset.__getitem__``.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from frugalvision._checks import check_choice
+from frugalvision._pixels import ResizeRule
 from frugalvision.data._image import load_image
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
 
@@ -96,6 +98,54 @@ class Sample:
     __hash__ = None  # type: ignore[assignment]  # holds arrays: not hashable
 
 
+def _classes(module: str, *names: str) -> tuple[type, ...]:
+    """Classes ``names`` of ``module`` if it is already imported (a transform made from them implies it is)."""
+    found = sys.modules.get(module)
+    return tuple(c for c in (getattr(found, n, None) for n in names) if isinstance(c, type))
+
+
+def _is(obj: Any, classes: tuple[type, ...]) -> bool:
+    return isinstance(obj, classes)  # a bool: mypy keeps ``obj`` as Any (the classes come from sys.modules)
+
+
+def _resize_rule(transform: Any) -> ResizeRule | None:
+    """The resize step that opens ``transform`` (a torchvision ``Compose`` as timm's ``create_transform`` builds),
+    as a :class:`~frugalvision._pixels.ResizeRule` -- so an image it would blow up is refused before decoding.
+
+    Recognised: torchvision's ``Resize`` (v1 and v2) and timm's ``ResizeKeepRatio``, after any ``TrimBorder``.
+    ``None`` when the first geometric step is another one: timm's training transform starts with a random
+    resized crop, whose output has a fixed size and whose crop is no larger than the input.
+    """
+    composes = _classes("torchvision.transforms", "Compose") + _classes(
+        "torchvision.transforms.v2", "Compose"
+    )
+    resizes = _classes("torchvision.transforms", "Resize") + _classes("torchvision.transforms.v2", "Resize")
+    keep_ratio = _classes("timm.data.transforms", "ResizeKeepRatio")
+    trims = _classes("timm.data.transforms", "TrimBorder")
+    steps: list[Any] = [transform]
+    border = 0
+    while steps:
+        step = steps.pop(0)
+        if _is(step, composes):
+            steps = list(step.transforms) + steps
+        elif _is(step, trims):
+            border += int(step.border_size)
+        elif _is(step, resizes):
+            size, max_size = step.size, step.max_size
+            if isinstance(size, int) or (size is not None and len(size) == 1):
+                side = int(size if isinstance(size, int) else size[0])
+                return ResizeRule("shorter", (side, side), max_size=max_size, border=border)
+            if size is None:  # v2: the longer side to max_size
+                return ResizeRule("longer", (int(max_size), int(max_size)), border=border)
+            return ResizeRule("squash", (int(size[0]), int(size[1])), border=border)
+        elif _is(step, keep_ratio):
+            h, w = step.size
+            return ResizeRule("ratio", (int(h), int(w)), longest=float(step.longest), border=border)
+        else:
+            return None
+    return None
+
+
 def collate_images(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``collate_fn`` for a ``DataLoader`` over an :class:`ImageDataset` that may skip images.
 
@@ -143,6 +193,11 @@ class ImageDataset(Dataset):
     ``DataLoader`` worker holds its own copy), so **the consumer must aggregate ``batch["skipped"]`` and
     warn once with the count and the files** -- ``frugalvision.embeddings`` does. Call
     :meth:`find_corrupt` to list bad files up front.
+
+    Images whose shape would make preprocessing allocate without bound count as corrupt too
+    (:class:`~frugalvision.errors.ImageTooLargeError`, raised from the header before decoding): an aspect ratio
+    over 50:1, or -- when the transform opens with a resize (timm's evaluation transform) -- a resized size over
+    40 million pixels. A 1 x 30000 PNG would otherwise become 256 x 7,680,000 pixels.
 
     Args:
         samples: the images and their annotations.
@@ -208,7 +263,7 @@ class ImageDataset(Dataset):
         index %= len(self)
         path = self._samples[index].path
         try:
-            image: Any = load_image(path)
+            image: Any = load_image(path, resize=_resize_rule(self.transform))
         except (CorruptImageError, ImageFileMissingError) as exc:
             if self.on_corrupt == "fail":
                 raise
@@ -311,9 +366,10 @@ class ImageDataset(Dataset):
     def find_corrupt(self, progress: bool = True) -> list[tuple[Path, str]]:
         """Decode every image and return ``[(path, reason), ...]`` for those that cannot be loaded."""
         bad: list[tuple[Path, str]] = []
+        rule = _resize_rule(self.transform)
         for s in tqdm(self._samples, desc="checking images", unit="img", disable=not progress):
             try:
-                load_image(s.path)
+                load_image(s.path, resize=rule)
             except (CorruptImageError, ImageFileMissingError) as exc:
                 bad.append((s.path, str(exc)))
         return bad

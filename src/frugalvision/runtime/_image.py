@@ -6,8 +6,9 @@ animations) -- so an image looks the same to a deployed model as it did in train
 decoders agree on every image mode.
 
 Untrusted input (the HTTP service) is checked before any pixel is decoded: the container format against an
-allow-list and the pixel count against a limit read from the header, so a decompression bomb is refused
-without allocating it.
+allow-list, and the pixel count, the aspect ratio and the size the preprocessing would resize the image to against
+limits, from the size in the header (:func:`frugalvision._pixels.check_image_size`) -- so a decompression bomb, or a
+1 x 30000 PNG that a resize would turn into 256 x 7,680,000 pixels, is refused without allocating it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from frugalvision._pixels import DECODE_ERRORS as _DECODE_ERRORS
-from frugalvision._pixels import to_rgb
-from frugalvision.errors import CorruptImageError, ImageFileMissingError
+from frugalvision._pixels import MAX_ASPECT_RATIO, MAX_RESIZED_PIXELS, ResizeRule, check_image_size, to_rgb
+from frugalvision.errors import CorruptImageError, ImageFileMissingError, ImageTooLargeError
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -44,10 +45,6 @@ class UnsupportedImageError(CorruptImageError):
     """The data are not an image, or an image in a format that is not accepted (HTTP 415)."""
 
 
-class ImageTooLargeError(CorruptImageError):
-    """The image has more pixels than allowed (a possible decompression bomb; HTTP 413)."""
-
-
 def _why(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied"
@@ -60,6 +57,8 @@ def decode_image(
     max_pixels: int | None = None,
     formats: Collection[str] | None = None,
     name: str | None = None,
+    max_aspect: float | None = MAX_ASPECT_RATIO,
+    resize: ResizeRule | None = None,
 ) -> Image.Image:
     """Decode ``source`` to an upright 8-bit ``RGB`` image, as :func:`frugalvision.data.load_image` does.
 
@@ -70,6 +69,10 @@ def decode_image(
         formats: Pillow format names accepted (e.g. :data:`DEFAULT_FORMATS`); ``None`` accepts any format
             Pillow reads. Checked on the content, never on a file name or a declared content type.
         name: how to name the image in error messages (default: the path, or "image").
+        max_aspect: refuse images whose longer side is more than this many times the shorter (default 50);
+            ``None``: any.
+        resize: the resize step that comes next (``Preprocessor.resize_rule``): refuse images it would bring to more
+            than ``max_pixels`` pixels (40 million when ``max_pixels`` is ``None``). Checked before decoding.
 
     Returns:
         An ``RGB`` image after the EXIF rotation.
@@ -77,7 +80,8 @@ def decode_image(
     Raises:
         ImageFileMissingError: a path that does not exist.
         UnsupportedImageError: not an image, or a format outside ``formats``.
-        ImageTooLargeError: more than ``max_pixels`` pixels, or refused by Pillow as a decompression bomb.
+        ImageTooLargeError: more than ``max_pixels`` pixels, an aspect ratio over ``max_aspect``, a resized size
+            over the limit, or refused by Pillow as a decompression bomb.
         CorruptImageError: a recognised image that cannot be decoded (truncated, damaged).
         TypeError / ValueError: ``source`` of another type, or an array that is not ``(H, W, 3)`` uint8.
     """
@@ -85,15 +89,31 @@ def decode_image(
         isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
     ):
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    if max_aspect is not None and (
+        isinstance(max_aspect, bool) or not isinstance(max_aspect, (int, float)) or not max_aspect >= 1
+    ):
+        raise ValueError(f"max_aspect must be a number >= 1 or None, got {max_aspect!r}")
+
+    def check(width: int, height: int, label: str) -> None:
+        check_image_size(
+            width,
+            height,
+            label,
+            max_pixels=max_pixels,
+            max_aspect=max_aspect,
+            resize=resize,
+            max_resized_pixels=max_pixels or MAX_RESIZED_PIXELS,
+        )
+
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
             raise ValueError(
                 f"an image array must be (H, W, 3) uint8 RGB, got shape {source.shape} dtype {source.dtype}"
             )
-        _check_pixels(source.shape[1], source.shape[0], max_pixels, name or "image")
+        check(source.shape[1], source.shape[0], name or "image")
         return Image.fromarray(source, mode="RGB")
     if isinstance(source, Image.Image):
-        _check_pixels(source.width, source.height, max_pixels, name or "image")
+        check(source.width, source.height, name or "image")
         upright = ImageOps.exif_transpose(source)
         return to_rgb(upright if upright is not None else source)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -114,7 +134,7 @@ def decode_image(
                 raise UnsupportedImageError(
                     f"{label}: image format {img.format} is not accepted; accepted: {', '.join(sorted(formats))}"
                 )
-            _check_pixels(img.width, img.height, max_pixels, label)
+            check(img.width, img.height, label)  # from the header: nothing decoded yet
             img.load()
             upright = ImageOps.exif_transpose(img)
             return to_rgb(upright if upright is not None else img)
@@ -126,10 +146,3 @@ def decode_image(
         raise
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(f"corrupt image {label}: {_why(exc)}") from exc
-
-
-def _check_pixels(width: int, height: int, max_pixels: int | None, label: str) -> None:
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"{label}: {width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}"
-        )

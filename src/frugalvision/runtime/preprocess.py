@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from frugalvision._pixels import MAX_ASPECT_RATIO, MAX_RESIZED_PIXELS, ResizeRule, check_image_size
 from frugalvision.runtime._image import ImageInput, decode_image
 
 __all__ = ["INTERPOLATIONS", "Preprocessor"]
@@ -59,7 +60,14 @@ class Preprocessor:
         data_config: timm's preprocessing config (``Backbone.data_config`` / a deploy bundle's ``data_config``):
             ``input_size`` ``(3, H, W)``, ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``
             and optionally ``crop_border_pixels``. Lists and tuples are both accepted.
-        max_pixels: refuse larger images when decoding (see :func:`~frugalvision.runtime.decode_image`).
+        max_pixels: refuse larger images when decoding (see :func:`~frugalvision.runtime.decode_image`), and
+            images the resize step would bring to more pixels (40 million when ``None``).
+        max_aspect: refuse images whose longer side is more than this many times the shorter (default 50);
+            ``None``: any.
+
+    Every image is checked from its size before it is decoded or resized (see :attr:`resize_rule`): a 1 x 30000
+    PNG, which the resize would bring to 256 x 7,680,000 pixels, raises
+    :class:`~frugalvision.errors.ImageTooLargeError` instead of allocating them.
 
     Example:
         >>> pre = Preprocessor({"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3,
@@ -68,7 +76,13 @@ class Preprocessor:
         (2, 3, 224, 224)
     """
 
-    def __init__(self, data_config: Mapping[str, Any], *, max_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        data_config: Mapping[str, Any],
+        *,
+        max_pixels: int | None = None,
+        max_aspect: float | None = MAX_ASPECT_RATIO,
+    ) -> None:
         if not isinstance(data_config, Mapping):
             raise TypeError(
                 f"data_config must be a mapping (timm's data config), got {type(data_config).__name__}"
@@ -109,8 +123,19 @@ class Preprocessor:
         if not (self.std > 0).all():
             raise ValueError(f"data_config['std'] must be > 0, got {self.std.tolist()}")
         self.max_pixels = max_pixels
+        self.max_aspect = max_aspect
         # timm: scale_size = floor(size / crop_pct) per side
-        self._scale = (math.floor(self.height / self.crop_pct), math.floor(self.width / self.crop_pct))
+        scale = (math.floor(self.height / self.crop_pct), math.floor(self.width / self.crop_pct))
+        if self.crop_mode == "squash":
+            rule = ResizeRule("squash", scale, border=border)
+        elif self.crop_mode == "center" and scale[0] == scale[1]:
+            rule = ResizeRule("shorter", scale, border=border)  # torchvision Resize(int)
+        else:  # timm ResizeKeepRatio: cover the target (centre crop) or fit inside it (border)
+            rule = ResizeRule(
+                "ratio", scale, longest=1.0 if self.crop_mode == "border" else 0.0, border=border
+            )
+        #: The resize step as a function of the input size (what :func:`~frugalvision.runtime.decode_image` checks).
+        self.resize_rule = rule
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -124,39 +149,41 @@ class Preprocessor:
         )
 
     # -- geometry ----------------------------------------------------------------------------------------------
-    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """``(new_width, new_height)`` of the resize step."""
-        target_h, target_w = self._scale
-        if self.crop_mode == "squash":
-            return target_w, target_h
-        if self.crop_mode == "center" and target_h == target_w:
-            # torchvision Resize(int): shorter side to the size, longer side truncated
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = target_h, int(target_h * long / short)
-            return (new_short, new_long) if width <= height else (new_long, new_short)
-        # timm ResizeKeepRatio: one ratio for both sides (longest=0: cover the target, longest=1: fit inside)
-        ratio_h, ratio_w = height / target_h, width / target_w
-        longest = 1.0 if self.crop_mode == "border" else 0.0
-        ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
-        return round(width / ratio), round(height / ratio)
+    def resize_crop(self, image: Image.Image, name: str = "image") -> np.ndarray:
+        """Resize and crop an ``RGB`` image: ``(H, W, 3)`` uint8, before normalisation.
 
-    def resize_crop(self, image: Image.Image) -> np.ndarray:
-        """Resize and crop an ``RGB`` image: ``(H, W, 3)`` uint8, before normalisation."""
+        Raises:
+            ImageTooLargeError: the resize would give more than ``max_pixels`` pixels (40 million when ``None``);
+                checked before resizing, the message starts with ``name``.
+        """
         if image.mode != "RGB":
             raise ValueError(
                 f"resize_crop expects an RGB image, got mode {image.mode!r}; decode it with decode_image"
             )
+        check_image_size(
+            image.width,
+            image.height,
+            name,
+            max_aspect=None,  # the decoder's check; here only what the resize allocates
+            resize=self.resize_rule,
+            max_resized_pixels=self.max_pixels or MAX_RESIZED_PIXELS,
+        )
+        new_w, new_h = self.resize_rule.output_size(image.width, image.height)  # trims the border first
         if self.crop_border_pixels:
             b, (w, h) = self.crop_border_pixels, image.size
             image = image.crop(
                 (min(b, h), min(b, h), min(b, h) + max(0, w - 2 * b), min(b, h) + max(0, h - 2 * b))
             )
-        new_w, new_h = self._resized_size(image.width, image.height)
         if (new_w, new_h) != image.size:
             image = image.resize((new_w, new_h), self._resample)
         pixels = np.asarray(image, dtype=np.uint8)
         fill = [round(255 * v) for v in self._mean64] if self.crop_mode == "border" else [0, 0, 0]
         return _center_crop_or_pad(pixels, self.height, self.width, fill)
+
+    def _decode(self, image: ImageInput) -> Image.Image:
+        return decode_image(
+            image, max_pixels=self.max_pixels, max_aspect=self.max_aspect, resize=self.resize_rule
+        )
 
     # -- public ------------------------------------------------------------------------------------------------
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
@@ -167,7 +194,7 @@ class Preprocessor:
 
     def __call__(self, image: ImageInput) -> np.ndarray:
         """One image (path, bytes, PIL image or RGB array) to ``(3, H, W)`` float32."""
-        return self.normalize(self.resize_crop(decode_image(image, max_pixels=self.max_pixels)))
+        return self.normalize(self.resize_crop(self._decode(image)))
 
     def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Several images to ``(B, 3, H, W)`` float32 (``B = len(images)``, may be 0)."""
@@ -175,7 +202,7 @@ class Preprocessor:
             raise TypeError(f"images must be a sequence of images, got {type(images).__name__}")
         pixels = np.empty((len(images), self.height, self.width, 3), dtype=np.uint8)
         for i, image in enumerate(images):
-            pixels[i] = self.resize_crop(decode_image(image, max_pixels=self.max_pixels))
+            pixels[i] = self.resize_crop(self._decode(image))
         return self.normalize(pixels)
 
 

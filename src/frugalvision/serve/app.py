@@ -265,7 +265,9 @@ def create_app(
             if not data:
                 raise HTTPException(422, f"{name}: empty file")
             try:
-                image = decode_image(data, max_pixels=limits.max_pixels, formats=formats, name=name)
+                image = decode_image(
+                    data, max_pixels=limits.max_pixels, formats=formats, name=name, resize=pre.resize_rule
+                )
             except ImageTooLargeError as e:
                 raise HTTPException(413, str(e)) from e
             except UnsupportedImageError as e:
