@@ -246,7 +246,7 @@ class GuardMiddleware:
         self.app = app
         hosts = None if allowed_hosts is None else {_normalise_host(h) for h in allowed_hosts}
         self.allowed_hosts = None if hosts is None or "*" in hosts else frozenset(hosts)
-        self._expected = None if token is None else token.encode()
+        self._expected = None if token is None else token.strip().encode()
         self.busy = busy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
