@@ -96,3 +96,67 @@ def test_overload_is_refused_not_queued() -> None:
     refused = [o for o in outcomes if isinstance(o, BatcherFullError)]
     assert len(refused) == 2 and "busy" in str(refused[0])
     assert all(isinstance(o, np.ndarray) for o in outcomes if not isinstance(o, BatcherFullError))
+
+
+def test_admission_by_estimated_delay() -> None:
+    from frugalvision.serve import BatcherFullError
+
+    model = _Model(delay=0.05)
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch=4, max_wait_ms=0, max_pending=100, max_delay_s=0.5)
+        assert batcher.seconds_per_image is None
+        held = [batcher.admit(30)]  # no estimate yet: only max_pending applies
+        held[0].release()
+        await batcher.submit(np.ones((2, 2)))
+        assert batcher.seconds_per_image is not None and batcher.seconds_per_image >= 0.05 / 2
+        batcher.seconds_per_image = 0.1  # fixed, so the arithmetic below does not depend on this machine
+        held = [batcher.admit(3), batcher.admit(2)]  # 3 images ahead: 0.3 s <= 0.5 s; then 5 pending
+        assert batcher.pending == 5 and batcher.estimated_delay() == pytest.approx(0.5)
+        held.append(batcher.admit(1))  # exactly at the limit ahead: still admitted
+        with pytest.raises(BatcherFullError, match=r"about 0\.6 s") as refused:
+            batcher.admit(1)
+        assert refused.value.retry_after == 1
+        held.pop().release()
+        held.pop().release()
+        held[0].release()
+        held[0].release()  # twice is harmless
+        assert batcher.pending == 0
+        with batcher.admit(8) as admission:  # a large request on an idle service is always admitted
+            out = await batcher.submit(np.ones((8, 2)), admission)
+            assert out.shape == (8, 2) and batcher.pending == 8
+        assert batcher.pending == 0
+        await batcher.close()
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="max_delay_s"):
+        MicroBatcher(lambda x: x, max_delay_s=0)
+
+
+def test_cancelled_request_is_not_computed() -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def model(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape[0])
+        gate.wait(10)
+        return x
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0)
+        first = asyncio.create_task(batcher.submit(np.ones((1, 2))))
+        while not calls:
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(batcher.submit(np.ones((3, 2))))  # 3 parts of 1 image, queued
+        await asyncio.sleep(0.05)
+        assert batcher.pending == 4
+        second.cancel()  # its client went away
+        await asyncio.gather(second, return_exceptions=True)
+        assert batcher.pending == 1
+        gate.set()
+        await first
+        await asyncio.sleep(0.1)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert calls == [1]  # none of the cancelled request's parts reached the model

@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from frugalvision.cli.main import cli
+
+#: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
+MAX_HEADER_BYTES = 16 * 1024
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts_for(host: str, extra: tuple[str, ...]) -> list[str]:
+    """The ``Host`` names to accept: ``extra`` if given, else the local names plus the bound address.
+
+    A service bound to every interface (``0.0.0.0`` / ``::``) still answers only to the local names unless
+    ``--allowed-host`` lists the names clients use (``'*'``: any name; only behind a proxy that checks it).
+    """
+    if extra:
+        return list(extra)
+    from frugalvision.serve import LOCAL_HOSTS
+
+    return [*LOCAL_HOSTS, *([] if host in _ANY_ADDRESS else [host])]
+
+
+def uvicorn_options(
+    host: str, port: int, log_level: str, keep_alive: int, max_connections: int
+) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.run``: one process, idle keep-alive closed, a connection cap."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "workers": 1,
+        "timeout_keep_alive": keep_alive,  # an idle connection is closed after this many seconds
+        "limit_concurrency": max_connections,  # more connections or requests at once: 503 from uvicorn
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "timeout_graceful_shutdown": 10,
+    }
 
 
 @cli.command()
@@ -84,7 +118,67 @@ from frugalvision.cli.main import cli
     type=click.IntRange(min=1),
     default=256,
     show_default=True,
-    help="Most images waiting for the model; more answer 503 (retry later), so memory stays bounded.",
+    help="Most images decoding, waiting or running; more answer 503 (retry later), so memory stays bounded.",
+)
+@click.option(
+    "--max-queue-wait",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds of model work a request may find ahead of it (estimated from recent batches); more answer "
+    "503, so admitted requests stay fast under overload.",
+)
+@click.option(
+    "--max-request-pixels",
+    type=click.IntRange(min=1),
+    default=100_000_000,
+    show_default=True,
+    help="Most pixels of all the images of one request together, read from the headers before decoding (413).",
+)
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds for a request body to arrive (408 above).",
+)
+@click.option(
+    "--keep-alive",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Seconds an idle keep-alive connection stays open.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Most open connections / requests at once; more get 503 at once.",
+)
+@click.option(
+    "--paths",
+    "path_mode",
+    type=click.Choice(["relative", "name", "full", "none"]),
+    default="relative",
+    show_default=True,
+    help="How /search shows indexed paths: relative to the folder holding all images, the file name only, "
+    "as recorded (may disclose server paths), or not at all. Hits always carry their id.",
+)
+@click.option(
+    "--token",
+    envvar="FRUGALVISION_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' on every endpoint but /health and the docs (401 without). "
+    "Prefer the environment variable: a flag is visible in the process list.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_host",
+    multiple=True,
+    help="A name the Host header may carry (repeatable; '*': any). Default: localhost, 127.0.0.1, ::1 and --host. "
+    "Other names get 400, so DNS rebinding cannot reach the service.",
 )
 @click.option(
     "-k",
@@ -115,6 +209,14 @@ def serve(
     max_pixels: int,
     max_files: int,
     max_queue: int,
+    max_queue_wait: float,
+    max_request_pixels: int,
+    read_timeout: float,
+    keep_alive: int,
+    max_connections: int,
+    path_mode: str,
+    token: str | None,
+    allowed_host: tuple[str, ...],
     default_k: int,
     log_level: str,
 ) -> None:
@@ -122,6 +224,8 @@ def serve(
 
     MODEL is a deploy bundle written by `frugalvision export` (or an exported .onnx file). A trained model bundle
     must be exported first (that step needs torch; the service itself runs on numpy, Pillow and ONNX Runtime).
+    It listens on 127.0.0.1 unless --host says otherwise; beyond this machine, set --token and --allowed-host
+    (or put a reverse proxy in front).
     """
     import uvicorn
 
@@ -130,9 +234,18 @@ def serve(
 
     predictor = Predictor(model, precision=precision, threads=threads, spin=spin, max_pixels=max_pixels)
     index = load_index(str(index_dir)) if index_dir is not None else None
+    if token is not None and not token.strip():
+        raise click.BadParameter("the token is empty", param_hint="--token / FRUGALVISION_TOKEN")
     limits = ServeLimits(
-        max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_files=max_files, max_pending=max_queue
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        max_files=max_files,
+        max_pending=max_queue,
+        max_queue_wait_s=max_queue_wait,
+        read_timeout_s=read_timeout,
     )
+    hosts = allowed_hosts_for(host, allowed_host)
     app = create_app(
         predictor,
         index=index,
@@ -140,6 +253,14 @@ def serve(
         max_wait_ms=max_wait_ms,
         limits=limits,
         default_k=default_k,
+        paths=path_mode,
+        token=token,
+        allowed_hosts=hosts,
     )
+    if host in _ANY_ADDRESS and not allowed_host:
+        click.echo(f"listening on every interface, but answering only to Host {', '.join(hosts)}: add "
+                   "--allowed-host NAME for the names clients use", err=True)  # fmt: skip
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        click.echo("warning: no --token: anyone who can reach this address can use the service", err=True)
     click.echo(f"serving {predictor!r} on http://{host}:{port} (docs: /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+    uvicorn.run(app, **uvicorn_options(host, port, log_level, keep_alive, max_connections))

@@ -10,22 +10,33 @@ The library never imports this package; it imports :mod:`frugalvision.runtime` o
 ``/search``).
 """
 
-from frugalvision.serve._batching import BatcherFullError, BatchStats, MicroBatcher
+from frugalvision.serve._batching import Admission, BatcherFullError, BatchStats, MicroBatcher
 from frugalvision.serve.app import (
+    LOCAL_HOSTS,
+    PATH_MODES,
     BodyLimitMiddleware,
+    GuardMiddleware,
+    InternalErrorMiddleware,
     ServeLimits,
     check_index_matches,
     create_app,
+    display_paths,
     load_index,
 )
 
 __all__ = [
+    "LOCAL_HOSTS",
+    "PATH_MODES",
+    "Admission",
     "BatchStats",
     "BatcherFullError",
     "BodyLimitMiddleware",
+    "GuardMiddleware",
+    "InternalErrorMiddleware",
     "MicroBatcher",
     "ServeLimits",
     "check_index_matches",
     "create_app",
+    "display_paths",
     "load_index",
 ]
