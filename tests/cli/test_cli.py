@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +61,53 @@ def test_embed_index_search_evaluate_round_trip(photos: Path, tmp_path: Path) ->
     grid = tmp_path / "grid.png"
     text = _run(["search", str(index), str(query), "-k", "2", "--grid", str(grid)])
     assert "similarity" in text and grid.stat().st_size > 0
+
+
+def test_search_from_a_relative_folder_and_with_a_new_photo(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index built from a relative path is searched with the same relative, an absolute and a new path."""
+    shutil.copytree(photos, tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    _run(["embed", "photos/", "--out", "store/", "--workers", "0", "--no-progress"])
+    _run(["index", "store/", "--out", "index/"])
+    query = "photos/chelsea/chelsea_001.jpg"
+    for form in (query, str(tmp_path / query), "./photos/../photos/chelsea/chelsea_001.jpg"):
+        hits = json.loads(_run(["search", "index/", form, "-k", "3", "--json"]))[0]["results"]
+        assert len(hits) == 3 and query not in [h["path"] for h in hits], form  # the query is left out
+        assert hits[0]["label"] == "chelsea"
+    kept = json.loads(_run(["search", "index/", query, "-k", "1", "--include-self", "--json"]))
+    assert kept[0]["results"][0]["path"] == query and kept[0]["results"][0]["score"] > 0.999
+    # a photo that is not in the index: nothing to exclude, its k nearest indexed images
+    make_demo_dataset(tmp_path / "new", views_per_photo=2, photos=("coffee",), size=96, seed=5)
+    new = str(tmp_path / "new" / "coffee" / "coffee_000.jpg")
+    hits = json.loads(_run(["search", "index/", new, "-k", "12", "--json"]))[0]["results"]
+    assert len(hits) == 12 and hits[0]["label"] == "coffee"
+
+
+def _console_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed `frugalvision` command (as a user would), with this checkout's package."""
+    import frugalvision
+
+    exe = shutil.which("frugalvision")
+    command = [exe] if exe else [sys.executable, "-c", "from frugalvision.cli.main import main; main()"]
+    src = str(Path(frugalvision.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_demo_try_command_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    main_module_registered()
+    monkeypatch.chdir(tmp_path)
+    out = _run(["demo", "--views", "2", "--no-progress"])
+    printed = re.search(r"^try: (frugalvision .*)$", out, flags=re.M)
+    assert printed is not None, out
+    words = shlex.split(printed.group(1))
+    done = _console_script(words[1:], tmp_path)
+    assert done.returncode == 0, done.stderr
+    hits = re.findall(r"^ +\d+\. similarity [-\d.]+  (\S+)  \[(\w+)\]$", done.stdout, flags=re.M)
+    assert len(hits) == 5, done.stdout
+    assert words[3] not in [path for path, _ in hits]  # the query, an indexed image, is left out
 
 
 def test_user_errors_are_one_line_messages(tmp_path: Path) -> None:

@@ -123,6 +123,48 @@ def test_exclude_self_removes_the_query_but_keeps_duplicates(kind: str) -> None:
         np.testing.assert_array_equal(result.ids[row], [i for i in plain[row] if i != row][:3])
 
 
+def test_exclude_minus_one_means_the_query_is_not_indexed() -> None:
+    vectors = clustered(300, 8, 4, 3)
+    index = EmbeddingIndex.build(vectors, metric="l2")
+    queries = clustered(4, 8, 4, 99)  # new vectors, in no row of the index
+    mixed = index.search(np.vstack([queries, vectors[[7]]]), 5, exclude_ids=[-1, -1, -1, -1, 7])
+    # a query with nothing to exclude gets its plain top-k; an indexed one loses itself
+    ref_scores, ref_ids = brute_force(queries, vectors, 5, "l2")
+    np.testing.assert_array_equal(mixed.ids[:4], ref_ids)
+    np.testing.assert_allclose(mixed.scores[:4], ref_scores, rtol=1e-4)
+    _, ref_ids = brute_force(vectors[[7]], vectors, 6, "l2")
+    np.testing.assert_array_equal(mixed.ids[4], [i for i in ref_ids[0] if i != 7][:5])
+    with pytest.raises(ValueError, match=r"exclude_ids must be ids in \[0, 300\) or -1"):
+        index.search(queries[:1], 1, exclude_ids=[-2])
+    with pytest.raises(ValueError, match=r"ids in \[0, 300\), got -1"):
+        index.reconstruct([-1])
+
+
+def test_lookup_matches_paths_after_resolving_both_sides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "photos" / "cat" / name).write_bytes(b"x")
+    (tmp_path / "new.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "photos", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    # as a folder reader records them when given a relative path, one absolute as a manifest records it
+    paths = ["photos/cat/a.jpg", str(tmp_path / "photos" / "cat" / "b.jpg")]
+    index = EmbeddingIndex.build(np.eye(2, dtype=np.float32), paths=paths)
+    queries = [
+        "photos/cat/a.jpg",  # as recorded
+        str(tmp_path / "photos" / "cat" / "a.jpg"),  # absolute form of a relative record
+        "./photos/cat/../cat/b.jpg",  # relative form of an absolute record
+        "link/cat/a.jpg",  # through a symbolic link
+        "new.jpg",  # not indexed
+        "missing.jpg",  # does not exist at all
+    ]
+    np.testing.assert_array_equal(index.lookup(queries), [0, 0, 1, 0, -1, -1])
+    with pytest.raises(StoreError, match="stores no paths"):
+        EmbeddingIndex.build(np.eye(2, dtype=np.float32)).lookup(["a.jpg"])
+
+
 def test_search_result_paths_and_labels() -> None:
     vectors = np.eye(3, dtype=np.float32)
     index = EmbeddingIndex.build(vectors, paths=["a.jpg", "b.jpg", "c.jpg"], labels=["cat", "dog", "cat"])

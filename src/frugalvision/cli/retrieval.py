@@ -241,9 +241,8 @@ def search(
     backbone.to(dev)
     batch = torch.stack([transform(load_image(p)) for p in images])
     vectors = embed_images(backbone, batch, normalize=bool(idx.info.get("normalized", True)), device=dev)
-    position = {p: i for i, p in enumerate(idx.paths or [])}
-    self_ids = np.array([position.get(str(p.resolve()), -1) for p in images], dtype=np.int64)
-    found = idx.search(vectors, k=k, exclude_ids=self_ids if exclude_self else None)
+    self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
+    found = idx.search(vectors, k=k, exclude_ids=self_ids)
 
     rows: list[dict[str, Any]] = []
     for q, ids, scores in zip(images, found.ids, found.scores, strict=True):

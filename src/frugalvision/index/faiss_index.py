@@ -96,16 +96,19 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
-def _as_ids(ids: object, name: str, count: int) -> np.ndarray:
+def _as_ids(ids: object, name: str, count: int, *, allow_missing: bool = False) -> np.ndarray:
+    """``ids`` as a 1-D int64 array of row numbers in ``[0, count)``; ``allow_missing`` also lets ``-1`` through."""
     arr = ids.detach().cpu().numpy() if _is_torch_tensor(ids) else np.asarray(ids)  # type: ignore[attr-defined]
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise ValueError(
             f"{name} must be a 1-D sequence of integer ids, got shape {arr.shape} dtype {arr.dtype}"
         )
     arr = arr.astype(np.int64)
-    bad = (arr < 0) | (arr >= count)
+    low = -1 if allow_missing else 0
+    bad = (arr < low) | (arr >= count)
     if bad.any():
-        raise ValueError(f"{name} must be ids in [0, {count}), got {int(arr[bad][0])}")
+        also = " or -1 (not indexed)" if allow_missing else ""
+        raise ValueError(f"{name} must be ids in [0, {count}){also}, got {int(arr[bad][0])}")
     return arr
 
 
@@ -306,9 +309,11 @@ class EmbeddingIndex:
         Args:
             vectors: ``(Q, D)`` queries (same preprocessing as the indexed vectors, e.g. unit norm for ip).
             k: hits per query (``>= 1``; beyond the number of vectors, hits are padded with id ``-1``).
-            exclude_ids: ``Q`` ids, one per query: query ``q``'s own id, removed from its hits. Use it when
-                the queries are indexed items ("more like this one"). Removal is by id, so exact duplicates
-                stored under other ids remain hits. ``k + 1`` neighbours are searched, then one dropped.
+            exclude_ids: ``Q`` ids, one per query: query ``q``'s own id, removed from its hits, or ``-1`` for a
+                query that is not indexed (nothing removed; :meth:`lookup` gives ``-1`` for those). Use it when
+                the queries may be indexed items ("more like this one"). Removal is by id, so exact duplicates
+                stored under other ids remain hits. ``k + 1`` neighbours are searched, then one dropped (the
+                query's own id where it is among them, else the last).
 
         Returns:
             :class:`SearchResult` with ``scores (Q, k)`` (inner products, best first, for ``"ip"``; squared
@@ -318,14 +323,14 @@ class EmbeddingIndex:
         k = _check_k(k)
         exclude = None
         if exclude_ids is not None:
-            exclude = _as_ids(exclude_ids, "exclude_ids", len(self))
+            exclude = _as_ids(exclude_ids, "exclude_ids", len(self), allow_missing=True)
             if exclude.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"exclude_ids has {exclude.shape[0]} entries but there are {x.shape[0]} queries; give one id per query"
                 )
         scores, ids = self._index.search(x, k + int(exclude is not None))
         if exclude is not None:
-            is_self = ids == exclude[:, None]
+            is_self = (ids == exclude[:, None]) & (exclude[:, None] >= 0)  # -1 also pads missing hits
             is_self[~is_self.any(1), -1] = True
             scores = scores[~is_self].reshape(x.shape[0], k)
             ids = ids[~is_self].reshape(x.shape[0], k)
@@ -338,6 +343,35 @@ class EmbeddingIndex:
         """Search with stored vectors as queries; ``exclude_self`` drops each query's own id (see :meth:`search`)."""
         id_arr = _as_ids(ids, "ids", len(self))
         return self.search(self.reconstruct(id_arr), k, exclude_ids=id_arr if exclude_self else None)
+
+    def lookup(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        """The id of each of ``paths`` in the index, ``-1`` for a path that is not indexed: ``(len(paths),)`` int64.
+
+        Paths are compared as files, not as strings: both sides are resolved (made absolute against the current
+        folder, ``..`` and symbolic links followed), so ``photos/a.jpg``, ``./photos/a.jpg`` and its absolute
+        path all find the row recorded as any of them. Stores record paths as the data reader gave them
+        (relative to the folder ``embed`` ran in when the data set was named relatively), so a relative record
+        matches only from that same folder. Only indexed paths with the query's file name (or its resolved
+        file name) are resolved, so a lookup costs a few file-system calls whatever the index's size.
+        Result feeds :meth:`search`'s ``exclude_ids``.
+
+        Raises:
+            StoreError: the index stores no paths.
+        """
+        if self._paths is None:
+            raise StoreError("this index stores no paths; pass paths=... to EmbeddingIndex.build")
+        by_name: dict[str, list[int]] = {}
+        for i, recorded in enumerate(self._paths):
+            by_name.setdefault(os.path.basename(recorded), []).append(i)
+        found = np.full(len(paths), -1, dtype=np.int64)
+        for q, query in enumerate(paths):
+            resolved = os.path.realpath(query)
+            names = {os.path.basename(os.fspath(query)), os.path.basename(resolved)}
+            for i in sorted(i for name in names for i in by_name.get(name, ())):
+                if os.path.realpath(self._paths[i]) == resolved:
+                    found[q] = i
+                    break
+        return found
 
     def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored ``(len(ids), D)`` float32 vectors of ``ids``."""
