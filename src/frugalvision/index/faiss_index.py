@@ -7,7 +7,11 @@ https://arxiv.org/abs/1702.08734):
 * ``"ivf"``: ``IndexIVFFlat``: k-means splits the vectors into ``nlist`` lists; a query scans only the
   ``nprobe`` lists with the nearest centroids. Approximate, much faster on large collections.
 
-On disk an index is a directory holding ``index.faiss`` (faiss's own format) and ``meta.json``.
+On disk an index is a directory holding ``index.faiss`` (faiss's own format) and ``meta.json``. ``meta.json``
+records a ``checksum`` of every row's path, label and vector (:func:`frugalvision._integrity.rows_digest`), checked
+at load, so metadata edited, reordered or paired with another ``index.faiss`` is refused instead of giving hits
+with wrong labels. A save that fails (a full disk) raises :class:`~frugalvision.errors.StoreError` naming the file
+and keeps the previous index; what a killed save left beside the directory is removed by the next save.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,13 +31,14 @@ import faiss
 import numpy as np
 
 from frugalvision._checks import check_choice
+from frugalvision._integrity import CHUNK_BYTES, leftovers, rows_digest
 from frugalvision.errors import StoreError
 
 if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported here (the runtime has none)
     import torch
 
 FORMAT = "frugalvision-embedding-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds the rows' checksum
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 AUTO_IVF_MIN_COUNT = 100_000  # kind="auto" builds IVF from this many vectors on
@@ -380,6 +385,23 @@ class EmbeddingIndex:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._index.reconstruct_batch(id_arr)
 
+    def _vector_chunks(self) -> Iterator[np.ndarray]:
+        """The stored vectors in row order, about 16 MB at a time."""
+        step = max(1, CHUNK_BYTES // (4 * self.dim))
+        for start in range(0, len(self), step):
+            stop = min(start + step, len(self))
+            if self._kind == "flat":
+                yield self._index.reconstruct_n(start, stop - start)
+            else:  # IVF: by id through the direct map (reconstruct_n would scan every list per chunk)
+                yield self._index.reconstruct_batch(np.arange(start, stop, dtype=np.int64))
+
+    def checksum(self) -> str:
+        """``"sha256:..."`` of the rows: paths, labels and vectors (saved in ``meta.json``, checked at load).
+
+        Hashes every stored vector, in chunks (bounded memory); about a second per GB of vectors.
+        """
+        return rows_digest(self._paths, self._labels, self._vector_chunks())
+
     # -- persistence ------------------------------------------------------------------------------------
 
     def _meta(self) -> dict[str, Any]:
@@ -395,6 +417,7 @@ class EmbeddingIndex:
             "paths": self._paths,
             "labels": self._labels,
             "info": self._info,
+            "checksum": self.checksum(),
         }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -403,7 +426,13 @@ class EmbeddingIndex:
         Everything is written to a temporary sibling directory first and renamed into place only once
         complete, so an interrupted save leaves the previous index (if any) loadable. An existing
         ``directory`` is replaced only if it is empty or holds a ``meta.json`` (a previous index); anything
-        else is refused rather than deleted.
+        else is refused rather than deleted. Temporary directories that killed saves left beside
+        ``directory`` (``.<name>.tmp-<pid>-<hex>``, ``.<name>.old-<pid>-<hex>`` of processes no longer running)
+        are removed, the ``.old`` ones only once this save succeeded.
+
+        Raises:
+            StoreError: ``directory`` is not a previous index; a file could not be written (disk full, no
+                permission...): the message names it, and the previous index is unchanged.
         """
         target = Path(directory)
         if target.exists():
@@ -414,26 +443,39 @@ class EmbeddingIndex:
                     f"refusing to overwrite {target}: it is not empty and holds no {META_FILE}, so it does not "
                     "look like a saved index; choose another directory"
                 )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex[:12]
+        meta = self._meta()  # the checksum reads every vector: before anything is written
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         staging = target.parent / f".{target.name}.tmp-{token}"
         backup = target.parent / f".{target.name}.old-{token}"
-        staging.mkdir()
+        current = target.parent
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(target, "tmp")
+            staging.mkdir()
+            current = target / INDEX_FILE
             faiss.write_index(self._index, str(staging / INDEX_FILE))
+            current = target / META_FILE
             with open(staging / META_FILE, "w", encoding="utf-8") as f:
-                json.dump(self._meta(), f, indent=1)
+                json.dump(meta, f, indent=1)
             for name in (INDEX_FILE, META_FILE):
                 _fsync(staging / name)
+            current = target
             if target.exists():
                 os.replace(target, backup)
             os.replace(staging, target)
-        except BaseException:
+        except BaseException as err:
             if backup.exists() and not target.exists():
                 os.replace(backup, target)
             shutil.rmtree(staging, ignore_errors=True)
+            # faiss reports a failed write as RuntimeError ("write error in <file> ... (No space left on device)")
+            if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write error" in str(err)):
+                why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+                what = f"move {staging} to {target}" if current == target else f"write {current}"
+                kept = "; the previous index is unchanged" if (target / META_FILE).is_file() else ""
+                raise StoreError(f"cannot {what}: {why}{kept}") from err
             raise
         shutil.rmtree(backup, ignore_errors=True)
+        _remove_leftovers(target, "old")
         _fsync(target.parent)
         return target
 
@@ -482,7 +524,7 @@ class EmbeddingIndex:
         ivf: Any = index
         if kind == "ivf" and ivf.direct_map.type == _NO_DIRECT_MAP:
             ivf.make_direct_map()  # indexes saved by faiss without it
-        return cls(
+        loaded = cls(
             index,
             metric=metric,
             kind=kind,
@@ -491,6 +533,12 @@ class EmbeddingIndex:
             labels=meta["labels"],
             info=meta["info"],
         )
+        if loaded.checksum() != meta["checksum"]:
+            raise fail(
+                f"the checksum of paths, labels and vectors differs from the one in {META_FILE}, so {META_FILE} "
+                f"and {INDEX_FILE} do not belong together (edited, reordered or copied from another index)"
+            )
+        return loaded
 
 
 def _train_ivf(x: np.ndarray, metric: str, nlist: int | None) -> Any:
@@ -522,6 +570,12 @@ def _json_copy(info: object, name: str) -> dict[str, Any]:
         raise TypeError(f"{name} must be JSON-serialisable: {err}") from err
 
 
+def _remove_leftovers(target: Path, kind: str) -> None:
+    """Remove the ``.<name>.<kind>-<pid>-<hex>`` directories that killed saves left beside ``target``."""
+    for entry, _ in list(leftovers(target, (kind,))):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
 def _fsync(path: Path) -> None:
     """Flush ``path`` (a file or directory) to disk where the platform allows it."""
     try:
@@ -545,6 +599,7 @@ _META_FIELDS: dict[str, tuple[type, ...]] = {
     "paths": (list, type(None)),
     "labels": (list, type(None)),
     "info": (dict,),
+    "checksum": (str,),
 }
 
 
