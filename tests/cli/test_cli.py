@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -119,6 +120,74 @@ def test_user_errors_are_one_line_messages(tmp_path: Path) -> None:
         cli, ["embed", str(tmp_path), "--out", str(tmp_path / "s"), "--no-pretrained", "-m", "nonsense_net"]
     )
     assert r.exit_code == 1 and "Error:" in r.output
+
+
+def test_full_disk_is_one_line_naming_the_file(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frugalvision.embeddings import extract
+    from frugalvision.index import faiss_index
+
+    main_module_registered()
+    runner = CliRunner()
+    store, index = tmp_path / "store", tmp_path / "index"
+
+    def savez_full(file: object, *args: object, **kwargs: object) -> None:
+        Path(str(file)).write_bytes(b"PK\x03\x04")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(extract.np, "savez", savez_full)
+    args = ["embed", str(photos), "--out", str(store), "--workers", "0", "--no-progress", "-b", "4"]
+    r = runner.invoke(cli, args)
+    monkeypatch.undo()
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert re.fullmatch(r"Error: cannot write .*part-00000\.npz: No space left on device.*", lines[-1]), lines
+    assert not (store / "parts").exists() or not any((store / "parts").iterdir())  # no partial shard
+    assert runner.invoke(cli, args).exit_code == 0
+
+    assert runner.invoke(cli, ["index", str(store), "--out", str(index)]).exit_code == 0
+    before = (index / "meta.json").read_bytes()
+
+    def write_index_full(ix: object, path: str) -> None:
+        Path(path).write_bytes(b"IxF2")
+        raise RuntimeError(
+            f"Error in faiss::write_index: write error in {path}: 1 != 9 (No space left on device)"
+        )
+
+    monkeypatch.setattr(faiss_index.faiss, "write_index", write_index_full)
+    r = runner.invoke(cli, ["index", str(store), "--out", str(index), "--metric", "l2"])
+    monkeypatch.undo()
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "index.faiss" in r.output and "No space left on device" in r.output
+    assert (index / "meta.json").read_bytes() == before  # the old index is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "store"]
+    assert len(json.loads(before)["paths"]) == 12
+
+
+def test_embed_shard_size_flag(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from frugalvision.embeddings import extract
+
+    main_module_registered()
+    real, calls = extract.embed_images, {"n": 0}
+
+    def killed_at_third_batch(*args: object, **kwargs: object):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "embed_images", killed_at_third_batch)
+    store = tmp_path / "store"
+    args = ["embed", str(photos), "--out", str(store), "--workers", "0", "--no-progress", "-b", "2"]
+    CliRunner().invoke(cli, [*args, "--shard-size", "2"])
+    assert len(list((store / "parts").glob("part-*.npz"))) == 2  # 2 batches done, 2 shards kept
+    r = CliRunner().invoke(cli, [*args, "--shard-size", "0"])
+    assert r.exit_code == 2 and "--shard-size" in r.output
+    # the help states the library's defaults (the CLI leaves them to it, so that it need not import torch)
+    help_text = " ".join(CliRunner().invoke(cli, ["embed", "--help"]).output.split())
+    assert f"at most these [default: {extract.DEFAULT_SHARD_SIZE}]" in help_text
+    assert f"last save [default: {extract.DEFAULT_SHARD_SECONDS:g}]" in help_text
 
 
 def test_every_command_and_option_has_help() -> None:
