@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -470,6 +471,8 @@ class EmbeddingIndex:
             # faiss reports a failed write as RuntimeError ("write error in <file> ... (No space left on device)")
             if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write error" in str(err)):
                 why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+                cause = re.search(r"\(([^()]+)\)\s*$", why)  # faiss ends with the C library's reason
+                why = cause[1] if isinstance(err, RuntimeError) and cause else why
                 what = f"move {staging} to {target}" if current == target else f"write {current}"
                 kept = "; the previous index is unchanged" if (target / META_FILE).is_file() else ""
                 raise StoreError(f"cannot {what}: {why}{kept}") from err
