@@ -219,7 +219,8 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
     "--exclude-self/--include-self",
     default=True,
     show_default=True,
-    help="When a query image is itself in the index, leave it out of its own results.",
+    help="When a query image is itself in the index (the same file, however its path is written), leave it "
+    "out of its own results.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
