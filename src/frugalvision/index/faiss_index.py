@@ -399,7 +399,8 @@ class EmbeddingIndex:
     def checksum(self) -> str:
         """``"sha256:..."`` of the rows: paths, labels and vectors (saved in ``meta.json``, checked at load).
 
-        Hashes every stored vector, in chunks (bounded memory); about a second per GB of vectors.
+        Hashes every stored vector, in chunks (bounded memory), at SHA-256's speed: 0.3-2 GB/s depending on the
+        CPU (1.8 s for 100,000 x 1280 vectors, 488 MiB, on a busy 2-core machine; faiss read them in 1.75 s).
         """
         return rows_digest(self._paths, self._labels, self._vector_chunks())
 
