@@ -64,3 +64,39 @@ def test_readme_example_matches_cli(example: str) -> None:
 
 def test_readme_has_examples() -> None:
     assert len(_examples()) >= 10
+
+
+def _section_commands(title: str) -> list[str]:
+    """The command lines of the first bash block under the README heading ``title``, comments removed."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S)
+    assert block is not None, f"README section {title!r} has no bash block"
+    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_image_search_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The four commands, word for word, from a folder holding `photos/` and a new photo `query.jpg`."""
+    from click.testing import CliRunner
+
+    from frugalvision.demo import make_demo_dataset
+
+    commands = _section_commands("Image search in four commands")
+    assert [shlex.split(c)[1] for c in commands] == ["embed", "evaluate", "index", "search"]
+    monkeypatch.chdir(tmp_path)
+    make_demo_dataset("photos", views_per_photo=3, photos=("chelsea", "coffee", "rocket"), size=64)
+    # the query is a crop of the cat photo that is not among the indexed images
+    make_demo_dataset("new", views_per_photo=2, photos=("chelsea",), size=64, seed=1)
+    Path("new/chelsea/chelsea_000.jpg").rename("query.jpg")
+    outputs = []
+    for command in commands:
+        words = shlex.split(command)
+        _resolve(words)  # registers the subcommands
+        result = CliRunner().invoke(cli, words[1:])
+        assert result.exit_code == 0, f"`{command}` failed: {result.output}"
+        outputs.append(result.output)
+    hits = re.findall(r"^ +\d+\. similarity [-\d.]+  (\S+)  \[(\w+)\]$", outputs[-1], flags=re.M)
+    assert len(hits) == 5, outputs[-1]
+    # real ImageNet features: the nearest indexed image of a new crop of the cat is a crop of the cat
+    assert hits[0][1] == "chelsea" and hits[0][0].startswith("photos/chelsea/"), hits
+    assert Path("results.png").stat().st_size > 0

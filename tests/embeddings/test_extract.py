@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +88,7 @@ def test_resume_after_interruption_embeds_only_the_rest(
     resumed = extract_embeddings(backbone, ds, out, batch_size=2, shard_size=2, num_workers=0, progress=False)
     assert sum(seen) == 12 - 6  # only what was not finished
     assert resumed.paths == full.paths
-    np.testing.assert_allclose(resumed.vectors, full.vectors, atol=1e-6)
+    np.testing.assert_array_equal(resumed.vectors, full.vectors)  # bit-exact
     # a third run has nothing to do
     seen.clear()
     extract_embeddings(backbone, ds, out, num_workers=0, progress=False)
@@ -174,3 +178,138 @@ def test_embed_cli_long_image(tiny_folder: Path, tmp_path: Path, long_png, bound
     r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "f"), "--on-corrupt", "fail"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1].startswith("Error: ") and "tall.png: 1x30000 pixels" in r.output
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_shards_are_written_by_time_as_well_as_by_count(
+    tiny_folder: Path, tmp_path: Path, backbone, monkeypatch
+) -> None:
+    import frugalvision.embeddings.extract as ex
+
+    ds = read_folder(tiny_folder)
+    full = extract_embeddings(backbone, ds, tmp_path / "full", batch_size=2, num_workers=0, progress=False)
+    clock = {"t": 0.0}
+
+    def slow_clock() -> float:  # every reading is 25 s later: a slow model on a slow machine
+        clock["t"] += 25.0
+        return clock["t"]
+
+    real = ex.embed_images
+    calls = {"n": 0}
+
+    def crashing(bb, images, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Crash("killed")
+        return real(bb, images, **kw)
+
+    monkeypatch.setattr(ex, "_clock", slow_clock)
+    monkeypatch.setattr(ex, "embed_images", crashing)
+    out = tmp_path / "timed"
+    with pytest.raises(_Crash):  # far fewer images than shard_size, but a minute passed: shards exist
+        extract_embeddings(
+            backbone, ds, out, batch_size=2, shard_size=1000, shard_seconds=60, num_workers=0, progress=False
+        )
+    shards = sorted(p.name for p in (out / "parts").iterdir())
+    assert shards and all(name.startswith("part-") for name in shards), shards
+    monkeypatch.setattr(ex, "embed_images", real)
+    resumed = extract_embeddings(backbone, ds, out, batch_size=2, num_workers=0, progress=False)
+    np.testing.assert_array_equal(resumed.vectors, full.vectors)  # bit-exact
+    with pytest.raises(ValueError, match="shard_seconds must be > 0"):
+        extract_embeddings(backbone, ds, out, shard_seconds=0, num_workers=0, progress=False)
+
+
+def test_default_shards_lose_at_most_256_images() -> None:
+    import inspect
+
+    defaults = inspect.signature(extract_embeddings).parameters
+    assert defaults["shard_size"].default == 256 and defaults["shard_seconds"].default == 60.0
+
+
+def test_disk_full_while_writing_a_shard(tiny_folder: Path, tmp_path: Path, backbone, monkeypatch) -> None:
+    import frugalvision.embeddings.extract as ex
+
+    ds = read_folder(tiny_folder)
+    full = extract_embeddings(backbone, ds, tmp_path / "full", batch_size=2, num_workers=0, progress=False)
+    real_savez = np.savez
+    calls = {"n": 0}
+
+    def savez_until_full(file, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third shard: half a zip file, then the disk is full
+            Path(file).write_bytes(b"PK\x03\x04 half a shard")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_savez(file, *args, **kwargs)
+
+    monkeypatch.setattr(ex.np, "savez", savez_until_full)
+    out = tmp_path / "s"
+    with pytest.raises(StoreError, match=r"cannot write .*parts/part-00002\.npz: No space left on device"):
+        extract_embeddings(backbone, ds, out, batch_size=2, shard_size=2, num_workers=0, progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["part-00000.npz", "part-00001.npz"]
+    resumed = extract_embeddings(backbone, ds, out, batch_size=2, shard_size=2, num_workers=0, progress=False)
+    np.testing.assert_array_equal(resumed.vectors, full.vectors)
+
+
+def test_disk_full_while_saving_the_store_keeps_the_shards(
+    tiny_folder: Path, tmp_path: Path, backbone, monkeypatch
+) -> None:
+    import frugalvision.embeddings.extract as ex
+    import frugalvision.embeddings.store as st
+
+    ds = read_folder(tiny_folder)
+
+    def full_disk(file, *args, **kwargs):
+        Path(file).write_bytes(b"\x93NUM")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(st.np, "save", full_disk)
+    out = tmp_path / "s"
+    with pytest.raises(StoreError, match=r"cannot write .*vectors\.npy: No space left on device"):
+        extract_embeddings(backbone, ds, out, batch_size=4, shard_size=4, num_workers=0, progress=False)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["s", "tiny"]  # no partial store folder beside it
+    assert len(list((out / "parts").glob("part-*.npz"))) == 3  # the work is kept
+    seen: list[int] = []
+    real = ex.embed_images
+    monkeypatch.setattr(ex, "embed_images", lambda bb, x, **kw: seen.append(len(x)) or real(bb, x, **kw))
+    assert len(extract_embeddings(backbone, ds, out, num_workers=0, progress=False)) == 12 and seen == []
+
+
+def test_leftovers_of_a_killed_run_are_cleaned(tiny_folder: Path, tmp_path: Path, backbone) -> None:
+    ds = read_folder(tiny_folder)
+    out = tmp_path / "s"
+    pid = _dead_pid()
+    (out / "parts").mkdir(parents=True)
+    (out / "parts" / f".part-00000.tmp-{pid}.npz").write_bytes(b"PK half")  # killed while writing a shard
+    (tmp_path / f".s.tmp-{pid}-x81kq0").mkdir()  # killed while saving the store
+    (tmp_path / ".s.tmp-keep").mkdir()  # not one of ours
+    extract_embeddings(backbone, ds, out, num_workers=0, progress=False)
+    assert sorted(os.listdir(tmp_path)) == [".s.tmp-keep", "s", "tiny"]
+    assert not (out / "parts").exists()
+
+
+def test_a_store_moved_aside_by_a_killed_save_is_resumed(
+    tiny_folder: Path, tmp_path: Path, backbone, monkeypatch
+) -> None:
+    import frugalvision.embeddings.extract as ex
+
+    ds = read_folder(tiny_folder)
+    out = tmp_path / "s"
+    first = extract_embeddings(backbone, ds, out, num_workers=0, progress=False)
+    os.replace(out, tmp_path / f".s.old-{_dead_pid()}")  # killed between the renames of a later save
+    seen: list[int] = []
+    real = ex.embed_images
+    monkeypatch.setattr(ex, "embed_images", lambda bb, x, **kw: seen.append(len(x)) or real(bb, x, **kw))
+    again = extract_embeddings(backbone, ds, out, num_workers=0, progress=False)
+    assert seen == [] and sorted(os.listdir(tmp_path)) == [
+        "s",
+        "tiny",
+    ]  # nothing embedded twice, nothing left over
+    np.testing.assert_array_equal(again.vectors, first.vectors)

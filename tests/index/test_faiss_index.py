@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +126,48 @@ def test_exclude_self_removes_the_query_but_keeps_duplicates(kind: str) -> None:
         np.testing.assert_array_equal(result.ids[row], [i for i in plain[row] if i != row][:3])
 
 
+def test_exclude_minus_one_means_the_query_is_not_indexed() -> None:
+    vectors = clustered(300, 8, 4, 3)
+    index = EmbeddingIndex.build(vectors, metric="l2")
+    queries = clustered(4, 8, 4, 99)  # new vectors, in no row of the index
+    mixed = index.search(np.vstack([queries, vectors[[7]]]), 5, exclude_ids=[-1, -1, -1, -1, 7])
+    # a query with nothing to exclude gets its plain top-k; an indexed one loses itself
+    ref_scores, ref_ids = brute_force(queries, vectors, 5, "l2")
+    np.testing.assert_array_equal(mixed.ids[:4], ref_ids)
+    np.testing.assert_allclose(mixed.scores[:4], ref_scores, rtol=1e-4)
+    _, ref_ids = brute_force(vectors[[7]], vectors, 6, "l2")
+    np.testing.assert_array_equal(mixed.ids[4], [i for i in ref_ids[0] if i != 7][:5])
+    with pytest.raises(ValueError, match=r"exclude_ids must be ids in \[0, 300\) or -1"):
+        index.search(queries[:1], 1, exclude_ids=[-2])
+    with pytest.raises(ValueError, match=r"ids in \[0, 300\), got -1"):
+        index.reconstruct([-1])
+
+
+def test_lookup_matches_paths_after_resolving_both_sides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "photos" / "cat" / name).write_bytes(b"x")
+    (tmp_path / "new.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "photos", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    # as a folder reader records them when given a relative path, one absolute as a manifest records it
+    paths = ["photos/cat/a.jpg", str(tmp_path / "photos" / "cat" / "b.jpg")]
+    index = EmbeddingIndex.build(np.eye(2, dtype=np.float32), paths=paths)
+    queries = [
+        "photos/cat/a.jpg",  # as recorded
+        str(tmp_path / "photos" / "cat" / "a.jpg"),  # absolute form of a relative record
+        "./photos/cat/../cat/b.jpg",  # relative form of an absolute record
+        "link/cat/a.jpg",  # through a symbolic link
+        "new.jpg",  # not indexed
+        "missing.jpg",  # does not exist at all
+    ]
+    np.testing.assert_array_equal(index.lookup(queries), [0, 0, 1, 0, -1, -1])
+    with pytest.raises(StoreError, match="stores no paths"):
+        EmbeddingIndex.build(np.eye(2, dtype=np.float32)).lookup(["a.jpg"])
+
+
 def test_search_result_paths_and_labels() -> None:
     vectors = np.eye(3, dtype=np.float32)
     index = EmbeddingIndex.build(vectors, paths=["a.jpg", "b.jpg", "c.jpg"], labels=["cat", "dog", "cat"])
@@ -184,7 +229,7 @@ def test_failed_save_keeps_the_old_index(tmp_path: Path, monkeypatch: pytest.Mon
         raise OSError("disk full")  # the faiss file is written, the metadata is not
 
     monkeypatch.setattr(module.json, "dump", broken_dump)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreError, match=r"cannot write .*meta\.json: disk full"):
         new.save(tmp_path / "idx")
     monkeypatch.undo()
     assert EmbeddingIndex.load(tmp_path / "idx").info == {"v": "old"}
@@ -201,7 +246,7 @@ def test_failed_save_keeps_the_old_index(tmp_path: Path, monkeypatch: pytest.Mon
         real_replace(src, dst)
 
     monkeypatch.setattr(module.os, "replace", replace_failing_second_time)
-    with pytest.raises(OSError, match="crash during rename"):
+    with pytest.raises(StoreError, match=r"cannot move .* to .*idx: crash during rename"):
         new.save(tmp_path / "idx")
     monkeypatch.undo()
     assert EmbeddingIndex.load(tmp_path / "idx").info == {"v": "old"}
@@ -232,6 +277,10 @@ def _edit_meta(directory: Path, **changes: object) -> None:
         (lambda d: (d / "meta.json").unlink(), "meta.json is missing"),
         (lambda d: (d / "meta.json").write_text("{not json"), r"not valid JSON \(line 1"),
         (lambda d: _edit_meta(d, format_version=99), "format_version 99.*upgrade frugalvision"),
+        (lambda d: _edit_meta(d, format_version=1), "format_version 1.*rebuild the index"),
+        (lambda d: _edit_meta(d, paths=["b", "a", "c"]), "checksum.*meta.json and index.faiss do not belong"),
+        (lambda d: _edit_meta(d, checksum="sha256:0"), "checksum.*meta.json and index.faiss do not belong"),
+        (lambda d: _edit_meta(d, checksum=None), "'checksum' has the wrong type NoneType"),
         (lambda d: _edit_meta(d, format="something-else"), "not a frugalvision index description"),
         (lambda d: _edit_meta(d, count=7), "count=7 but index.faiss holds 3 vectors"),
         (lambda d: _edit_meta(d, dim=5), "dim=5 but index.faiss has dimension 3"),
@@ -288,3 +337,91 @@ def test_input_errors() -> None:
         index.search_by_id([4], 1)
     with pytest.raises(ValueError, match="nprobe must be a positive int"):
         index.nprobe = 0
+
+
+def test_reordered_labels_or_swapped_vectors_are_refused(tmp_path: Path) -> None:
+    """The checksum in meta.json ties each row's path and label to its vector."""
+    vectors = clustered(50, 4, 2, 1)
+    paths, labels = [f"{i}.jpg" for i in range(50)], ["a" if i < 25 else "b" for i in range(50)]
+    directory = EmbeddingIndex.build(vectors, paths=paths, labels=labels).save(tmp_path / "idx")
+    assert EmbeddingIndex.load(directory).labels == labels
+    _edit_meta(directory, labels=labels[::-1])  # a query would come back with wrong labels
+    with pytest.raises(StoreError, match="do not belong together"):
+        EmbeddingIndex.load(directory)
+    # the same metadata over other vectors of the same shape (index.faiss replaced)
+    directory = EmbeddingIndex.build(vectors, paths=paths, labels=labels).save(tmp_path / "idx")
+    other = EmbeddingIndex.build(vectors[::-1].copy(), paths=paths, labels=labels).save(tmp_path / "other")
+    os.replace(other / "index.faiss", directory / "index.faiss")
+    with pytest.raises(StoreError, match="do not belong together"):
+        EmbeddingIndex.load(directory)
+
+
+def test_checksum_is_sha256_of_the_rows() -> None:
+    """Reference: hashlib over the JSON rows and the raw float32 bytes, written out here independently."""
+    import hashlib
+
+    vectors = clustered(500, 8, 4, 2)
+    paths, labels = [f"p{i}" for i in range(500)], [str(i % 3) for i in range(500)]
+    digest = hashlib.sha256(json.dumps([paths, labels], ensure_ascii=False).encode("utf-8"))
+    digest.update(vectors.astype("<f4").tobytes())
+    expected = "sha256:" + digest.hexdigest()
+    for kind in ("flat", "ivf"):
+        index = EmbeddingIndex.build(
+            vectors, paths=paths, labels=labels, kind=kind, nlist=4 if kind == "ivf" else None
+        )
+        assert index.checksum() == expected, kind
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_leftovers_of_a_killed_save_are_cleaned_by_the_next(tmp_path: Path) -> None:
+    pid = _dead_pid()
+    ours = [f".idx.tmp-{pid}-0a1b2c3d4e5f", f".idx.old-{pid}-0a1b2c3d4e5f"]
+    others = [
+        ".idx.tmp-mine",
+        f".idx2.tmp-{pid}-0a1b2c3d4e5f",
+        f".idx.tmp-{os.getpid()}-0a1b2c3d4e5f",
+        "idx.old",
+    ]
+    for name in ours + others:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.faiss").write_bytes(b"x")
+    EmbeddingIndex.build(np.eye(3, dtype=np.float32)).save(tmp_path / "idx")
+    assert sorted(os.listdir(tmp_path)) == sorted(["idx", *others])
+
+
+def test_disk_full_while_saving_is_one_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    EmbeddingIndex.build(np.eye(3, dtype=np.float32), info={"v": "old"}).save(tmp_path / "idx")
+
+    def write_until_full(
+        index: object, path: str
+    ) -> None:  # what faiss raises on ENOSPC (checked on /dev/full)
+        Path(path).write_bytes(b"IxF2 half")
+        raise RuntimeError(
+            f"Error in void faiss::write_index(const Index*, IOWriter*, int) at index_write.cpp:499: Error: "
+            f"'ret == (size * 4)' failed: write error in {path}: 4051 != 320000 (No space left on device)"
+        )
+
+    monkeypatch.setattr(module.faiss, "write_index", write_until_full)
+    with pytest.raises(
+        StoreError, match=r"cannot write \S*idx/index\.faiss: No space left on device; the previous index"
+    ):
+        EmbeddingIndex.build(np.eye(5, dtype=np.float32), info={"v": "new"}).save(tmp_path / "idx")
+    monkeypatch.undo()
+
+    def json_until_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(module.json, "dump", json_until_full)
+    with pytest.raises(StoreError, match=r"cannot write .*meta\.json: No space left on device"):
+        EmbeddingIndex.build(np.eye(5, dtype=np.float32), info={"v": "new"}).save(tmp_path / "idx")
+    monkeypatch.undo()
+    assert EmbeddingIndex.load(tmp_path / "idx").info == {"v": "old"}
+    assert sorted(os.listdir(tmp_path)) == ["idx"]

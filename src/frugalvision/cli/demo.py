@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -54,6 +55,6 @@ def demo(out: Path, views: int, seed: int, model: str, progress: bool) -> None:
     click.echo(f"embeddings: {result.store_dir}")
     click.echo(f"index:      {result.index_dir}")
     click.echo(f"PNG grid of query -> top-5 results: {result.grid_png}")
-    click.echo(
-        f"\ntry: frugalvision search {result.index_dir} {result.data_dir}/chelsea/chelsea_000.jpg -k 5"
-    )
+    query = result.data_dir / "chelsea" / "chelsea_000.jpg"
+    try_it = shlex.join(["frugalvision", "search", str(result.index_dir), str(query), "-k", "5"])
+    click.echo(f"\ntry: {try_it}")

@@ -98,6 +98,19 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
     help="Unreadable images: skip them with a warning listing the files, or stop with an error.",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option(
+    "--shard-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Save finished embeddings every this many images, so a killed run loses at most these "
+    "[default: 256].",
+)
+@click.option(
+    "--shard-seconds",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Also save them once this many seconds passed since the last save [default: 60].",
+)
 @click.option("--overwrite", is_flag=True, help="Discard an existing store in --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def embed(
@@ -112,17 +125,22 @@ def embed(
     normalize: bool,
     on_corrupt: str,
     device: str,
+    shard_size: int | None,
+    shard_seconds: float | None,
     overwrite: bool,
     progress: bool,
 ) -> None:
     """Embed every image of DATA with a backbone and write an embedding store.
 
     DATA is a class-per-folder tree, a CSV/JSONL manifest (path,label), a COCO JSON file or a YOLO folder
-    (images/ + labels/). Re-running the same command resumes: images already embedded are skipped.
+    (images/ + labels/). Re-running the same command resumes: images already embedded are skipped, and a run
+    that was killed loses at most one shard (--shard-size images or --shard-seconds of work).
     """
     from frugalvision.data import open_dataset
     from frugalvision.embeddings import extract_embeddings
 
+    shards: dict[str, Any] = {"shard_size": shard_size, "shard_seconds": shard_seconds}
+    shards = {k: v for k, v in shards.items() if v is not None}  # left out: the library's default
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
     backbone = _embedder(model, pretrained, weights)
@@ -137,6 +155,7 @@ def embed(
             device=device,
             overwrite=overwrite,
             progress=progress,
+            **shards,
         )
     click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}")
 
@@ -200,7 +219,8 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
     "--exclude-self/--include-self",
     default=True,
     show_default=True,
-    help="When a query image is itself in the index, leave it out of its own results.",
+    help="When a query image is itself in the index (the same file, however its path is written), leave it "
+    "out of its own results.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
@@ -241,9 +261,8 @@ def search(
     backbone.to(dev)
     batch = torch.stack([transform(load_image(p)) for p in images])
     vectors = embed_images(backbone, batch, normalize=bool(idx.info.get("normalized", True)), device=dev)
-    position = {p: i for i, p in enumerate(idx.paths or [])}
-    self_ids = np.array([position.get(str(p.resolve()), -1) for p in images], dtype=np.int64)
-    found = idx.search(vectors, k=k, exclude_ids=self_ids if exclude_self else None)
+    self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
+    found = idx.search(vectors, k=k, exclude_ids=self_ids)
 
     rows: list[dict[str, Any]] = []
     for q, ids, scores in zip(images, found.ids, found.scores, strict=True):

@@ -9,7 +9,13 @@ Layout of a store folder::
 
 ``save`` writes into a temporary sibling folder and renames it over the target (shards included: a saved
 store is complete), so a killed process never leaves a half-written store. Shards in ``parts/`` let :func:`~frugalvision.embeddings.extract_embeddings`
-resume where it stopped.
+resume where it stopped. What a killed save leaves beside the target (``.<name>.tmp-<pid>-*``, the folder being
+written; ``.<name>.old-<pid>``, the previous store moved aside for the final rename) is cleaned, or put back, by
+the next save or extraction (:func:`recover_interrupted_save`). A write that fails (a full disk) raises
+:class:`~frugalvision.errors.StoreError` naming the file and leaves the previous store as it was.
+
+``info.json`` holds a ``checksum`` of the rows (paths, labels and vectors; :func:`frugalvision._integrity.rows_digest`),
+so a store whose files were edited, reordered or mixed with another store's is refused at load.
 """
 
 from __future__ import annotations
@@ -25,22 +31,52 @@ from typing import Any
 
 import numpy as np
 
+from frugalvision._integrity import leftovers, rows_digest
 from frugalvision.errors import StoreError
 
-__all__ = ["STORE_FORMAT", "EmbeddingStore", "atomic_replace_dir"]
+__all__ = ["STORE_FORMAT", "EmbeddingStore", "atomic_replace_dir", "recover_interrupted_save"]
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: info.json holds the rows' checksum
+_FINITE_CHECK_ROWS = 1 << 16  # rows checked for NaN at a time (bounded memory)
 
 
 def atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the complete folder ``tmp`` to ``target``, replacing an old ``target`` only at the very end."""
+    """Move the complete folder ``tmp`` to ``target``, replacing an old ``target`` only at the very end.
+
+    The old ``target`` is first renamed to ``.<name>.old-<pid>`` beside it; if the final rename fails it is put
+    back, and if the process is killed between the two renames :func:`recover_interrupted_save` puts it back.
+    """
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_save(directory: str | os.PathLike[str]) -> bool:
+    """Clean what a killed :meth:`EmbeddingStore.save` left beside ``directory``; returns whether the previous
+    folder was put back.
+
+    Only our own names are touched, and only those of processes that are no longer running:
+    ``.<name>.tmp-<pid>-<suffix>`` (a folder being written: removed) and ``.<name>.old-<pid>`` (the previous
+    folder, moved aside for the final rename: put back if ``directory`` is missing, else removed).
+    """
+    target = Path(directory)
+    restored = False
+    for entry, kind in list(leftovers(target)):
+        if kind == "old" and not target.exists():
+            os.replace(entry, target)
+            restored = True
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+    return restored
 
 
 @dataclass
@@ -95,14 +131,28 @@ class EmbeddingStore:
             f"normalized={self.normalized})"
         )
 
+    def checksum(self) -> str:
+        """``"sha256:..."`` of the rows' paths, labels and vectors (saved in ``info.json``, checked at load)."""
+        return rows_digest(self.paths, [list(lab) for lab in self.labels], [self.vectors])
+
     # ------------------------------------------------------------------------------------------------ disk
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the store to ``directory`` atomically (see the module docstring). Returns the folder."""
+        """Write the store to ``directory`` atomically (see the module docstring). Returns the folder.
+
+        Raises:
+            StoreError: a file could not be written (disk full, no permission...); the message names it, and the
+                previous store in ``directory``, if any, is unchanged.
+        """
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        current = target.parent
+        tmp: Path | None = None
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            recover_interrupted_save(target)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+            current = target / "vectors.npy"
             np.save(tmp / "vectors.npy", self.vectors)
+            current = target / "items.jsonl"
             with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
                 for p, lab in zip(self.paths, self.labels, strict=True):
                     f.write(json.dumps({"path": p, "labels": list(lab)}, ensure_ascii=False) + "\n")
@@ -112,11 +162,20 @@ class EmbeddingStore:
                 "count": len(self),
                 "dim": self.dim,
                 "classes": self.classes,
+                "checksum": self.checksum(),
             }
+            current = target / "info.json"
             (tmp / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+            current = target
             atomic_replace_dir(tmp, target)
+        except OSError as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = f"; the previous store in {target} is unchanged" if self.exists(target) else ""
+            raise StoreError(f"cannot write {current}: {e.strerror or e}{kept}") from e
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
 
@@ -135,15 +194,38 @@ class EmbeddingStore:
         for name in ("info.json", "vectors.npy", "items.jsonl"):
             if not (d / name).is_file():
                 raise StoreError(f"{d} is not a complete embedding store: {name} is missing")
+        info_file, vectors_file = d / "info.json", d / "vectors.npy"
         try:
-            info = json.loads((d / "info.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{d / 'info.json'} is not valid JSON: {e}") from e
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreError(f"{info_file} is not valid JSON: {e}") from e
+        if not isinstance(info, dict):
+            raise StoreError(f"{info_file} must hold a JSON object, got {type(info).__name__}")
         if info.get("format") != STORE_FORMAT:
+            hint = "; re-run `frugalvision embed` with --overwrite" if info.get("format") == 1 else ""
             raise StoreError(
-                f"{d} has store format {info.get('format')!r}; this version reads {STORE_FORMAT}"
+                f"{d} has store format {info.get('format')!r}; this version reads {STORE_FORMAT}{hint}"
             )
-        vectors = np.load(d / "vectors.npy", allow_pickle=False)
+        try:
+            vectors = np.load(vectors_file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise StoreError(f"{vectors_file} is not a readable numpy array ({e})") from e
+        if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
+            raise StoreError(
+                f"{vectors_file} must hold a 2-D (N, D) array, got shape {getattr(vectors, 'shape', None)}"
+            )
+        if vectors.dtype != np.float32:
+            raise StoreError(f"{vectors_file} must hold float32 vectors, got {vectors.dtype}")
+        if info.get("dim") != vectors.shape[1]:
+            raise StoreError(
+                f"{vectors_file} holds {vectors.shape[1]}-d vectors but {info_file} says dim {info.get('dim')!r}"
+            )
+        bad = sum(
+            int((~np.isfinite(vectors[i : i + _FINITE_CHECK_ROWS])).sum())
+            for i in range(0, len(vectors), _FINITE_CHECK_ROWS)
+        )
+        if bad:
+            raise StoreError(f"{vectors_file} holds {bad} NaN or infinite value(s)")
         paths: list[str] = []
         labels: list[tuple[str, ...]] = []
         with open(d / "items.jsonl", encoding="utf-8") as f:
@@ -160,9 +242,17 @@ class EmbeddingStore:
                 f"info.json says {info.get('count')}"
             )
         classes = [str(c) for c in info.pop("classes", [])]
+        saved = info.pop("checksum", None)
         for key in ("format", "count", "dim"):
             info.pop(key, None)
-        return cls(vectors=vectors, paths=paths, labels=labels, classes=classes, info=info)
+        store = cls(vectors=vectors, paths=paths, labels=labels, classes=classes, info=info)
+        if saved != store.checksum():
+            raise StoreError(
+                f"{d}: items.jsonl, vectors.npy and info.json do not belong together (the checksum of paths, "
+                "labels and vectors differs from the one in info.json: a file was edited, reordered or copied "
+                "from another store); embed again into a new folder"
+            )
+        return store
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> EmbeddingStore:
         """A new store holding ``rows`` (in that order)."""

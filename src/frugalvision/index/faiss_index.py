@@ -7,7 +7,11 @@ https://arxiv.org/abs/1702.08734):
 * ``"ivf"``: ``IndexIVFFlat``: k-means splits the vectors into ``nlist`` lists; a query scans only the
   ``nprobe`` lists with the nearest centroids. Approximate, much faster on large collections.
 
-On disk an index is a directory holding ``index.faiss`` (faiss's own format) and ``meta.json``.
+On disk an index is a directory holding ``index.faiss`` (faiss's own format) and ``meta.json``. ``meta.json``
+records a ``checksum`` of every row's path, label and vector (:func:`frugalvision._integrity.rows_digest`), checked
+at load, so metadata edited, reordered or paired with another ``index.faiss`` is refused instead of giving hits
+with wrong labels. A save that fails (a full disk) raises :class:`~frugalvision.errors.StoreError` naming the file
+and keeps the previous index; what a killed save left beside the directory is removed by the next save.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,13 +32,14 @@ import faiss
 import numpy as np
 
 from frugalvision._checks import check_choice
+from frugalvision._integrity import CHUNK_BYTES, leftovers, rows_digest
 from frugalvision.errors import StoreError
 
 if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported here (the runtime has none)
     import torch
 
 FORMAT = "frugalvision-embedding-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds the rows' checksum
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 AUTO_IVF_MIN_COUNT = 100_000  # kind="auto" builds IVF from this many vectors on
@@ -96,16 +102,19 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
-def _as_ids(ids: object, name: str, count: int) -> np.ndarray:
+def _as_ids(ids: object, name: str, count: int, *, allow_missing: bool = False) -> np.ndarray:
+    """``ids`` as a 1-D int64 array of row numbers in ``[0, count)``; ``allow_missing`` also lets ``-1`` through."""
     arr = ids.detach().cpu().numpy() if _is_torch_tensor(ids) else np.asarray(ids)  # type: ignore[attr-defined]
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise ValueError(
             f"{name} must be a 1-D sequence of integer ids, got shape {arr.shape} dtype {arr.dtype}"
         )
     arr = arr.astype(np.int64)
-    bad = (arr < 0) | (arr >= count)
+    low = -1 if allow_missing else 0
+    bad = (arr < low) | (arr >= count)
     if bad.any():
-        raise ValueError(f"{name} must be ids in [0, {count}), got {int(arr[bad][0])}")
+        also = " or -1 (not indexed)" if allow_missing else ""
+        raise ValueError(f"{name} must be ids in [0, {count}){also}, got {int(arr[bad][0])}")
     return arr
 
 
@@ -306,9 +315,11 @@ class EmbeddingIndex:
         Args:
             vectors: ``(Q, D)`` queries (same preprocessing as the indexed vectors, e.g. unit norm for ip).
             k: hits per query (``>= 1``; beyond the number of vectors, hits are padded with id ``-1``).
-            exclude_ids: ``Q`` ids, one per query: query ``q``'s own id, removed from its hits. Use it when
-                the queries are indexed items ("more like this one"). Removal is by id, so exact duplicates
-                stored under other ids remain hits. ``k + 1`` neighbours are searched, then one dropped.
+            exclude_ids: ``Q`` ids, one per query: query ``q``'s own id, removed from its hits, or ``-1`` for a
+                query that is not indexed (nothing removed; :meth:`lookup` gives ``-1`` for those). Use it when
+                the queries may be indexed items ("more like this one"). Removal is by id, so exact duplicates
+                stored under other ids remain hits. ``k + 1`` neighbours are searched, then one dropped (the
+                query's own id where it is among them, else the last).
 
         Returns:
             :class:`SearchResult` with ``scores (Q, k)`` (inner products, best first, for ``"ip"``; squared
@@ -318,14 +329,14 @@ class EmbeddingIndex:
         k = _check_k(k)
         exclude = None
         if exclude_ids is not None:
-            exclude = _as_ids(exclude_ids, "exclude_ids", len(self))
+            exclude = _as_ids(exclude_ids, "exclude_ids", len(self), allow_missing=True)
             if exclude.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"exclude_ids has {exclude.shape[0]} entries but there are {x.shape[0]} queries; give one id per query"
                 )
         scores, ids = self._index.search(x, k + int(exclude is not None))
         if exclude is not None:
-            is_self = ids == exclude[:, None]
+            is_self = (ids == exclude[:, None]) & (exclude[:, None] >= 0)  # -1 also pads missing hits
             is_self[~is_self.any(1), -1] = True
             scores = scores[~is_self].reshape(x.shape[0], k)
             ids = ids[~is_self].reshape(x.shape[0], k)
@@ -339,12 +350,59 @@ class EmbeddingIndex:
         id_arr = _as_ids(ids, "ids", len(self))
         return self.search(self.reconstruct(id_arr), k, exclude_ids=id_arr if exclude_self else None)
 
+    def lookup(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        """The id of each of ``paths`` in the index, ``-1`` for a path that is not indexed: ``(len(paths),)`` int64.
+
+        Paths are compared as files, not as strings: both sides are resolved (made absolute against the current
+        folder, ``..`` and symbolic links followed), so ``photos/a.jpg``, ``./photos/a.jpg`` and its absolute
+        path all find the row recorded as any of them. Stores record paths as the data reader gave them
+        (relative to the folder ``embed`` ran in when the data set was named relatively), so a relative record
+        matches only from that same folder. Only indexed paths with the query's file name (or its resolved
+        file name) are resolved, so a lookup costs a few file-system calls whatever the index's size.
+        Result feeds :meth:`search`'s ``exclude_ids``.
+
+        Raises:
+            StoreError: the index stores no paths.
+        """
+        if self._paths is None:
+            raise StoreError("this index stores no paths; pass paths=... to EmbeddingIndex.build")
+        by_name: dict[str, list[int]] = {}
+        for i, recorded in enumerate(self._paths):
+            by_name.setdefault(os.path.basename(recorded), []).append(i)
+        found = np.full(len(paths), -1, dtype=np.int64)
+        for q, query in enumerate(paths):
+            resolved = os.path.realpath(query)
+            names = {os.path.basename(os.fspath(query)), os.path.basename(resolved)}
+            for i in sorted(i for name in names for i in by_name.get(name, ())):
+                if os.path.realpath(self._paths[i]) == resolved:
+                    found[q] = i
+                    break
+        return found
+
     def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored ``(len(ids), D)`` float32 vectors of ``ids``."""
         id_arr = _as_ids(ids, "ids", len(self))
         if id_arr.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._index.reconstruct_batch(id_arr)
+
+    def _vector_chunks(self) -> Iterator[np.ndarray]:
+        """The stored vectors in row order, about 16 MB at a time."""
+        step = max(1, CHUNK_BYTES // (4 * self.dim))
+        for start in range(0, len(self), step):
+            stop = min(start + step, len(self))
+            if self._kind == "flat":
+                yield self._index.reconstruct_n(start, stop - start)
+            else:  # IVF: by id through the direct map (reconstruct_n would scan every list per chunk)
+                yield self._index.reconstruct_batch(np.arange(start, stop, dtype=np.int64))
+
+    def checksum(self) -> str:
+        """``"sha256:..."`` of the rows: paths, labels and vectors (saved in ``meta.json``, checked at load).
+
+        Hashes every stored vector, in chunks (bounded memory), at SHA-256's speed: 0.3-2 GB/s depending on the
+        CPU (1.8 s for 100,000 x 1280 vectors, 488 MiB, on a busy 2-core machine; faiss read them in 1.75 s).
+        """
+        return rows_digest(self._paths, self._labels, self._vector_chunks())
 
     # -- persistence ------------------------------------------------------------------------------------
 
@@ -361,6 +419,7 @@ class EmbeddingIndex:
             "paths": self._paths,
             "labels": self._labels,
             "info": self._info,
+            "checksum": self.checksum(),
         }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -369,7 +428,13 @@ class EmbeddingIndex:
         Everything is written to a temporary sibling directory first and renamed into place only once
         complete, so an interrupted save leaves the previous index (if any) loadable. An existing
         ``directory`` is replaced only if it is empty or holds a ``meta.json`` (a previous index); anything
-        else is refused rather than deleted.
+        else is refused rather than deleted. Temporary directories that killed saves left beside
+        ``directory`` (``.<name>.tmp-<pid>-<hex>``, ``.<name>.old-<pid>-<hex>`` of processes no longer running)
+        are removed, the ``.old`` ones only once this save succeeded.
+
+        Raises:
+            StoreError: ``directory`` is not a previous index; a file could not be written (disk full, no
+                permission...): the message names it, and the previous index is unchanged.
         """
         target = Path(directory)
         if target.exists():
@@ -380,26 +445,41 @@ class EmbeddingIndex:
                     f"refusing to overwrite {target}: it is not empty and holds no {META_FILE}, so it does not "
                     "look like a saved index; choose another directory"
                 )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex[:12]
+        meta = self._meta()  # the checksum reads every vector: before anything is written
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         staging = target.parent / f".{target.name}.tmp-{token}"
         backup = target.parent / f".{target.name}.old-{token}"
-        staging.mkdir()
+        current = target.parent
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(target, "tmp")
+            staging.mkdir()
+            current = target / INDEX_FILE
             faiss.write_index(self._index, str(staging / INDEX_FILE))
+            current = target / META_FILE
             with open(staging / META_FILE, "w", encoding="utf-8") as f:
-                json.dump(self._meta(), f, indent=1)
+                json.dump(meta, f, indent=1)
             for name in (INDEX_FILE, META_FILE):
                 _fsync(staging / name)
+            current = target
             if target.exists():
                 os.replace(target, backup)
             os.replace(staging, target)
-        except BaseException:
+        except BaseException as err:
             if backup.exists() and not target.exists():
                 os.replace(backup, target)
             shutil.rmtree(staging, ignore_errors=True)
+            # faiss reports a failed write as RuntimeError ("write error in <file> ... (No space left on device)")
+            if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write error" in str(err)):
+                why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+                cause = re.search(r"\(([^()]+)\)\s*$", why)  # faiss ends with the C library's reason
+                why = cause[1] if isinstance(err, RuntimeError) and cause else why
+                what = f"move {staging} to {target}" if current == target else f"write {current}"
+                kept = "; the previous index is unchanged" if (target / META_FILE).is_file() else ""
+                raise StoreError(f"cannot {what}: {why}{kept}") from err
             raise
         shutil.rmtree(backup, ignore_errors=True)
+        _remove_leftovers(target, "old")
         _fsync(target.parent)
         return target
 
@@ -448,7 +528,7 @@ class EmbeddingIndex:
         ivf: Any = index
         if kind == "ivf" and ivf.direct_map.type == _NO_DIRECT_MAP:
             ivf.make_direct_map()  # indexes saved by faiss without it
-        return cls(
+        loaded = cls(
             index,
             metric=metric,
             kind=kind,
@@ -457,6 +537,12 @@ class EmbeddingIndex:
             labels=meta["labels"],
             info=meta["info"],
         )
+        if loaded.checksum() != meta["checksum"]:
+            raise fail(
+                f"the checksum of paths, labels and vectors differs from the one in {META_FILE}, so {META_FILE} "
+                f"and {INDEX_FILE} do not belong together (edited, reordered or copied from another index)"
+            )
+        return loaded
 
 
 def _train_ivf(x: np.ndarray, metric: str, nlist: int | None) -> Any:
@@ -488,6 +574,12 @@ def _json_copy(info: object, name: str) -> dict[str, Any]:
         raise TypeError(f"{name} must be JSON-serialisable: {err}") from err
 
 
+def _remove_leftovers(target: Path, kind: str) -> None:
+    """Remove the ``.<name>.<kind>-<pid>-<hex>`` directories that killed saves left beside ``target``."""
+    for entry, _ in list(leftovers(target, (kind,))):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
 def _fsync(path: Path) -> None:
     """Flush ``path`` (a file or directory) to disk where the platform allows it."""
     try:
@@ -511,6 +603,7 @@ _META_FIELDS: dict[str, tuple[type, ...]] = {
     "paths": (list, type(None)),
     "labels": (list, type(None)),
     "info": (dict,),
+    "checksum": (str,),
 }
 
 
