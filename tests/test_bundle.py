@@ -124,3 +124,116 @@ def test_extraction_with_a_bundle_records_it_and_rebuilds_it(
     save_bundle(trained, tmp_path / "bundle")  # replaced: a new id
     with pytest.raises(StoreError, match="was replaced"):
         embedder_from_spec(store.info["backbone"])
+
+
+# ------------------------------------------------------------------------------------------ damaged bundles
+def _cli_error(args: list[str]) -> str:
+    """Run the CLI in-process; it must fail with exactly one ``Error:`` line and no traceback. Returns the line."""
+    from click.testing import CliRunner
+
+    from frugalvision.cli import retrieval  # noqa: F401  (registers `embed`)
+    from frugalvision.cli.main import cli
+
+    result = CliRunner().invoke(cli, args)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated header", "truncated data", "garbage header", "empty"])
+def test_corrupt_or_truncated_weights_name_the_file(
+    trained: EmbeddingModel, tmp_path: Path, tiny_folder: Path, damage: str
+) -> None:
+    folder = save_bundle(trained, tmp_path / "bundle")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    damaged = {
+        "truncated header": data[:3000],
+        "truncated data": data[: len(data) // 2],
+        "garbage header": b"\xff" * 8 + data[8:],
+        "empty": b"",
+    }[damage]
+    weights.write_bytes(damaged)
+    with pytest.raises(StoreError, match=r"model\.safetensors is corrupt or truncated"):
+        load(folder)
+    line = _cli_error(["embed", str(tiny_folder), "--model", str(folder), "--out", str(tmp_path / "s")])
+    assert str(weights) in line and "corrupt or truncated" in line
+
+
+def _edit(config: dict, key: str, value: object) -> dict:
+    """``config`` with the dotted ``key`` set to ``value`` (both data_config copies for preprocessing keys)."""
+    out = json.loads(json.dumps(config))
+    keys = [key] + ([f"model.{key}"] if key.startswith("data_config.") else [])
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return out
+
+
+BAD_FIELDS = [
+    ("task", 5, "'task' must be one of 'embedding', 'multilabel', got 5"),
+    ("task", "detection", "'task' must be one of"),
+    ("classes", "notalist", "'classes' must be a list of strings, got 'notalist'"),
+    ("classes", ["a", 3], "'classes' must be a list of strings"),
+    ("thresholds", [0.5], "'thresholds' must be null or a list of 2 numbers"),
+    (
+        "data_config.input_size",
+        [3, 20000, 20000],
+        r"'data_config\.input_size' must be \[3, H, W\] with 1 <= H, W <= 2048",
+    ),
+    ("data_config.input_size", [3, 32], r"'data_config\.input_size'"),
+    ("data_config.crop_pct", 0.01, r"'data_config\.crop_pct' must be a number in \(0\.3, 1\.5\], got 0\.01"),
+    ("data_config.crop_pct", "0.9", r"'data_config\.crop_pct'"),
+    ("data_config.std", [0.2, 0.0, 0.2], r"'data_config\.std' must be 3 finite numbers > 0"),
+    ("data_config.interpolation", "cubic", r"'data_config\.interpolation' must be one of"),
+    ("model.head.embedding_size", "16", r"'model\.head\.embedding_size' must be an integer"),
+    ("model.head.kind", 3, r"'model\.head\.kind' must be one of 'linear'"),
+    ("model.pooling.gem_p", -1, r"'model\.pooling\.gem_p' must be a number in \(0, inf\)"),
+    ("model.backbone.model_kwargs", {"img_size": 50000}, r"'model\.backbone\.model_kwargs\.img_size'"),
+    ("history", {"epoch": 1}, "'history' must be null or a list of objects"),
+    ("metrics", [1, 2], "'metrics' must be an object or null"),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"), BAD_FIELDS, ids=[f"{k}={v!r}" for k, v, _ in BAD_FIELDS]
+)
+def test_config_fields_are_checked_at_load(
+    trained: EmbeddingModel, tmp_path: Path, key: str, value: object, message: str
+) -> None:
+    folder = save_bundle(trained, tmp_path / "bundle", classes=["a", "b"])
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(_edit(config, key, value)))
+    with pytest.raises(StoreError, match=message) as caught:
+        load(folder)
+    assert str(caught.value).startswith(f"{folder / 'config.json'}: ")
+
+
+def test_a_multilabel_config_needs_one_class_per_output(trained: EmbeddingModel, tmp_path: Path) -> None:
+    folder = save_bundle(trained, tmp_path / "bundle", classes=["a", "b"])
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "task": "multilabel"}))
+    with pytest.raises(StoreError, match=r"config\.json: a multilabel model with 16 outputs"):
+        read_bundle_config(folder)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [("task", 5, "task"), ("data_config.input_size", [3, 20000, 20000], "data_config.input_size"),
+     ("data_config.crop_pct", 0.01, "data_config.crop_pct")],
+)  # fmt: skip
+def test_cli_refuses_a_bad_config_in_one_line(
+    trained: EmbeddingModel, tmp_path: Path, tiny_folder: Path, key: str, value: object, field: str
+) -> None:
+    folder = save_bundle(trained, tmp_path / "bundle")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(_edit(config, key, value)))
+    line = _cli_error(
+        ["embed", str(tiny_folder), "--model", str(folder), "--out", str(tmp_path / "s"), "--workers", "0"]
+    )
+    assert f"{folder / 'config.json'}: field {field!r}" in line
+    assert not (tmp_path / "s").exists()

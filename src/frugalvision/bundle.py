@@ -33,15 +33,35 @@ from typing import Any
 import torch
 
 from frugalvision import __version__
+from frugalvision._fields import (
+    MAX_INPUT_SIDE,
+    check_choice_field,
+    check_data_config,
+    check_int_field,
+    check_mapping_field,
+    check_number_field,
+    check_str_list_field,
+    field_error,
+)
 from frugalvision.embeddings.store import atomic_replace_dir
 from frugalvision.errors import StoreError
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
+from frugalvision.models.heads import HEAD_KINDS, NORMALIZATIONS, POOLINGS
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "is_bundle", "load", "read_bundle_config", "save_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "check_bundle_fields",
+    "is_bundle",
+    "load",
+    "read_bundle_config",
+    "save_bundle",
+]
 
 BUNDLE_FORMAT = "frugalvision-bundle"
 BUNDLE_VERSION = 1
 _WEIGHTS = "model.safetensors"
+_MAX_WIDTH = 1 << 20  # embedding and hidden widths (a head's weight matrix grows with their product)
 
 
 def is_bundle(path: str | os.PathLike[str]) -> bool:
@@ -65,7 +85,7 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise StoreError(f"{folder} is not a complete model bundle: {name} is missing")
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
         raise StoreError(f"{folder / 'config.json'} is not a frugalvision bundle config (format field)")
@@ -74,9 +94,79 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{folder} has bundle format version {config.get('format_version')!r}; this frugalvision "
             f"({__version__}) reads version {BUNDLE_VERSION}"
         )
-    if "model" not in config:
-        raise StoreError(f"{folder / 'config.json'} has no 'model' field")
+    check_bundle_fields(config, str(folder / "config.json"))
     return config
+
+
+def check_bundle_fields(config: Mapping[str, Any], where: str) -> None:
+    """Check the type and range of every field of a bundle's ``config.json`` (``where`` names the file).
+
+    Raises:
+        StoreError: naming the file and the dotted field, e.g. ``field 'task' must be one of ...``.
+    """
+    for key in ("task", "model", "data_config"):
+        if key not in config:
+            raise StoreError(f"{where} has no {key!r} field")
+    task = check_choice_field(config["task"], ("embedding", "multilabel"), where, "task")
+    model = check_mapping_field(config["model"], where, "model")
+    backbone = check_mapping_field(model.get("backbone"), where, "model.backbone")
+    if not isinstance(backbone.get("name"), str) or not backbone["name"]:
+        raise field_error(where, "model.backbone.name", "a timm model name", backbone.get("name"))
+    kwargs = check_mapping_field(
+        backbone.get("model_kwargs"), where, "model.backbone.model_kwargs", optional=True
+    )
+    if kwargs.get("img_size") is not None:  # a ViT's position embeddings grow with it
+        sides = kwargs["img_size"] if isinstance(kwargs["img_size"], list) else [kwargs["img_size"]]
+        for side in sides:
+            check_int_field(side, where, "model.backbone.model_kwargs.img_size", low=1, high=MAX_INPUT_SIDE)
+    if model.get("num_features") is not None:
+        check_int_field(model["num_features"], where, "model.num_features", low=1)
+    pooling = check_mapping_field(model.get("pooling"), where, "model.pooling")
+    check_choice_field(pooling.get("kind"), POOLINGS, where, "model.pooling.kind")
+    if "gem_p" in pooling:
+        check_number_field(pooling["gem_p"], where, "model.pooling.gem_p", low=0, low_open=True)
+    if not isinstance(pooling.get("gem_learnable", True), bool):
+        raise field_error(where, "model.pooling.gem_learnable", "true or false", pooling["gem_learnable"])
+    head = check_mapping_field(model.get("head"), where, "model.head")
+    check_choice_field(head.get("kind"), HEAD_KINDS, where, "model.head.kind")
+    size = check_int_field(
+        head.get("embedding_size"), where, "model.head.embedding_size", low=1, high=_MAX_WIDTH
+    )
+    check_choice_field(head.get("normalization"), NORMALIZATIONS, where, "model.head.normalization")
+    if head.get("hidden_size") is not None:
+        check_int_field(head["hidden_size"], where, "model.head.hidden_size", low=1, high=_MAX_WIDTH)
+    if "dropout" in head:
+        check_number_field(head["dropout"], where, "model.head.dropout", low=0, high=1)
+    if "c" in head:
+        check_number_field(head["c"], where, "model.head.c", low=0, low_open=True)
+    if head.get("clip_r") is not None:
+        check_number_field(head["clip_r"], where, "model.head.clip_r", low=0, low_open=True)
+    check_data_config(config["data_config"], where, "data_config")
+    if "data_config" in model:
+        check_data_config(model["data_config"], where, "model.data_config")
+    classes = check_str_list_field(config.get("classes", []), where, "classes")
+    if task == "multilabel" and len(classes) != size:
+        raise StoreError(
+            f"{where}: a multilabel model with {size} outputs (model.head.embedding_size) needs as many "
+            f"'classes', got {len(classes)}"
+        )
+    thresholds = config.get("thresholds")
+    if thresholds is not None:
+        if not isinstance(thresholds, list) or len(thresholds) != len(classes):
+            raise field_error(
+                where, "thresholds", f"null or a list of {len(classes)} numbers (one per class)", thresholds
+            )
+        for i, t in enumerate(thresholds):
+            check_number_field(t, where, f"thresholds[{i}]", low=0, high=1)
+    for key in ("loss", "training", "metrics", "data"):
+        check_mapping_field(config.get(key), where, key, optional=True)
+    for key in ("per_class", "history"):
+        rows = config.get(key)
+        if rows is not None and (not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows)):
+            raise field_error(where, key, "null or a list of objects", rows)
+    for key in ("id", "created", "frugalvision_version"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise field_error(where, key, "a string", config[key])
 
 
 def save_bundle(
@@ -183,17 +273,31 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Em
     its preprocessing.
 
     Raises:
-        StoreError: missing files, another format version, or weights that do not fit the recorded architecture.
+        StoreError: missing files, another format version, a field of ``config.json`` of the wrong type or out of
+            range, a corrupt or truncated ``model.safetensors``, or weights that do not fit the recorded
+            architecture; the message names the file (and the field).
     """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
     folder = Path(path).expanduser().resolve()
     config = read_bundle_config(folder)
-    model = embedding_model_from_description({**config["model"], "data_config": config["data_config"]})
+    weights = folder / _WEIGHTS
+    try:  # reads and checks the header only: a truncated or corrupt file fails here, before the model is built
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise StoreError(f"{weights} is corrupt or truncated ({e}); save or copy the bundle again") from e
     try:
-        load_model(model, str(folder / _WEIGHTS), strict=True, device="cpu")
-    except (RuntimeError, OSError) as e:
-        raise StoreError(f"{folder / _WEIGHTS} does not fit the architecture in config.json: {e}") from e
+        model = embedding_model_from_description({**config["model"], "data_config": config["data_config"]})
+    except (StoreError, ValueError, TypeError) as e:
+        raise StoreError(
+            f"{folder / 'config.json'}: field 'model' describes no model this version builds: {e}"
+        ) from e
+    try:
+        load_model(model, str(weights), strict=True, device="cpu")
+    except (RuntimeError, OSError, SafetensorError) as e:
+        raise StoreError(f"{weights} does not fit the architecture in config.json: {e}") from e
     model.config, model.bundle_path, model.bundle_id = config, str(folder), config.get("id")
     return model.to(device).eval()
 

@@ -38,5 +38,9 @@ class StoreError(FrugalVisionError, ValueError):
     """An embedding store or index on disk is missing, inconsistent or incompatible with the request."""
 
 
+class CheckpointError(FrugalVisionError, ValueError):
+    """A training checkpoint cannot be read safely: truncated, corrupt, or holding objects other than tensors."""
+
+
 class DataWarning(UserWarning):
     """Something in the data was skipped or looks wrong but work could go on (e.g. corrupt images skipped)."""

@@ -125,6 +125,19 @@ def test_output_folder_rules_and_argument_checks(tmp_path: Path) -> None:
         export_onnx(nn.Conv2d(3, 4, 3), tmp_path / "e", **kw)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("crop_pct", 0.01), ("crop_pct", 2.0), ("input_size", (3, 20000, 20000))]
+)
+def test_export_refuses_preprocessing_deploy_json_could_not_be_read_with(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    """The bounds ``deploy.json`` is read back with hold when it is written: no bundle the runtime refuses."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match=rf"'data_config\.{key}' must be"):
+        export_onnx(model, tmp_path / "e", data_config={**DATA_CONFIG, key: value}, exporter="torchscript")
+    assert not (tmp_path / "e").exists()
+
+
 def test_output_agreement_reference() -> None:
     a = np.array([[1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
     b = np.array([[1.0, 1.0], [0.0, 0.0], [3.0, 4.0]])

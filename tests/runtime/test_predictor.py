@@ -125,7 +125,7 @@ def test_deploy_config_validation(tiny_bundle) -> None:
         ({"format": "other"}, "format"),
         ({"task": "classification", "classes": ["a"]}, "one class name per output"),
         ({"thresholds": [0.5] * 5}, "multilabel"),
-        ({"output": {"size": 0}}, "output_size"),
+        ({"output": {"size": 0}}, r"'output\.size' must be an integer in \[1, inf\], got 0"),
         ({"models": {"fp32": {"name": "x"}}}, "file"),
     ]:
         with pytest.raises(StoreError, match=match):
@@ -164,3 +164,33 @@ def test_long_image_is_refused_with_its_name(tiny_bundle, photos: list, long_png
     with pytest.raises(ImageTooLargeError, match=rf"^{path}: 1x30000 pixels has an aspect ratio of 30000:1"):
         p.embed([photos[0], path])
     assert p.embed(photos[:1]).shape == (1, 5)  # and it goes on serving
+
+
+def test_output_size_must_match_the_model(tiny_bundle, photos: list) -> None:
+    """``deploy.json`` saying 512 outputs for a model of 5 is refused at load, naming the file and the field."""
+    folder, _ = tiny_bundle
+    data = json.loads((folder / "deploy.json").read_text())
+    data["output"]["size"] = 512
+    (folder / "deploy.json").write_text(json.dumps(data))
+    with pytest.raises(
+        StoreError, match=r"deploy\.json: field 'output\.size' is 512, but model\.onnx outputs"
+    ):
+        Predictor(folder)
+
+
+def test_an_output_of_another_width_is_refused_when_run(tiny_bundle, photos: list) -> None:
+    """A model whose output width ONNX Runtime cannot infer is checked on each run: here a session wrapper returns
+    one column more than ``deploy.json`` says (ORT infers the width of every model we export, so a real graph
+    cannot show this)."""
+    folder, _ = tiny_bundle
+    p = Predictor(folder)
+    session = p.session
+
+    class Wider:
+        def run(self, names, feeds):
+            out = session.run(names, feeds)[0]
+            return [np.concatenate([out, out[:, :1]], axis=1)]
+
+    p.session = Wider()  # type: ignore[assignment]
+    with pytest.raises(StoreError, match=r"'output\.size' is 5, but model\.onnx returned shape \(1, 6\)"):
+        p.embed(photos[:1])

@@ -60,6 +60,7 @@ def test_round_trips_through_yaml_and_dict(tmp_path: Path) -> None:
         ("recipe=extreme", "recipe must be one of"),
         ("augment.scale=[0.5]", "augment.scale must be a list of 2 values"),
         ("data=3", "data must be a mapping"),
+        ("model.input_size=20000", r"model.input_size must be in \[8, 2048\] pixels, got 20000"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override: str, message: str) -> None:

@@ -380,3 +380,9 @@ def test_head_only_epochs_train_the_head_first(labelled_folder: Path, tmp_path: 
         _config(labelled_folder, tmp_path / "x", epochs=2, head_only_epochs=2)
     with pytest.raises(ConfigError, match="cannot be used with a DDP strategy"):
         _config(labelled_folder, tmp_path / "x", head_only_epochs=1, strategy="ddp")
+
+
+@pytest.mark.parametrize("key", ["input_size", "teacher_input_size"])
+def test_input_sizes_are_bounded(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{key} must be in \[8, 2048\] pixels, got 20000"):
+        DistillConfig(**{key: 20000})

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from frugalvision import __version__
+from frugalvision._fields import check_data_config
 from frugalvision.errors import FrugalVisionError, StoreError
 from frugalvision.runtime.config import (
     DEPLOY_FILE,
@@ -111,6 +112,7 @@ def _check_data_config(data_config: object) -> dict[str, Any]:
         raise TypeError(
             f"data_config must be a mapping (timm's data config), got {type(data_config).__name__}"
         )
+    check_data_config(data_config, "export_onnx", "data_config")  # the bounds deploy.json is read back with
     Preprocessor(data_config)  # validates every field the runtime will need
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
 

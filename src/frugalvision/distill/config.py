@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
+from frugalvision._fields import MAX_INPUT_SIDE
 from frugalvision.train.config import ConfigError, coerce_value
 
 __all__ = ["DEFAULT_STUDENT", "DEFAULT_TEACHER", "DistillConfig"]
@@ -138,14 +139,14 @@ class DistillConfig:
                 f"must be >= 0, got {self.num_workers}",
             ),
             (
-                self.input_size is None or self.input_size >= 8,
+                self.input_size is None or 8 <= self.input_size <= MAX_INPUT_SIDE,
                 "input_size",
-                f"must be >= 8 pixels, got {self.input_size}",
+                f"must be in [8, {MAX_INPUT_SIDE}] pixels, got {self.input_size}",
             ),
             (
-                self.teacher_input_size is None or self.teacher_input_size >= 8,
+                self.teacher_input_size is None or 8 <= self.teacher_input_size <= MAX_INPUT_SIDE,
                 "teacher_input_size",
-                f"must be >= 8 pixels, got {self.teacher_input_size}",
+                f"must be in [8, {MAX_INPUT_SIDE}] pixels, got {self.teacher_input_size}",
             ),
         ]
         for ok, key, message in checks:

@@ -20,6 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frugalvision._fields import (
+    check_data_config,
+    check_file_inside,
+    check_int_field,
+    check_mapping_field,
+    check_number_field,
+    check_relative_file,
+    check_str_list_field,
+    field_error,
+)
 from frugalvision.errors import StoreError
 
 __all__ = [
@@ -85,6 +95,8 @@ class DeployConfig:
 
     def __post_init__(self) -> None:
         where = f" in {self.folder / DEPLOY_FILE}" if self.folder else ""
+        origin = str(self.folder / DEPLOY_FILE) if self.folder else "deploy config"
+        check_data_config(self.data_config, origin)
         if self.task not in TASKS:
             raise StoreError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}{where}")
         if self.normalization not in NORMALIZATIONS:
@@ -114,6 +126,7 @@ class DeployConfig:
         for precision, record in self.models.items():
             if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
                 raise StoreError(f"models[{precision!r}] must be an object with a 'file' name{where}")
+            check_relative_file(record["file"], origin, f"models.{precision}.file")
 
     # -- (de)serialisation ----------------------------------------------------------------------------------
     def essentials(self) -> dict[str, Any]:
@@ -156,18 +169,43 @@ class DeployConfig:
             raise StoreError(
                 f"{origin} has deploy format version {d.get('format_version')!r}; this version reads {DEPLOY_VERSION}"
             )
+        for key in ("task", "output", "input", "data_config"):
+            if key not in d:
+                raise StoreError(f"{origin} is incomplete: it has no {key!r} field")
+        output = check_mapping_field(d["output"], origin, "output")
+        inputs = check_mapping_field(d["input"], origin, "input")
+        check_int_field(output.get("size"), origin, "output.size", low=1)
+        for key in ("name", "normalization"):
+            if key in output and not isinstance(output[key], str):
+                raise field_error(origin, f"output.{key}", "a string", output[key])
+        if "name" in inputs and not isinstance(inputs["name"], str):
+            raise field_error(origin, "input.name", "a string", inputs["name"])
+        check_data_config(d["data_config"], origin)
+        classes = check_str_list_field(d.get("classes") or [], origin, "classes")
+        thresholds = d.get("thresholds")
+        if thresholds is not None:
+            if not isinstance(thresholds, list):
+                raise field_error(
+                    origin, "thresholds", "null or a list of numbers (one per class)", thresholds
+                )
+            for i, t in enumerate(thresholds):
+                check_number_field(t, origin, f"thresholds[{i}]", low=0, high=1)
+        models = check_mapping_field(d.get("models"), origin, "models", optional=True)
+        for precision, record in models.items():
+            record = check_mapping_field(record, origin, f"models.{precision}")
+            check_relative_file(record.get("file"), origin, f"models.{precision}.file")
+        for key in ("source", "metrics"):
+            check_mapping_field(d.get(key), origin, key, optional=True)
         try:
-            output, inputs = d["output"], d["input"]
             known = set(_KNOWN_FIELDS)
-            thresholds = d.get("thresholds")
             return cls(
                 task=d["task"],
                 data_config=dict(d["data_config"]),
                 output_size=output["size"],
                 normalization=output.get("normalization", "none"),
-                classes=tuple(str(c) for c in d.get("classes") or ()),
+                classes=tuple(classes),
                 thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
-                models={str(k): dict(v) for k, v in (d.get("models") or {}).items()},
+                models={str(k): dict(v) for k, v in models.items()},
                 input_name=inputs.get("name", "images"),
                 output_name=output.get("name", "output"),
                 source=dict(d.get("source") or {}),
@@ -193,7 +231,12 @@ class DeployConfig:
             raise StoreError(f"this deploy bundle has no {precision!r} model (it has: {have})")
         if self.folder is None:
             raise StoreError("this config was read from a lone ONNX file; it has no folder of model files")
-        return self.folder / self.models[precision]["file"]
+        return check_file_inside(
+            self.folder,
+            self.models[precision]["file"],
+            str(self.folder / DEPLOY_FILE),
+            f"models.{precision}.file",
+        )
 
 
 def _jsonable_data_config(data_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,7 +276,7 @@ def read_deploy_config(path: str | os.PathLike[str]) -> DeployConfig:
         raise StoreError(f"{path} is not a deploy bundle: {DEPLOY_FILE} is missing")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{file} is not valid JSON: {e}") from e
     return DeployConfig.from_dict(data, folder=path.resolve(), origin=str(file))
 

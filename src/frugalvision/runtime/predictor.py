@@ -23,7 +23,7 @@ from PIL import Image
 
 from frugalvision.errors import FrugalVisionError, StoreError
 from frugalvision.runtime._image import ImageInput
-from frugalvision.runtime.config import DeployConfig, read_deploy_config
+from frugalvision.runtime.config import DEPLOY_FILE, DeployConfig, read_deploy_config
 from frugalvision.runtime.preprocess import Preprocessor
 
 __all__ = ["PRECISIONS", "Prediction", "Predictor", "bf16_fastmath_available"]
@@ -154,6 +154,8 @@ class Predictor:
             )
         except Exception as e:  # ORT's own exception types
             raise StoreError(f"ONNX Runtime cannot load {self.model_path}: {e}") from e
+        # where output.size was read: deploy.json, or a lone .onnx file's metadata
+        self._origin = f"{path} metadata" if Path(path).is_file() else str(Path(path) / DEPLOY_FILE)
         self._check_signature()
         self.preprocessor = Preprocessor(self.config.data_config, max_pixels=max_pixels)
 
@@ -173,6 +175,12 @@ class Predictor:
         if isinstance(shape[0], int):
             raise StoreError(
                 f"{self.model_path} has a fixed batch size {shape[0]}; export it again (dynamic batch)"
+            )
+        out_shape = outputs[0].shape
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != self.config.output_size):
+            raise StoreError(
+                f"{self._origin}: field 'output.size' is {self.config.output_size}, but {self.model_path.name} "
+                f"outputs shape {out_shape}; export the model again"
             )
 
     # -- properties -----------------------------------------------------------------------------------------
@@ -239,6 +247,11 @@ class Predictor:
             for i in range(0, batch.shape[0], self.batch_size)
         ]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if out.ndim != 2 or out.shape[1] != self.output_size:  # a symbolic output width is checked here
+            raise StoreError(
+                f"{self._origin}: field 'output.size' is {self.output_size}, but {self.model_path.name} "
+                f"returned shape {out.shape}; export the model again"
+            )
         return np.asarray(out, dtype=np.float32)
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from frugalvision._fields import MAX_INPUT_SIDE
 from frugalvision.errors import FrugalVisionError
 
 __all__ = [
@@ -377,9 +378,9 @@ def validate(config: TrainConfig) -> None:
         (0 <= m.drop_rate < 1, "model.drop_rate", f"must be in [0, 1), got {m.drop_rate}"),
         (0 <= m.drop_path_rate < 1, "model.drop_path_rate", f"must be in [0, 1), got {m.drop_path_rate}"),
         (
-            m.input_size is None or m.input_size >= 8,
+            m.input_size is None or 8 <= m.input_size <= MAX_INPUT_SIDE,
             "model.input_size",
-            f"must be >= 8 pixels, got {m.input_size}",
+            f"must be in [8, {MAX_INPUT_SIDE}] pixels, got {m.input_size}",
         ),
         (o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}"),
         (o.head_lr_multiplier > 0, "optim.head_lr_multiplier", f"must be > 0, got {o.head_lr_multiplier}"),

@@ -51,7 +51,7 @@ from frugalvision.bundle import save_bundle
 from frugalvision.data import open_dataset
 from frugalvision.embeddings import default_num_workers
 from frugalvision.models.embedding_model import EmbeddingModel, create_embedding_model
-from frugalvision.train._checkpoint import AtomicCheckpointIO, last_checkpoint
+from frugalvision.train._checkpoint import AtomicCheckpointIO, last_checkpoint, read_checkpoint
 from frugalvision.train._dist import devices_arg, env_rank, uses_cuda
 from frugalvision.train.cache import cached_features
 from frugalvision.train.config import ConfigError, TrainConfig, sampler_kind, val_split_kind, validate
@@ -438,7 +438,7 @@ def fit(
     best = checkpoint.best_model_path or (str(last) if last.is_file() else "")
     best_epoch = None
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)
+        state = read_checkpoint(best)
         task.load_state_dict(state["state_dict"])
         best_epoch = int(state["epoch"])
     model = task.model.cpu().eval()
