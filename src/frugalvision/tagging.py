@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, collate_images, load_image
+from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, collate_images, load_for_transform
 from frugalvision.errors import DataWarning, FrugalVisionError
 from frugalvision.runtime.predictor import Prediction
 
@@ -79,8 +79,14 @@ class Tagger:
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in chunk]
-            x = torch.stack([self._transform(im) for im in pil]).to(self.device)
+            x = torch.stack(
+                [
+                    self._transform(im.convert("RGB"))
+                    if isinstance(im, Image.Image)
+                    else load_for_transform(im, self._transform)
+                    for im in chunk
+                ]
+            ).to(self.device)
             out.append(torch.sigmoid(self.model(x).float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 

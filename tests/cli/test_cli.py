@@ -65,7 +65,7 @@ def test_embed_index_search_evaluate_round_trip(photos: Path, tmp_path: Path) ->
 
 
 def test_search_from_a_relative_folder_and_with_a_new_photo(
-    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, long_png, bounded_resize
 ) -> None:
     """An index built from a relative path is searched with the same relative, an absolute and a new path."""
     shutil.copytree(photos, tmp_path / "photos")
@@ -84,6 +84,12 @@ def test_search_from_a_relative_folder_and_with_a_new_photo(
     new = str(tmp_path / "new" / "coffee" / "coffee_000.jpg")
     hits = json.loads(_run(["search", "index/", new, "-k", "12", "--json"]))[0]["results"]
     assert len(hits) == 12 and hits[0]["label"] == "coffee"
+    # a 1 x 30000 query is refused from its header, as one line naming it
+    result = CliRunner().invoke(cli, ["search", "index/", str(long_png(1, 30000, name="tall.png"))])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert (
+        result.output.strip().splitlines() == [result.output.strip()] and "tall.png: 1x30000" in result.output
+    )
 
 
 def _console_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

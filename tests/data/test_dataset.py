@@ -197,3 +197,22 @@ def test_transform_resize_is_checked_before_decoding(tmp_path: Path, long_png, b
     with pytest.raises(ImageTooLargeError, match=r"1000x50000"):
         ImageDataset([Sample(thin)], [], transform=transform, on_corrupt="fail")[0]
     assert ImageDataset([Sample(thin)], [])[0]["image"].size == (20, 1000)  # no transform: nothing to resize
+
+
+def test_load_for_transform_checks_the_resize_before_decoding(long_png, bounded_resize) -> None:
+    """A single image (a search query, a tagger's input) is checked against its transform's resize step: 40 x 2000
+    is within the 50:1 aspect limit, but ``Resize(2048)`` would make it 2048 x 102400 (210 MP)."""
+    from torchvision import transforms
+
+    from frugalvision.data import load_for_transform
+    from frugalvision.errors import ImageTooLargeError
+
+    path = long_png(40, 2000)
+    with pytest.raises(
+        ImageTooLargeError, match=r"long-40x2000\.png: 40x2000 pixels would be resized to 2048x102400"
+    ):
+        load_for_transform(path, transforms.Resize(2048))
+    ok = load_for_transform(
+        long_png(20, 40), transforms.Compose([transforms.Resize(8), transforms.ToTensor()])
+    )
+    assert tuple(ok.shape) == (3, 16, 8)  # load_image gives RGB

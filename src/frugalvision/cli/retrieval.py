@@ -245,7 +245,7 @@ def search(
     """
     import torch
 
-    from frugalvision.data import load_image
+    from frugalvision.data import load_for_transform
     from frugalvision.embeddings import embed_images, resolve_device
     from frugalvision.index import EmbeddingIndex
     from frugalvision.models import embedder_from_spec
@@ -259,7 +259,7 @@ def search(
     transform = backbone.transform()
     dev = resolve_device(device)
     backbone.to(dev)
-    batch = torch.stack([transform(load_image(p)) for p in images])
+    batch = torch.stack([load_for_transform(p, transform) for p in images])
     vectors = embed_images(backbone, batch, normalize=bool(idx.info.get("normalized", True)), device=dev)
     self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
     found = idx.search(vectors, k=k, exclude_ids=self_ids)

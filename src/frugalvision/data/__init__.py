@@ -16,7 +16,7 @@ Example:
 from frugalvision.data._image import IMAGE_EXTENSIONS, image_size, load_image
 from frugalvision.data.auto import FORMATS, detect_format, open_dataset
 from frugalvision.data.coco import read_coco
-from frugalvision.data.dataset import ImageDataset, OnCorrupt, Sample, collate_images
+from frugalvision.data.dataset import ImageDataset, OnCorrupt, Sample, collate_images, load_for_transform
 from frugalvision.data.folder import read_folder
 from frugalvision.data.manifest import read_manifest
 from frugalvision.data.yolo import read_class_names, read_yolo
@@ -30,6 +30,7 @@ __all__ = [
     "collate_images",
     "detect_format",
     "image_size",
+    "load_for_transform",
     "load_image",
     "open_dataset",
     "read_class_names",

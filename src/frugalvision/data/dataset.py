@@ -7,6 +7,7 @@ that files exist; pixels are decoded lazily in ``ImageDataset.__getitem__``.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,17 @@ def _resize_rule(transform: Any) -> ResizeRule | None:
         else:
             return None
     return None
+
+
+def load_for_transform(path: str | os.PathLike[str], transform: Callable[[Any], Any] | None) -> Any:
+    """``transform(load_image(path))``, with the image's size checked against the resize step that opens
+    ``transform`` before any pixel is decoded (a 1 x 30000 PNG is refused instead of being resized to gigabytes).
+
+    For single images outside an :class:`ImageDataset` (search queries, a tagger's inputs). Raises
+    :class:`~frugalvision.errors.CorruptImageError` (``ImageTooLargeError`` for the size) naming the file.
+    """
+    image: Any = load_image(path, resize=_resize_rule(transform))
+    return transform(image) if transform is not None else image
 
 
 def collate_images(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
