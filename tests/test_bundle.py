@@ -135,10 +135,10 @@ def _cli_error(args: list[str]) -> str:
     from frugalvision.cli.main import cli
 
     result = CliRunner().invoke(cli, args)
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert result.exit_code == 1 and len(errors) == 1, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    return errors[0]
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, (result.output, result.exception)  # nothing else printed
+    assert lines[0].startswith("Error:") and "Traceback" not in result.output
+    return lines[0]
 
 
 @pytest.mark.parametrize("damage", ["truncated header", "truncated data", "garbage header", "empty"])

@@ -141,9 +141,9 @@ def embed(
 
     shards: dict[str, Any] = {"shard_size": shard_size, "shard_seconds": shard_seconds}
     shards = {k: v for k, v in shards.items() if v is not None}  # left out: the library's default
+    backbone = _embedder(model, pretrained, weights)  # first: a bad model is one error line, before any output
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
-    backbone = _embedder(model, pretrained, weights)
     with data_warnings():
         store = extract_embeddings(
             backbone,
