@@ -136,7 +136,10 @@ def _cli_error(args: list[str]) -> str:
 
     result = CliRunner().invoke(cli, args)
     lines = result.output.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1, (result.output, result.exception)  # nothing else printed
+    assert result.exit_code == 1 and len(lines) == 1, (
+        result.output,
+        result.exception,
+    )  # nothing else printed
     assert lines[0].startswith("Error:") and "Traceback" not in result.output
     return lines[0]
 

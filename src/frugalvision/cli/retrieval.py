@@ -141,7 +141,8 @@ def embed(
 
     shards: dict[str, Any] = {"shard_size": shard_size, "shard_seconds": shard_seconds}
     shards = {k: v for k, v in shards.items() if v is not None}  # left out: the library's default
-    backbone = _embedder(model, pretrained, weights)  # first: a bad model is one error line, before any output
+    # the model first: a bad one is one error line, before any other output
+    backbone = _embedder(model, pretrained, weights)
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
     with data_warnings():
