@@ -183,26 +183,30 @@ def logme(features: Any, labels: Any, tol: float = 1e-10, max_iter: int = 10_000
         raise ValueError("features are all zero; LogME is undefined")
 
     # t = α/β; Algorithm 1 starts at α = β = 1. Past t_max every σ/t is below rounding: the model is the
-    # noise-only limit α → ∞ (m = 0), whose evidence is reached to ~1e-13 relative there.
+    # noise-only limit α → ∞ (m = 0), whose evidence is reached to ~1e-13 relative there. Below t_min the noise
+    # has vanished (β → ∞, see _noise_free_limit).
     t = np.ones(k)
     t_min, t_max = sigma_max * np.finfo(np.float64).eps, sigma_max / np.finfo(np.float64).eps
+    full_rank = int((sigma > 0).sum()) == n
+    noise_free = np.zeros(k, dtype=bool)
     active = np.ones(k, dtype=bool)
     for _ in range(max_iter):
-        gamma, mm, res = _terms(t[active], sigma, x2[:, active], out[active])
+        idx = np.flatnonzero(active)
+        gamma, mm, res = _terms(t[idx], sigma, x2[:, idx], out[idx])
         with np.errstate(divide="ignore"):
             t_new = (gamma / mm) / ((n - gamma) / res)
         t_new = np.minimum(t_new, t_max)  # mm = 0 (y orthogonal to every feature) gives inf: the limit
-        done = (np.abs(t_new - t[active]) <= tol * t[active]) | (t_new >= t_max)
-        t[active] = t_new
         collapsed = t_new < t_min
-        if collapsed.any():
-            bad = classes[np.flatnonzero(active)[collapsed][0]].item()
+        if collapsed.any() and not full_rank:
+            bad = classes[idx[collapsed][0]].item()
             raise ValueError(
                 f"LogME has no maximum for class {bad!r}: its labels are an exact linear function of the features "
-                "(the evidence grows without bound as the noise vanishes). This happens with duplicated rows when "
-                "N <= D, or with features that encode the labels."
+                "while F Fᵀ is singular, so the evidence grows without bound as the noise vanishes. This happens "
+                "with duplicated rows when N <= D, or with features that encode the labels."
             )
-        idx = np.flatnonzero(active)
+        done = (np.abs(t_new - t[idx]) <= tol * t[idx]) | (t_new >= t_max) | collapsed
+        t[idx] = t_new
+        noise_free[idx[collapsed]] = True
         active[idx[done]] = False
         if not active.any():
             break
@@ -214,14 +218,32 @@ def logme(features: Any, labels: Any, tol: float = 1e-10, max_iter: int = 10_000
 
     # Evaluate at the last step's pair: β = (n − γ) / ‖F m − y‖² and α = t β, with m taken at that t = α/β.
     # D/2 log α − 1/2 log|A| = −1/2 Σᵢ log(1 + σᵢ / t) (the D − r zero eigenvalues add nothing): stable for any t.
-    gamma, mm, res = _terms(t, sigma, x2, out)
+    t_eval = np.where(noise_free, 1.0, t)  # noise-free classes are replaced below
+    gamma, mm, res = _terms(t_eval, sigma, x2, out)
     beta = (n - gamma) / res
-    alpha = t * beta
+    alpha = t_eval * beta
     evidence = (
         0.5 * n * np.log(beta)
-        - 0.5 * np.log1p(sigma[:, None] / t).sum(axis=0)
+        - 0.5 * np.log1p(sigma[:, None] / t_eval).sum(axis=0)
         - 0.5 * beta * res
         - 0.5 * alpha * mm
         - 0.5 * n * math.log(2 * math.pi)
     )
+    if noise_free.any():
+        evidence[noise_free] = _noise_free_limit(sigma, x2[:, noise_free], n)
     return float(np.mean(evidence / n))
+
+
+def _noise_free_limit(sigma: np.ndarray, x2: np.ndarray, n: int) -> np.ndarray:
+    """The evidence's supremum on the boundary ``β → ∞`` when ``F Fᵀ`` (n x n) is non-singular (so ``n ≤ D``).
+
+    The evidence is the Gaussian marginal likelihood ``log N(y; 0, β⁻¹ I + α⁻¹ F Fᵀ)``; with ``β → ∞`` and
+    ``α`` at its best, ``α = n / yᵀ(F Fᵀ)⁻¹y``, it tends to::
+
+        n/2 log(n / yᵀ(F Fᵀ)⁻¹y) − 1/2 log|F Fᵀ| − n/2 − n/2 log 2π,   yᵀ(F Fᵀ)⁻¹y = Σᵢ xᵢ² / σᵢ
+
+    Used when the fixed-point iteration drives ``t = α/β`` to 0: the features interpolate the labels and the
+    maximum lies on that boundary (finite, unlike the singular case).
+    """
+    quad = (x2 / sigma[:, None]).sum(axis=0)
+    return 0.5 * n * np.log(n / quad) - 0.5 * np.log(sigma).sum() - 0.5 * n - 0.5 * n * math.log(2 * math.pi)
