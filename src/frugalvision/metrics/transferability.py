@@ -18,6 +18,12 @@ where ``σᵢ`` are the eigenvalues of ``FᵀF`` (the squared singular values of
 ``K`` classes the targets are the one-vs-rest indicator vectors and LogME is the mean over classes of
 ``L(α*, β*) / n``. Higher is better; values are comparable between models on the same data set.
 
+When ``n ≤ D`` the features may interpolate a target exactly; the iteration then drives ``α/β → 0`` and the
+maximum lies on the noise-free boundary ``β → ∞``. It is finite when ``F Fᵀ`` is non-singular and is then
+computed in closed form (:func:`_noise_free_limit`); when ``F Fᵀ`` is singular (e.g. duplicated rows) it is
+unbounded and :func:`logme` refuses. Such scores depend on the small singular values of ``F``: with fewer
+images than feature dimensions, compare models with care.
+
 Computation: one eigendecomposition of the smaller Gram matrix (``FᵀF`` if ``n ≥ D``, else ``F Fᵀ``; the same
 spectrum as the SVD of ``F``), ``O(n D min(n, D) + min(n, D)³)`` once for all classes. In that basis every
 quantity of the iteration depends only on ``t = α/β`` and is a sum over the spectrum, so each step costs
@@ -157,9 +163,9 @@ def logme(features: Any, labels: Any, tol: float = 1e-10, max_iter: int = 10_000
 
     Raises:
         ValueError / TypeError: malformed inputs (shapes, dtypes, non-finite features, a single class, all-zero
-            features), or labels that are an exact linear function of the features (the evidence then has no
-            maximum: it grows without bound as ``β → ∞``; e.g. duplicated rows with ``N ≤ D``, or features that
-            encode the labels).
+            features), or labels that are an exact linear function of the features while ``F Fᵀ`` is singular
+            (the evidence then has no maximum: it grows without bound as ``β → ∞``; e.g. duplicated rows with
+            ``N ≤ D``, or features that encode the labels).
         RuntimeError: no convergence within ``max_iter`` iterations.
 
     Example:
