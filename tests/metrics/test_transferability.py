@@ -4,6 +4,7 @@ invariances."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -133,7 +134,10 @@ def test_noise_free_boundary_when_features_interpolate_the_labels() -> None:
         assert max(grid) < sup
         assert naive_evidence(feats, y, alpha, 1e8) == pytest.approx(sup, abs=1e-4)
         sups.append(sup / n)
-    assert logme(feats, labels) == pytest.approx(np.mean(sups), abs=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for scale in (1e-6, 1.0, 1e6):
+            assert logme(feats * scale, labels) == pytest.approx(np.mean(sups), abs=1e-8)
 
 
 def test_separable_scores_higher_than_shuffled_labels() -> None:
@@ -164,7 +168,7 @@ def test_invariances() -> None:
     assert logme(feats[order], labels[order]) == pytest.approx(base, abs=1e-9)  # order of samples
     names = np.array(["cat", "cup", "rocket"])[(labels + 1) % 3]
     assert logme(feats, names) == pytest.approx(base, abs=1e-9)  # naming of classes
-    for scale in (1e-3, 1e3):
+    for scale in (1e-9, 1e-3, 1e3, 1e9):
         assert logme(feats * scale, labels) == pytest.approx(base, abs=1e-9)  # feature scale (α absorbs it)
     q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     assert logme(feats @ q, labels) == pytest.approx(base, abs=1e-9)  # rotation (isotropic prior)
