@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from frugalvision.discover import average_precision, box_iou, corloc, evaluate_boxes
+from frugalvision.discover import (
+    average_precision,
+    box_iou,
+    centre_box,
+    centre_box_baseline,
+    corloc,
+    evaluate_boxes,
+)
 
 
 def test_box_iou_by_hand() -> None:
@@ -159,3 +168,64 @@ def test_evaluate_boxes_counts() -> None:
     assert out["images"] == sum(len(g) > 0 for g in gts)
     assert out["gt_boxes"] == sum(len(g) for g in gts) and out["pred_boxes"] == sum(len(p) for p in preds)
     assert out["corloc_any"] >= out["corloc"]
+
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _hand_centre_corloc(sizes: list[tuple[int, int]], gts: list[np.ndarray]) -> tuple[float, int]:
+    """CorLoc of the centred half-area box from the definition, IoU by torchvision.ops.box_iou."""
+    from torchvision.ops import box_iou as tv_box_iou
+
+    hits = counted = 0
+    for (w, h), gt in zip(sizes, gts, strict=True):
+        if not len(gt):
+            continue
+        s = math.sqrt(0.5)  # sides W/√2 x H/√2: half the area
+        box = torch.tensor([[w / 2 - w * s / 2, h / 2 - h * s / 2, w / 2 + w * s / 2, h / 2 + h * s / 2]])
+        counted += 1
+        hits += bool((tv_box_iou(box.double(), torch.as_tensor(gt).double()) >= 0.5).any())
+    return hits / counted, counted
+
+
+def test_centre_box_is_centred_and_covers_half_the_area() -> None:
+    box = centre_box(300, 200)[0]
+    assert box.shape == (4,)
+    assert (box[2] - box[0]) * (box[3] - box[1]) == pytest.approx(0.5 * 300 * 200)
+    assert ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2) == pytest.approx((150, 100))
+    assert (box[2] - box[0]) / (box[3] - box[1]) == pytest.approx(1.5)  # the image's aspect ratio
+    with pytest.raises(ValueError, match="area_fraction"):
+        centre_box(10, 10, 0.0)
+    with pytest.raises(ValueError, match="width and height"):
+        centre_box(0, 10)
+
+
+def test_centre_box_baseline_known_answer() -> None:
+    sizes = [(100, 100), (100, 100), (200, 100), (50, 80)]
+    gts = [
+        np.array([[20, 20, 80, 80]]),  # IoU with (14.6, 14.6, 85.4, 85.4) = 3600 / 5000 = 0.72: hit
+        np.array([[0, 0, 30, 30]]),  # a corner object: miss
+        np.zeros((0, 4)),  # no ground truth: not counted
+        np.array([[0, 0, 5, 5], [5, 5, 45, 75]]),  # the second holds the box: IoU 2000 / 2800, a hit
+    ]
+    got = centre_box_baseline(sizes, gts)
+    assert got["corloc"] == pytest.approx(2 / 3) == _hand_centre_corloc(sizes, gts)[0]
+    assert got["images"] == 3 and got["pred_boxes"] == 4
+    with pytest.raises(ValueError, match="same images"):
+        centre_box_baseline(sizes[:2], gts)
+
+
+def test_centre_box_baseline_on_coco128_equals_a_hand_computation() -> None:
+    root = SHARED / "coco128"
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (../shared/data, see its README)")
+    from frugalvision.data import image_size, read_yolo
+
+    ds = read_yolo(root / "images", root / "labels", classes=[str(i) for i in range(80)])
+    sizes = [image_size(p) for p in ds.paths]
+    gts = [np.zeros((0, 4)) if s.boxes is None else np.asarray(s.boxes, np.float64) for s in ds.samples]
+    expected, counted = _hand_centre_corloc(sizes, gts)
+    got = centre_box_baseline(sizes, gts)
+    assert got["images"] == counted == 94
+    assert got["corloc"] == pytest.approx(expected, abs=1e-12)
+    assert 0.1 < got["corloc"] < 0.9

@@ -10,7 +10,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from frugalvision.discover import discover_images, open_discovery_set, read_voc
+from frugalvision.discover import (
+    Discovery,
+    discover_images,
+    evaluate_discoveries,
+    open_discovery_set,
+    read_voc,
+)
 from frugalvision.errors import CorruptImageError, DataError, ImageTooLargeError
 
 _VOC_XML = """<annotation><filename>{name}.jpg</filename>
@@ -162,7 +168,33 @@ def test_cli_writes_coco_overlays_and_metrics(photo, tmp_path: Path) -> None:
     assert 1 <= len(coco["annotations"]) <= 2 and coco["info"]["settings"]["objects"] == 2
     metrics = json.loads(result.output[result.output.index("{") :])
     assert metrics["images"] == 1 and metrics["corloc"] == 1.0  # the cup is found
+    # ... and so is it by the centred half-area box (43.9, 29.3, 256.1, 170.7) on the 300x200 image
+    assert metrics["centre_box"]["images"] == 1 and metrics["centre_box"]["corloc"] == 1.0
     assert (overlays / "coffee.png").is_file()
+    table = CliRunner().invoke(
+        _cli(), [a for a in args if a not in ("--json", "--overlay-dir", str(overlays))]
+    )
+    assert table.exit_code == 0, table.output
+    assert "centre box (half the area)" in table.output
+    assert "CorLoc (first box)     1.0000" in table.output
+    assert "does no better than a fixed centred box" in table.output  # 1.0 is not above the baseline's 1.0
+
+
+def test_evaluate_discoveries_puts_the_centre_box_beside_the_result() -> None:
+    def found(boxes: list[list[float]], size: tuple[int, int]) -> Discovery:
+        b = np.asarray(boxes, np.float32).reshape(-1, 4)
+        empty = np.zeros((len(b), 1, 1), bool)
+        return Discovery(empty, b, np.linspace(1, 0.5, len(b)).astype(np.float32), empty, size)
+
+    # image 0: the object in a corner, found; image 1: a centred object, missed by the first box
+    gts = [np.array([[0, 0, 30, 30]]), np.array([[20, 20, 80, 80]])]
+    discoveries = [found([[0, 0, 30, 29]], (100, 100)), found([[0, 0, 10, 10], [20, 20, 80, 80]], (100, 100))]
+    got = evaluate_discoveries(discoveries, gts)
+    assert got["corloc"] == 0.5 and got["corloc_any"] == 1.0
+    assert got["centre_box"]["corloc"] == 0.5  # misses the corner object, hits the centred one (IoU 0.72)
+    assert got["centre_box"]["pred_boxes"] == 2 and got["centre_box"]["images"] == 2
+    with pytest.raises(ValueError, match="same images"):
+        evaluate_discoveries(discoveries[:1], gts)
 
 
 def test_cli_missing_folder_is_one_line_error(tmp_path: Path) -> None:

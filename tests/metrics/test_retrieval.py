@@ -29,6 +29,8 @@ PML_KEYS = {
     "NMI": "nmi",
 }
 PML_KMEANS_SEED = 1234  # faiss's default seed, used by pml's FaissKMeans
+# pml's NMI: one faiss k-means run from randomly sampled points, at faiss's default seed
+PML_NMI = {"seed": PML_KMEANS_SEED, "nmi_init": "random", "nmi_n_init": 1}
 
 
 def clustered(
@@ -63,7 +65,7 @@ def assert_same_values(ours: dict[str, float], ref: dict[str, float]) -> None:
 def test_matches_pml_on_query_set(seed: int, metric: str) -> None:
     emb, labels = clustered(300, 16, 10, seed)
     labels[:3] = torch.tensor([100, 101, 102])  # three classes with a single item: excluded by both
-    ours = retrieval_metrics(emb, labels, metric=metric, seed=PML_KMEANS_SEED)
+    ours = retrieval_metrics(emb, labels, metric=metric, **PML_NMI)
     pml_emb = F.normalize(emb) if metric == "cosine" else emb
     ref = pml_values(pml_emb, labels)
     assert 0.1 < ref["map@r"] < 0.9, "test data should give a non-trivial MAP@R"
@@ -78,7 +80,7 @@ def test_matches_pml_on_long_tailed_classes(chunk_size: int | None) -> None:
     g = torch.Generator().manual_seed(5)
     labels = labels[torch.randperm(len(labels), generator=g)]
     emb = torch.randn(len(sizes), 16, generator=g)[labels] + 1.2 * torch.randn(len(labels), 16, generator=g)
-    ours = retrieval_metrics(emb, labels, seed=PML_KMEANS_SEED, chunk_size=chunk_size)
+    ours = retrieval_metrics(emb, labels, chunk_size=chunk_size, **PML_NMI)
     assert_same_values(ours, pml_values(F.normalize(emb), labels))
 
 
@@ -95,7 +97,7 @@ def test_matches_pml_with_reference_set(seed: int, metric: str) -> None:
         metric=metric,
         reference=reference,
         reference_labels=reference_labels,
-        seed=PML_KMEANS_SEED,
+        **PML_NMI,
     )
     prep = F.normalize if metric == "cosine" else (lambda t: t)
     ref = pml_values(prep(query), query_labels, prep(reference), reference_labels)
@@ -256,7 +258,42 @@ def test_nmi_function_matches_pml() -> None:
     emb, labels = clustered(300, 16, 10, 13)
     calc = AccuracyCalculator(include=("NMI",), device=torch.device("cpu"))
     expected = calc.get_accuracy(emb, labels)["NMI"]
-    assert math.isclose(nmi(emb, labels, metric="l2", seed=PML_KMEANS_SEED), expected, abs_tol=1e-12)
+    got = nmi(emb, labels, metric="l2", seed=PML_KMEANS_SEED, init="random", n_init=1)
+    assert math.isclose(got, expected, abs_tol=1e-12)
+
+
+def separated_blobs_with_label_noise() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """20 tight, well-separated blobs of 15 points in 32-d; 20 % of the labels redrawn at random.
+
+    The lowest-inertia 20-clustering is the blob membership, so the NMI to report is the NMI between the
+    labels and the blobs, whatever the seed. Returns ``(embeddings, labels, blob)``.
+    """
+    g = torch.Generator().manual_seed(21)
+    blob = torch.arange(20).repeat_interleave(15)
+    emb = torch.randn(20, 32, generator=g)[blob] + 0.1 * torch.randn(300, 32, generator=g)
+    labels = blob.clone()
+    flip = torch.rand(300, generator=g) < 0.2
+    labels[flip] = torch.randint(0, 20, (int(flip.sum()),), generator=g)
+    return emb, labels, blob
+
+
+def test_nmi_is_the_same_for_every_seed_and_equals_the_reference_clustering() -> None:
+    emb, labels, blob = separated_blobs_with_label_noise()
+    assert len(torch.unique(labels)) == 20
+    expected = normalized_mutual_info_score(labels.numpy(), blob.numpy())  # the reference clustering
+    assert 0.6 < expected < 0.9
+    seeds = range(4)
+    got = [nmi(emb, labels, seed=seed) for seed in seeds]
+    torch.testing.assert_close(
+        torch.tensor(got, dtype=torch.float64),
+        torch.full((4,), expected, dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
+    assert retrieval_metrics(emb, labels, include=("nmi",), seed=3)["nmi"] == got[3]
+    # pml's single run from random points merges blobs: below the reference and spread over the seeds
+    single = [nmi(emb, labels, seed=seed, init="random", n_init=1) for seed in seeds]
+    assert max(single) < expected - 0.02 and max(single) - min(single) > 0.01
 
 
 def test_no_query_with_a_match_gives_nan_with_warning() -> None:
@@ -293,6 +330,8 @@ def test_no_query_with_a_match_gives_nan_with_warning() -> None:
             "k=4 is larger than the reference set",
         ),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"nmi_n_init": 0}, ValueError, "n_init must be a positive int"),
+        ({"nmi_init": "kmeans"}, ValueError, "init must be one of"),
     ],
 )
 def test_errors(kwargs: dict, error: type[Exception], match: str) -> None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.covariance import LedoitWolf
 
 from frugalvision.errors import StoreError
-from frugalvision.ood import SCORES, OODDetector, auroc
+from frugalvision.ood import SCORES, OODDetector, auroc, auto_knn_k
 
 
 def _gaussians(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,3 +111,60 @@ def test_errors(data: dict[str, np.ndarray]) -> None:
     det = OODDetector(scores=["knn"]).fit(features=data["f_fit"])
     with pytest.raises(ValueError, match="fitted on 8"):
         det.score(features=data["f_id"][:, :4])
+
+
+def test_auto_knn_k_rule() -> None:
+    # k = clip(round(m / 3), 1, 50) from the median images per class m; N / 1000 without labels; <= N - 1
+    by_hand = {(60, 3): 1, (100, 5): 2, (280, 14): 5, (400, 20): 7, (500, 50): 17, (50_000, 5000): 50}
+    for (count, per_class), k in by_hand.items():
+        assert auto_knn_k(count, per_class) == k, (count, per_class)
+    assert auto_knn_k(280) == 1 and auto_knn_k(50_000) == 50 and auto_knn_k(1_000_000) == 50
+    assert auto_knn_k(3, 30) == 2  # never beyond the other fit images
+    with pytest.raises(ValueError, match="count must be an int"):
+        auto_knn_k(0)
+    with pytest.raises(ValueError, match="images_per_class"):
+        auto_knn_k(10, 0)
+
+
+def test_default_k_adapts_to_the_fit_set() -> None:
+    # 20 classes x 14 images (the case where the old fixed k = 50 reached past every class)
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(20), 14)
+    f = (rng.normal(size=(20, 16))[y] + 0.3 * rng.normal(size=(280, 16))).astype(np.float32)
+    assert OODDetector(scores=["knn"]).fit(features=f, labels=y).state["k"] == 5
+    assert OODDetector(scores=["knn"]).fit(features=f).state["k"] == 1  # unlabeled: N / 1000
+    y_unlabelled = y.copy()
+    y_unlabelled[::2] = -1  # 7 labelled images per class -> round(7 / 3) = 2
+    assert OODDetector(scores=["knn"]).fit(features=f, labels=y_unlabelled).state["k"] == 2
+    assert OODDetector(scores=["knn"], k=50).fit(features=f, labels=y).state["k"] == 50  # explicit k kept
+
+
+def test_default_mahalanobis_covariance_is_sklearns_ledoit_wolf() -> None:
+    # 40 images of 4 classes with 64-d features: fewer images than dimensions
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(4), 10)
+    f = (rng.normal(size=(4, 64))[y] * 3 + rng.normal(size=(40, 64)) * np.linspace(0.5, 2, 64)).astype(
+        np.float32
+    )
+    det = OODDetector(scores=["mahalanobis"]).fit(features=f, labels=y)
+    x = f.astype(np.float64)
+    centred = x - np.stack([x[y == c].mean(0) for c in range(4)])[y]
+    ref = LedoitWolf(assume_centered=True).fit(centred)  # scikit-learn's estimator, the reference
+    assert det.state["shrinkage"] == pytest.approx(ref.shrinkage_, rel=1e-6)
+    np.testing.assert_allclose(np.linalg.inv(det.arrays["maha_precision"]), ref.covariance_, rtol=1e-6)
+    plain = OODDetector(scores=["mahalanobis"], shrinkage=0.0).fit(features=f, labels=y)
+    assert plain.state["shrinkage"] == 0.0 and np.linalg.matrix_rank(plain.arrays["maha_precision"]) < 64
+
+
+def test_auto_settings_survive_save_and_load(data: dict[str, np.ndarray], tmp_path: Path) -> None:
+    det = OODDetector(scores=["knn", "mahalanobis"]).fit(features=data["f_fit"], labels=data["y_fit"])
+    det.save(tmp_path / "det")
+    back = OODDetector.load(tmp_path / "det")
+    assert back.k == "auto" and back.shrinkage == "auto" and back.state == det.state
+    np.testing.assert_array_equal(
+        back.score(features=data["f_id"])["knn"], det.score(features=data["f_id"])["knn"]
+    )
+    with pytest.raises(ValueError, match="k must be an int >= 1 or 'auto'"):
+        OODDetector(k="many")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shrinkage must be a number in \\[0, 1\\] or 'auto'"):
+        OODDetector(shrinkage="lw")  # type: ignore[arg-type]

@@ -103,6 +103,19 @@ def test_ood_cli_round_trip(tiny_folder: Path, tmp_path: Path) -> None:
     out = json.loads(res.stdout)
     assert out["count_id"] == 4 and out["count_ood"] == 4
     assert set(out["scores"]["knn"]) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
+    # the defaults adapt to DATA: 3 classes x 4 images -> k = round(4 / 3) = 1; Ledoit-Wolf shrinkage
+    auto = tmp_path / "auto"
+    args = ["ood", "fit", str(tiny_folder), "--out", str(auto), "--model", "test_efficientnet", "--no-pretrained",
+            "--num-classes", "3", "--scores", "knn,mahalanobis", *common]  # fmt: skip
+    res = runner.invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    saved = OODDetector.load(auto)
+    assert "kNN k=1, Mahalanobis shrinkage" in res.output and saved.k == "auto" and saved.state["k"] == 1
+    assert 0 < saved.state["shrinkage"] <= 1
+    res = runner.invoke(cli, [*args, "-k", "2", "--shrinkage", "0"], catch_exceptions=False)
+    assert "kNN k=2, Mahalanobis shrinkage 0.000" in res.output
+    res = runner.invoke(cli, [*args, "-k", "two"])
+    assert res.exit_code == 2 and "'two' is not a valid integer" in res.output
 
 
 def test_real_photos_knn_and_mahalanobis_flag_unseen_photos(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.covariance import LedoitWolf
 
 from frugalvision.ood import (
     block_feature_norm,
@@ -15,6 +16,7 @@ from frugalvision.ood import (
     fit_class_gaussians,
     jigsaw,
     knn_score,
+    ledoit_wolf_shrinkage,
     mahalanobis_score,
     max_logit,
     msp,
@@ -162,3 +164,20 @@ def test_mahalanobis_shrinkage() -> None:
     assert torch.linalg.matrix_rank(plain) < 8 and torch.linalg.matrix_rank(shrunk) == 8
     with pytest.raises(ValueError, match="no sample has class"):
         fit_class_gaussians(x, torch.tensor([0, 0, 2, 2, 2]))
+
+
+def test_ledoit_wolf_shrinkage_gives_sklearns_covariance() -> None:
+    # 30 samples of 3 classes in 50-d: fewer samples than dimensions, the case Ledoit-Wolf is for
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 10)
+    x = rng.normal(size=(3, 50))[y] * 4 + rng.normal(size=(30, 50)) @ np.diag(np.linspace(0.2, 2.0, 50))
+    centred = x - np.stack([x[y == c].mean(0) for c in range(3)])[y]
+    ref = LedoitWolf(assume_centered=True).fit(centred)  # independent reference: scikit-learn's estimator
+    s = ledoit_wolf_shrinkage(torch.from_numpy(x), torch.from_numpy(y))
+    assert s == pytest.approx(ref.shrinkage_, rel=1e-9) and 0.05 < s < 0.95
+    _, prec = fit_class_gaussians(torch.from_numpy(x), torch.from_numpy(y), shrinkage="auto")
+    np.testing.assert_allclose(np.linalg.inv(prec.numpy()), ref.covariance_, rtol=1e-7, atol=1e-10)
+    _, fixed = fit_class_gaussians(torch.from_numpy(x), torch.from_numpy(y), shrinkage=s)
+    torch.testing.assert_close(prec, fixed)
+    with pytest.raises(ValueError, match="'auto'"):
+        fit_class_gaussians(torch.from_numpy(x), torch.from_numpy(y), shrinkage="lw")

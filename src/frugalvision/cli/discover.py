@@ -131,7 +131,8 @@ def discover(
     """Find objects in the images of DATA without any labels (MaskCut, CutLER 2023) and write COCO JSON.
 
     DATA is a folder of images (searched recursively), or a detection data set whose boxes are then used to
-    report CorLoc and class-agnostic AP50 / AP: a YOLO folder (images/ + labels/), a PASCAL-VOC folder
+    report CorLoc and class-agnostic AP50 / AP beside those of a fixed box centred in each image and covering
+    half its area (the bar the features must clear to be finding objects): a YOLO folder (images/ + labels/), a PASCAL-VOC folder
     (JPEGImages/ + Annotations/) or a COCO .json file. No CRF refinement is applied to the masks.
     """
     from frugalvision.data import load_image
@@ -139,7 +140,7 @@ def discover(
         Discovery,
         create_discovery_backbone,
         discover_images,
-        evaluate_boxes,
+        evaluate_discoveries,
         open_discovery_set,
         save_coco_json,
         save_overlay,
@@ -193,19 +194,24 @@ def discover(
         click.echo(f"overlays: {overlay_dir}", err=True)
     if dataset.boxes is None:
         return
-    metrics = evaluate_boxes(
-        [found.boxes for _, found in results],
-        [found.scores for _, found in results],
-        [gt_by_path[p] for p, _ in results],
-    )
+    metrics = evaluate_discoveries([found for _, found in results], [gt_by_path[p] for p, _ in results])
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
+    base = metrics["centre_box"]
     click.echo(f"against {metrics['gt_boxes']} ground-truth boxes in {metrics['images']} images:")
+    click.echo(f"  {'':<20} {'MaskCut':>8} {'centre box (half the area)':>28}")
     for key, label in (
         ("corloc", "CorLoc (first box)"),
         ("corloc_any", "CorLoc (any box)"),
         ("ap50", "AP50"),
         ("ap", "AP@[.5:.95]"),
     ):
-        click.echo(f"  {label:<20} {metrics[key]:.4f}")
+        click.echo(f"  {label:<20} {metrics[key]:>8.4f} {base[key]:>28.4f}")
+    if metrics["corloc"] <= base["corloc"]:
+        click.secho(
+            f"Warning: MaskCut's first box (CorLoc {metrics['corloc']:.4f}) does no better than a fixed centred "
+            f"box ({base['corloc']:.4f}): the features of {model} do not find the objects of these images.",
+            fg="yellow",
+            err=True,
+        )

@@ -25,6 +25,19 @@ def ood() -> None:
     """
 
 
+class _AutoOr(click.ParamType):
+    """``"auto"`` or a value of ``inner`` (e.g. ``click.IntRange(min=1)``)."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"auto|{inner.name}"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return self.inner.convert(value, param, ctx)
+
+
 def _default_num_classes(name: str) -> int:
     """The size of the pretrained classifier timm registers for ``name`` (0 for none, for CLIP towers, open_clip)."""
     import timm
@@ -101,10 +114,10 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
 @click.option(
     "-k",
     "k",
-    default=50,
+    default="auto",
     show_default=True,
-    type=click.IntRange(min=1),
-    help="Neighbour rank of the kNN score.",
+    type=_AutoOr(click.IntRange(min=1)),
+    help="Neighbour rank of the kNN score, or 'auto': chosen from the number of images and images per class of DATA (frugalvision.ood.auto_knn_k).",
 )
 @click.option(
     "--temperature",
@@ -115,10 +128,10 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
 )
 @click.option(
     "--shrinkage",
-    default=0.0,
+    default="auto",
     show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Mahalanobis covariance shrinkage towards a scaled identity (0 = Lee et al.; try 0.1 with fewer images than feature dimensions).",
+    type=_AutoOr(click.FloatRange(0, 1)),
+    help="Mahalanobis covariance shrinkage towards a scaled identity: 'auto' = Ledoit-Wolf estimate (large with few images for the feature dimension), 0 = Lee et al.'s plain covariance.",
 )
 @click.option(
     "--select-block/--penultimate-block",
@@ -148,9 +161,9 @@ def fit(
     pretrained: bool,
     num_classes: int | None,
     score_names: str | None,
-    k: int,
+    k: int | str,
     temperature: float,
-    shrinkage: float,
+    shrinkage: float | str,
     select_block: bool,
     jigsaw_images: int,
     cache: Path | None,
@@ -169,9 +182,9 @@ def fit(
     names = [s.strip() for s in score_names.split(",")] if score_names else None
     det = OODDetector(
         scores=names,
-        k=k,
+        k=k,  # type: ignore[arg-type]  # an int or "auto" (checked by the option type)
         temperature=temperature,
-        shrinkage=shrinkage,
+        shrinkage=shrinkage,  # type: ignore[arg-type]
         info={
             "backbone": backbone.spec.to_dict(),
             "data_config": {
@@ -198,6 +211,8 @@ def fit(
     )
     det.save(out)
     extra = f", block {det.state['block']} of {det.state['blocks']}" if "block" in det.state else ""
+    extra += f", kNN k={det.state['k']}" if "k" in det.state else ""
+    extra += f", Mahalanobis shrinkage {det.state['shrinkage']:.3f}" if "shrinkage" in det.state else ""
     click.echo(f"fitted on {len(inputs)} images: {', '.join(det.fitted_scores)}{extra}; saved to {out}")
 
 

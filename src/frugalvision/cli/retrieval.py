@@ -348,6 +348,7 @@ def evaluate(
     from frugalvision.bundle import is_bundle
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
     from frugalvision.metrics import retrieval_metrics
+    from frugalvision.metrics.retrieval import NMI_METHOD
 
     if is_bundle(store_dir):
         if data is None:
@@ -397,4 +398,4 @@ def evaluate(
             f"{len(keep)} labelled embeddings, {len(set(labels[keep].tolist()))} classes, metric={metric}"
         )
         for name, value in result.items():
-            click.echo(f"  {name:<14} {value:.4f}")
+            click.echo(f"  {name:<14} {value:.4f}" + (f"  ({NMI_METHOD})" if name == "nmi" else ""))

@@ -10,7 +10,8 @@ salient object, its patches are removed from the graph and the cut repeats.
   keys for ViTs, the stride-16 map for CNNs).
 - :func:`to_coco` / :func:`save_coco_json` / :func:`load_discoveries` write and read COCO JSON with RLE
   masks; :func:`save_overlay` draws the masks and boxes.
-- :func:`corloc`, :func:`average_precision` and :func:`evaluate_boxes` score boxes against ground truth.
+- :func:`corloc`, :func:`average_precision` and :func:`evaluate_boxes` score boxes against ground truth;
+  :func:`evaluate_discoveries` adds the centred half-area box baseline (:func:`centre_box_baseline`).
 
 Example:
     >>> from frugalvision import discover
@@ -41,7 +42,14 @@ from frugalvision.discover.maskcut import (
     masks_to_boxes,
     upsample_masks,
 )
-from frugalvision.discover.metrics import average_precision, box_iou, corloc, evaluate_boxes
+from frugalvision.discover.metrics import (
+    average_precision,
+    box_iou,
+    centre_box,
+    centre_box_baseline,
+    corloc,
+    evaluate_boxes,
+)
 from frugalvision.discover.ncut import (
     affinity_graph,
     connected_component,
@@ -49,7 +57,12 @@ from frugalvision.discover.ncut import (
     second_smallest_eigenvector,
 )
 from frugalvision.discover.overlay import draw_discovery, save_overlay
-from frugalvision.discover.pipeline import DiscoverySet, discover_images, open_discovery_set
+from frugalvision.discover.pipeline import (
+    DiscoverySet,
+    discover_images,
+    evaluate_discoveries,
+    open_discovery_set,
+)
 from frugalvision.discover.voc import read_voc
 
 __all__ = [
@@ -60,6 +73,8 @@ __all__ = [
     "affinity_graph",
     "average_precision",
     "box_iou",
+    "centre_box",
+    "centre_box_baseline",
     "connected_component",
     "corloc",
     "create_discovery_backbone",
@@ -68,6 +83,7 @@ __all__ = [
     "draw_discovery",
     "encode_rle",
     "evaluate_boxes",
+    "evaluate_discoveries",
     "feature_stride",
     "foreground_from_eigenvector",
     "is_vision_transformer",

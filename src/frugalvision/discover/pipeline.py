@@ -3,7 +3,8 @@
 :func:`open_discovery_set` recognises a plain folder of images (no ground truth), a YOLO folder
 (``images/`` + ``labels/``), a PASCAL-VOC folder (``JPEGImages/`` + ``Annotations/``) or a COCO JSON file;
 :func:`discover_images` runs :func:`~frugalvision.discover.maskcut` on each image with a progress bar,
-skipping (or failing on) unreadable and too-small images.
+skipping (or failing on) unreadable and too-small images; :func:`evaluate_discoveries` scores what it found
+against ground truth beside the centred-box baseline on the same images.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from tqdm.auto import tqdm
 from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, read_class_names, read_coco, read_yolo
 from frugalvision.data._common import list_images
 from frugalvision.discover.maskcut import Discovery, ImageTooSmallError, maskcut
+from frugalvision.discover.metrics import centre_box_baseline, evaluate_boxes
 from frugalvision.discover.voc import read_voc
 from frugalvision.errors import CorruptImageError, DataError, ImageFileMissingError
 from frugalvision.models import Backbone
 
-__all__ = ["DiscoverySet", "discover_images", "open_discovery_set"]
+__all__ = ["DiscoverySet", "discover_images", "evaluate_discoveries", "open_discovery_set"]
 
 _NAMES_FILES = ("classes.txt", "names.txt")
 
@@ -156,3 +158,30 @@ def discover_images(
         if callback is not None:
             callback(i, path, found)
     return results, skipped
+
+
+def evaluate_discoveries(
+    discoveries: Sequence[Discovery], ground_truth: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Discovered boxes against ground truth, with the centred-box baseline on the same images.
+
+    Args:
+        discoveries: per image, what :func:`~frugalvision.discover.maskcut` found (boxes in found order,
+            scores, image size).
+        ground_truth: per image, ``(G, 4)`` ``(x0, y0, x1, y1)`` boxes in the same pixels.
+
+    Returns:
+        :func:`~frugalvision.discover.evaluate_boxes`'s keys (``corloc``, ``corloc_any``, ``ap``, ``ap50``,
+        ``ap75``, ``images``, ``gt_boxes``, ``pred_boxes``) and ``centre_box``: the same keys for one box per
+        image, centred and covering half its area (:func:`~frugalvision.discover.centre_box_baseline`). A
+        ``corloc`` at or below ``centre_box["corloc"]`` means the features did not find the objects.
+    """
+    if len(discoveries) != len(ground_truth):
+        raise ValueError(
+            f"discoveries and ground_truth must list the same images: {len(discoveries)} and {len(ground_truth)}"
+        )
+    metrics: dict[str, Any] = evaluate_boxes(
+        [d.boxes for d in discoveries], [d.scores for d in discoveries], ground_truth
+    )
+    metrics["centre_box"] = centre_box_baseline([d.image_size for d in discoveries], ground_truth)
+    return metrics

@@ -3,11 +3,12 @@
 - :mod:`~frugalvision.ood.scores`: MSP, max logit, energy, feature norm, negative-aware norm, block
   FeatureNorm + NormRatio, kNN distance, Mahalanobis, as pure functions on tensors.
 - :mod:`~frugalvision.ood.metrics`: AUROC, AUPR-In/Out, FPR@95TPR (scikit-learn's definitions).
-- :class:`OODDetector`: fit on ID outputs, score, save/load; :func:`extract_ood_inputs` computes and caches
+- :class:`OODDetector`: fit on ID outputs, score, save/load (defaults that adapt to the fit set: kNN ``k`` from
+  :func:`auto_knn_k`, Ledoit-Wolf covariance shrinkage); :func:`extract_ood_inputs` computes and caches
   the outputs a model gives for a data set.
 """
 
-from frugalvision.ood.detector import SCORES, OODDetector
+from frugalvision.ood.detector import SCORES, OODDetector, auto_knn_k
 from frugalvision.ood.extract import OODInputs, extract_ood_inputs, jigsaw_block_norms
 from frugalvision.ood.metrics import aupr, auroc, fpr_at_tpr, ood_metrics
 from frugalvision.ood.scores import (
@@ -17,6 +18,7 @@ from frugalvision.ood.scores import (
     fit_class_gaussians,
     jigsaw,
     knn_score,
+    ledoit_wolf_shrinkage,
     mahalanobis_score,
     max_logit,
     msp,
@@ -30,6 +32,7 @@ __all__ = [
     "OODInputs",
     "aupr",
     "auroc",
+    "auto_knn_k",
     "block_feature_norm",
     "energy",
     "extract_ood_inputs",
@@ -39,6 +42,7 @@ __all__ = [
     "jigsaw",
     "jigsaw_block_norms",
     "knn_score",
+    "ledoit_wolf_shrinkage",
     "mahalanobis_score",
     "max_logit",
     "msp",
