@@ -35,7 +35,7 @@ from torch import nn
 
 from frugalvision import __version__
 from frugalvision._fields import check_data_config
-from frugalvision.errors import FrugalVisionError, StoreError
+from frugalvision.errors import ExportError, StoreError
 from frugalvision.runtime.config import (
     DEPLOY_FILE,
     METADATA_KEY,
@@ -59,10 +59,6 @@ __all__ = [
 EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "torchscript")
 MODEL_FILE = "model.onnx"
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime 1.17+ runs it
-
-
-class ExportError(FrugalVisionError, RuntimeError):
-    """The model could not be exported, or the exported model disagrees with PyTorch."""
 
 
 @dataclass(frozen=True)
