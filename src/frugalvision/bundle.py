@@ -43,7 +43,7 @@ from frugalvision._fields import (
     check_str_list_field,
     field_error,
 )
-from frugalvision.embeddings.store import atomic_replace_dir
+from frugalvision._fs import atomic_replace_dir
 from frugalvision.errors import StoreError
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
 from frugalvision.models.heads import HEAD_KINDS, NORMALIZATIONS, POOLINGS

@@ -35,6 +35,7 @@ from torch import nn
 
 from frugalvision import __version__
 from frugalvision._fields import check_data_config
+from frugalvision._fs import atomic_replace_dir
 from frugalvision.errors import ExportError, StoreError
 from frugalvision.runtime.config import (
     DEPLOY_FILE,
@@ -374,8 +375,6 @@ def set_onnx_metadata(path: str | os.PathLike[str], config: DeployConfig, *, pre
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
-    from frugalvision.embeddings.store import atomic_replace_dir
-
     if target.exists() and not any(target.iterdir()):
         target.rmdir()
     atomic_replace_dir(tmp, target)

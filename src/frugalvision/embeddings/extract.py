@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from frugalvision._integrity import process_running
+from frugalvision._fs import process_running
 from frugalvision.data import ImageDataset, collate_images
 from frugalvision.embeddings.store import EmbeddingStore, recover_interrupted_save
 from frugalvision.errors import DataWarning, StoreError

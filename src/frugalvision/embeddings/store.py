@@ -11,7 +11,7 @@ Layout of a store folder::
 store is complete), so a killed process never leaves a half-written store. Shards in ``parts/`` let :func:`~frugalvision.embeddings.extract_embeddings`
 resume where it stopped. What a killed save leaves beside the target (``.<name>.tmp-<pid>-*``, the folder being
 written; ``.<name>.old-<pid>``, the previous store moved aside for the final rename) is cleaned, or put back, by
-the next save or extraction (:func:`recover_interrupted_save`). A write that fails (a full disk) raises
+the next save or extraction (:func:`frugalvision._fs.recover_interrupted_save`). A write that fails (a full disk) raises
 :class:`~frugalvision.errors.StoreError` naming the file and leaves the previous store as it was.
 
 ``info.json`` holds a ``checksum`` of the rows (paths, labels and vectors; :func:`frugalvision._integrity.rows_digest`),
@@ -31,52 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from frugalvision._integrity import leftovers, rows_digest
+from frugalvision._fs import atomic_replace_dir, recover_interrupted_save
+from frugalvision._integrity import rows_digest
 from frugalvision.errors import StoreError
 
-__all__ = ["STORE_FORMAT", "EmbeddingStore", "atomic_replace_dir", "recover_interrupted_save"]
+__all__ = ["STORE_FORMAT", "EmbeddingStore", "recover_interrupted_save"]
 
 STORE_FORMAT = 2  # 2: info.json holds the rows' checksum
 _FINITE_CHECK_ROWS = 1 << 16  # rows checked for NaN at a time (bounded memory)
-
-
-def atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the complete folder ``tmp`` to ``target``, replacing an old ``target`` only at the very end.
-
-    The old ``target`` is first renamed to ``.<name>.old-<pid>`` beside it; if the final rename fails it is put
-    back, and if the process is killed between the two renames :func:`recover_interrupted_save` puts it back.
-    """
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_interrupted_save(directory: str | os.PathLike[str]) -> bool:
-    """Clean what a killed :meth:`EmbeddingStore.save` left beside ``directory``; returns whether the previous
-    folder was put back.
-
-    Only our own names are touched, and only those of processes that are no longer running:
-    ``.<name>.tmp-<pid>-<suffix>`` (a folder being written: removed) and ``.<name>.old-<pid>`` (the previous
-    folder, moved aside for the final rename: put back if ``directory`` is missing, else removed).
-    """
-    target = Path(directory)
-    restored = False
-    for entry, kind in list(leftovers(target)):
-        if kind == "old" and not target.exists():
-            os.replace(entry, target)
-            restored = True
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-    return restored
 
 
 @dataclass
