@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from frugalvision import __version__
 from frugalvision._fields import (
     MAX_INPUT_SIDE,
     check_choice_field,
@@ -44,7 +43,9 @@ from frugalvision._fields import (
     field_error,
 )
 from frugalvision._fs import atomic_replace_dir
+from frugalvision._version import __version__
 from frugalvision.errors import StoreError
+from frugalvision.models import Backbone, backbone_from_spec
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
 from frugalvision.models.heads import HEAD_KINDS, NORMALIZATIONS, POOLINGS
 
@@ -52,6 +53,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "check_bundle_fields",
+    "embedder_from_spec",
     "is_bundle",
     "load",
     "read_bundle_config",
@@ -437,3 +439,30 @@ def plot_curves(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def embedder_from_spec(
+    spec: Mapping[str, Any], device: str | torch.device = "cpu"
+) -> Backbone | EmbeddingModel:
+    """Rebuild what made a store or index from its recorded ``info["backbone"]``.
+
+    ``{"bundle": path, "id": ...}`` loads the model bundle (and checks it is still the same bundle); a
+    :class:`~frugalvision.models.BackboneSpec` dict rebuilds the backbone.
+
+    Raises:
+        StoreError: the bundle is gone or was replaced, or the record describes an unsaved model.
+    """
+    if "bundle" in spec:
+        model = load(spec["bundle"], device=device)
+        if spec.get("id") and model.bundle_id != spec["id"]:
+            raise StoreError(
+                f"the model bundle {spec['bundle']} was replaced since these embeddings were made "
+                f"(id {model.bundle_id} vs recorded {spec['id']}); embed the collection again with it"
+            )
+        return model
+    if "embedding_model" in spec:
+        raise StoreError(
+            "these embeddings were made by an EmbeddingModel that was never saved, so it cannot be rebuilt; "
+            "save it with frugalvision.bundle.save_bundle and embed again"
+        )
+    return backbone_from_spec(dict(spec)).to(device)

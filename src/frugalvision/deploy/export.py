@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frugalvision import __version__
 from frugalvision._fields import check_data_config
 from frugalvision._fs import atomic_replace_dir
+from frugalvision._version import __version__
 from frugalvision.errors import ExportError, StoreError
 from frugalvision.runtime.config import (
     DEPLOY_FILE,

