@@ -7,40 +7,30 @@ Errors caused by the user's input (:class:`~frugalvision.errors.FrugalVisionErro
 
 from __future__ import annotations
 
+import importlib
 import sys
-from types import ModuleType
 
-from frugalvision.cli import (
-    curate,
-    demo,
-    deploy,
-    discover,
-    distill,
-    foundation,
-    ood,
-    retrieval,
-    serve,
-    tagging,
-    train,
-)
 from frugalvision.cli._app import cli
 
 __all__ = ["COMMAND_MODULES", "cli", "main"]
 
-#: The modules whose import adds their commands to :data:`cli`; a new command module is added here.
-COMMAND_MODULES: tuple[ModuleType, ...] = (
-    curate,
-    demo,
-    deploy,
-    discover,
-    distill,
-    foundation,
-    ood,
-    retrieval,
-    serve,
-    tagging,
-    train,
+#: The modules of :mod:`frugalvision.cli` whose import adds their commands to :data:`cli`; a new one is added here.
+COMMAND_MODULES = (
+    "curate",
+    "demo",
+    "deploy",
+    "discover",
+    "distill",
+    "foundation",
+    "ood",
+    "retrieval",
+    "serve",
+    "tagging",
+    "train",
 )
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"frugalvision.cli.{_name}")
 
 
 def main(argv: list[str] | None = None) -> None:
