@@ -1,7 +1,7 @@
 """Backbones (timm models as feature extractors), where their weights come from, and embedding models."""
 
 from frugalvision.models._weights import _in_hf_cache as in_hf_cache
-from frugalvision.models._weights import host_reachable, hub_offline, load_into, read_state_dict
+from frugalvision.models._weights import load_into, read_state_dict, require_download
 from frugalvision.models.backbone import (
     Backbone,
     BackboneSpec,
@@ -30,11 +30,10 @@ __all__ = [
     "create_backbone",
     "create_embedding_model",
     "embedding_model_from_description",
-    "host_reachable",
-    "hub_offline",
     "in_hf_cache",
     "list_offline_backbones",
     "load_into",
     "offline_architecture",
     "read_state_dict",
+    "require_download",
 ]

@@ -89,15 +89,22 @@ def check_hub_weights_available(name: str, timeout: float = 3.0) -> None:
         endpoint = url
         where = url
 
+    require_download(name, endpoint, where, _offline_advice(name), timeout=timeout)
+
+
+def require_download(name: str, endpoint: str, where: str, advice: str, timeout: float = 3.0) -> None:
+    """Raise :class:`WeightsError`, ending with ``advice``, when the weights of ``name`` (not in a local cache)
+    cannot be downloaded from ``endpoint`` (described as ``where``): offline mode is on (``HF_HUB_OFFLINE``) or the
+    host cannot be reached within ``timeout`` seconds."""
     if hub_offline():
         raise WeightsError(
             f"Pretrained weights for {name!r} are not in the local cache and offline mode is on "
-            f"(HF_HUB_OFFLINE). {_offline_advice(name)}"
+            f"(HF_HUB_OFFLINE). {advice}"
         )
     if not host_reachable(endpoint, timeout=timeout):
         raise WeightsError(
             f"Pretrained weights for {name!r} must be downloaded from {where}, but "
-            f"{urlparse(endpoint).hostname} cannot be reached (no network?). {_offline_advice(name)}"
+            f"{urlparse(endpoint).hostname} cannot be reached (no network?). {advice}"
         )
 
 
