@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "normalize_extensions",
     "process_running",
     "recover_interrupted_save",
+    "replacing_dir",
     "write_text_atomic",
 ]
 
@@ -132,6 +135,27 @@ def atomic_replace_dir(tmp: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def replacing_dir(target: Path) -> Iterator[Path]:
+    """Build the folder that replaces ``target``: yields a new empty folder ``.<name>.tmp-<pid>-<suffix>`` beside
+    ``target`` (parents created); when the block ends without an error it is moved over ``target``
+    (:func:`atomic_replace_dir`), else it is removed with all that was written in it and ``target`` is untouched.
+
+    Example::
+
+        with replacing_dir(Path("runs/x/model")) as tmp:
+            (tmp / "config.json").write_text(...)
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        yield tmp
+        atomic_replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # -------------------------------------------------------------------------------------------------- leftovers

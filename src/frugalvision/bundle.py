@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -42,7 +40,7 @@ from frugalvision._fields import (
     check_str_list_field,
     field_error,
 )
-from frugalvision._fs import atomic_replace_dir
+from frugalvision._fs import replacing_dir
 from frugalvision._version import __version__
 from frugalvision.errors import StoreError
 from frugalvision.models import Backbone, backbone_from_spec
@@ -236,9 +234,7 @@ def save_bundle(
         "history": _jsonable([dict(h) for h in history]),
         "data": _jsonable(dict(data or {})),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with replacing_dir(target) as tmp:
         was_training = model.training
         model.eval()
         save_model(model, str(tmp / _WEIGHTS))
@@ -259,10 +255,6 @@ def save_bundle(
                 tmp / "per_class_ap.png",
                 title="validation AP per class (sorted by frequency)",
             )
-        atomic_replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     model.bundle_path, model.bundle_id, model.config = str(target), config["id"], config
     return target
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from frugalvision._fs import atomic_replace_dir, recover_interrupted_save
+from frugalvision._fs import recover_interrupted_save, replacing_dir
 from frugalvision._integrity import rows_digest
 from frugalvision.errors import StoreError
 
@@ -107,38 +105,32 @@ class EmbeddingStore:
         """
         target = Path(directory)
         current = target.parent
-        tmp: Path | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             recover_interrupted_save(target)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-            current = target / "vectors.npy"
-            np.save(tmp / "vectors.npy", self.vectors)
-            current = target / "items.jsonl"
-            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-                for p, lab in zip(self.paths, self.labels, strict=True):
-                    f.write(json.dumps({"path": p, "labels": list(lab)}, ensure_ascii=False) + "\n")
-            info = {
-                **self.info,
-                "format": STORE_FORMAT,
-                "count": len(self),
-                "dim": self.dim,
-                "classes": self.classes,
-                "checksum": self.checksum(),
-            }
-            current = target / "info.json"
-            (tmp / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
-            current = target
-            atomic_replace_dir(tmp, target)
+            with replacing_dir(target) as tmp:
+                current = target / "vectors.npy"
+                np.save(tmp / "vectors.npy", self.vectors)
+                current = target / "items.jsonl"
+                with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+                    for p, lab in zip(self.paths, self.labels, strict=True):
+                        f.write(json.dumps({"path": p, "labels": list(lab)}, ensure_ascii=False) + "\n")
+                info = {
+                    **self.info,
+                    "format": STORE_FORMAT,
+                    "count": len(self),
+                    "dim": self.dim,
+                    "classes": self.classes,
+                    "checksum": self.checksum(),
+                }
+                current = target / "info.json"
+                (tmp / "info.json").write_text(
+                    json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8"
+                )
+                current = target
         except OSError as e:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
             kept = f"; the previous store in {target} is unchanged" if self.exists(target) else ""
             raise StoreError(f"cannot write {current}: {e.strerror or e}{kept}") from e
-        except BaseException:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod
