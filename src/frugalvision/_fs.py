@@ -142,6 +142,7 @@ def replacing_dir(target: Path) -> Iterator[Path]:
     """Build the folder that replaces ``target``: yields a new empty folder ``.<name>.tmp-<pid>-<suffix>`` beside
     ``target`` (parents created); when the block ends without an error it is moved over ``target``
     (:func:`atomic_replace_dir`), else it is removed with all that was written in it and ``target`` is untouched.
+    What killed saves of ``target`` left beside it is cleaned first (:func:`recover_interrupted_save`).
 
     Example::
 
@@ -149,6 +150,7 @@ def replacing_dir(target: Path) -> Iterator[Path]:
             (tmp / "config.json").write_text(...)
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp

@@ -107,8 +107,7 @@ class EmbeddingStore:
         current = target.parent
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            recover_interrupted_save(target)
-            with replacing_dir(target) as tmp:
+            with replacing_dir(target) as tmp:  # cleans what killed saves left first
                 current = target / "vectors.npy"
                 np.save(tmp / "vectors.npy", self.vectors)
                 current = target / "items.jsonl"
