@@ -6,13 +6,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from frugalvision._fs import list_images
 from frugalvision.errors import DataError
 
 #: Boxes may overhang their image by this many pixels (rounding in annotation tools); they are clipped.
 BOX_TOLERANCE_PX = 1.0
 
-__all__ = ["BOX_TOLERANCE_PX", "check_dir", "check_file", "list_images", "raise_missing", "short_list"]
+__all__ = ["BOX_TOLERANCE_PX", "check_dir", "check_file", "raise_missing", "short_list"]
 
 
 def short_list(items: Sequence[object], limit: int = 10) -> str:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from frugalvision._fs import IMAGE_EXTENSIONS, is_image_file, normalize_extensions
 from frugalvision._pixels import DECODE_ERRORS, MAX_ASPECT_RATIO, ResizeRule, check_image_size, to_rgb
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
 
-__all__ = ["IMAGE_EXTENSIONS", "image_size", "is_image_file", "load_image", "normalize_extensions"]
+__all__ = ["image_size", "load_image"]
 
 
 # What Pillow raises on damaged or hostile files (see frugalvision._pixels), and the decompression-bomb guard.
