@@ -46,6 +46,7 @@ from frugalvision.errors import StoreError
 from frugalvision.models import Backbone, backbone_from_spec
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
 from frugalvision.models.heads import HEAD_KINDS, NORMALIZATIONS, POOLINGS
+from frugalvision.plots import save_per_class_ap_plot, save_training_curves
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -241,10 +242,10 @@ def save_bundle(
         model.train(was_training)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
-        plot_curves(config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline"))
+        save_training_curves(
+            config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline")
+        )
         if config["per_class"]:
-            from frugalvision.plots import save_per_class_ap_plot
-
             rows = config["per_class"]
             save_per_class_ap_plot(
                 [
@@ -394,43 +395,6 @@ def render_report(config: Mapping[str, Any]) -> str:
         lines += ["## Settings", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(training).items()] + [""]
     return "\n".join(lines)
-
-
-def plot_curves(
-    history: Sequence[Mapping[str, Any]],
-    out: str | os.PathLike[str],
-    baseline: Mapping[str, Any] | None = None,
-) -> Path:
-    """``curves.png``: training loss (left) and validation metrics (right) per epoch; dashed lines: baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = [h.get("epoch") for h in history]
-    losses = [h.get("train/loss") for h in history]
-    if any(v is not None for v in losses):
-        ax_loss.plot(epochs, [math.nan if v is None else v for v in losses], marker="o")
-    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
-    val_keys = sorted({k for h in history for k in h if k.startswith("val/")})
-    for i, key in enumerate(val_keys):
-        colour = f"C{i}"
-        ax_val.plot(epochs, [h.get(key, math.nan) for h in history], marker="o", color=colour, label=key[4:])
-        if baseline and baseline.get(key) is not None:
-            ax_val.axhline(float(baseline[key]), color=colour, linestyle="--", linewidth=0.8)
-    ax_val.set(title="validation (dashed: pretrained backbone)", xlabel="epoch", ylim=(0, 1.02))
-    if val_keys:
-        ax_val.legend(fontsize="small")
-    for ax in (ax_loss, ax_val):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    path = Path(out)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def embedder_from_spec(
