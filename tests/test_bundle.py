@@ -8,11 +8,18 @@ import pytest
 import torch
 
 import frugalvision
-from frugalvision.bundle import BUNDLE_VERSION, is_bundle, load, read_bundle_config, save_bundle
+from frugalvision.bundle import (
+    BUNDLE_VERSION,
+    embedder_from_spec,
+    is_bundle,
+    load,
+    read_bundle_config,
+    save_bundle,
+)
 from frugalvision.data import read_folder
 from frugalvision.embeddings import EmbeddingStore, extract_embeddings
 from frugalvision.errors import StoreError
-from frugalvision.models import EmbeddingModel, create_embedding_model, embedder_from_spec
+from frugalvision.models import EmbeddingModel, create_embedding_model
 
 
 @pytest.fixture(autouse=True)

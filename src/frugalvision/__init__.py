@@ -13,7 +13,7 @@ free of torch).
 
 from typing import Any
 
-__version__ = "0.1.0"
+from frugalvision._version import __version__
 
 __all__ = ["__version__", "load"]
 

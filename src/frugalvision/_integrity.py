@@ -1,7 +1,4 @@
-"""Integrity of saved stores and indexes: a checksum tying rows' metadata to their vectors, and the leftovers of
-killed saves.
-
-**Checksum.**
+"""Integrity of saved stores and indexes: a checksum tying rows' metadata to their vectors.
 
 Stores and indexes keep their vectors in one file (``vectors.npy``, ``index.faiss``) and the rows' paths and labels
 in another (``items.jsonl``, ``meta.json``). Each file can be checked on its own, but a file edited, reordered or
@@ -12,9 +9,7 @@ below is written beside the metadata when saving and compared when loading::
 
 Vectors arrive in chunks so that hashing a large index needs memory for one chunk only.
 
-**Leftovers.** Saves write into ``.<name>.tmp-<pid>[-<suffix>]`` beside the target and may move the previous
-folder to ``.<name>.old-<pid>[-<suffix>]``; a killed process leaves them behind. :func:`leftovers` finds those of
-processes that are no longer running, and only names of that exact form, so the next save can clean them.
+The leftovers of killed saves are found and cleaned by :mod:`frugalvision._fs`.
 
 numpy-only: the torch-free runtime imports it.
 """
@@ -23,15 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK_BYTES", "leftovers", "process_running", "rows_digest"]
+__all__ = ["CHUNK_BYTES", "rows_digest"]
 
 #: bytes of vectors hashed per chunk by callers that reconstruct vectors (faiss): about 16 MB.
 CHUNK_BYTES = 1 << 24
@@ -49,29 +41,3 @@ def rows_digest(paths: Any, labels: Any, vector_chunks: Iterable[np.ndarray]) ->
     for chunk in vector_chunks:
         digest.update(np.ascontiguousarray(chunk, dtype="<f4").data)  # a view: no copy for float32
     return f"sha256:{digest.hexdigest()}"
-
-
-def process_running(pid: int) -> bool:
-    """Whether process ``pid`` may still be running; when unsure (not POSIX, another user's) it counts as running,
-    so its files are left alone."""
-    if pid == os.getpid() or os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, under another user
-        return True
-    return True
-
-
-def leftovers(target: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> Iterator[tuple[Path, str]]:
-    """``(folder, kind)`` for each ``.<target.name>.<kind>-<pid>[-<suffix>]`` folder beside ``target`` whose
-    process is no longer running, sorted by name. Files, links and every other name are never returned."""
-    if not target.parent.is_dir():
-        return
-    ours = re.compile(rf"\.{re.escape(target.name)}\.({'|'.join(map(re.escape, kinds))})-(\d+)(?:-\w+)?")
-    for entry in sorted(target.parent.iterdir()):
-        match = ours.fullmatch(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not process_running(int(match[2])):
-            yield entry, match[1]

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,7 +30,6 @@ from typing import Any
 
 import torch
 
-from frugalvision import __version__
 from frugalvision._fields import (
     MAX_INPUT_SIDE,
     check_choice_field,
@@ -43,15 +40,19 @@ from frugalvision._fields import (
     check_str_list_field,
     field_error,
 )
-from frugalvision.embeddings.store import atomic_replace_dir
+from frugalvision._fs import replacing_dir
+from frugalvision._version import __version__
 from frugalvision.errors import StoreError
+from frugalvision.models import Backbone, backbone_from_spec
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
 from frugalvision.models.heads import HEAD_KINDS, NORMALIZATIONS, POOLINGS
+from frugalvision.plots import save_per_class_ap_plot, save_training_curves
 
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "check_bundle_fields",
+    "embedder_from_spec",
     "is_bundle",
     "load",
     "read_bundle_config",
@@ -234,19 +235,17 @@ def save_bundle(
         "history": _jsonable([dict(h) for h in history]),
         "data": _jsonable(dict(data or {})),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with replacing_dir(target) as tmp:
         was_training = model.training
         model.eval()
         save_model(model, str(tmp / _WEIGHTS))
         model.train(was_training)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
-        plot_curves(config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline"))
+        save_training_curves(
+            config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline")
+        )
         if config["per_class"]:
-            from frugalvision.plots import save_per_class_ap_plot
-
             rows = config["per_class"]
             save_per_class_ap_plot(
                 [
@@ -257,10 +256,6 @@ def save_bundle(
                 tmp / "per_class_ap.png",
                 title="validation AP per class (sorted by frequency)",
             )
-        atomic_replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     model.bundle_path, model.bundle_id, model.config = str(target), config["id"], config
     return target
 
@@ -402,38 +397,28 @@ def render_report(config: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(
-    history: Sequence[Mapping[str, Any]],
-    out: str | os.PathLike[str],
-    baseline: Mapping[str, Any] | None = None,
-) -> Path:
-    """``curves.png``: training loss (left) and validation metrics (right) per epoch; dashed lines: baseline."""
-    import matplotlib
+def embedder_from_spec(
+    spec: Mapping[str, Any], device: str | torch.device = "cpu"
+) -> Backbone | EmbeddingModel:
+    """Rebuild what made a store or index from its recorded ``info["backbone"]``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    ``{"bundle": path, "id": ...}`` loads the model bundle (and checks it is still the same bundle); a
+    :class:`~frugalvision.models.BackboneSpec` dict rebuilds the backbone.
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = [h.get("epoch") for h in history]
-    losses = [h.get("train/loss") for h in history]
-    if any(v is not None for v in losses):
-        ax_loss.plot(epochs, [math.nan if v is None else v for v in losses], marker="o")
-    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
-    val_keys = sorted({k for h in history for k in h if k.startswith("val/")})
-    for i, key in enumerate(val_keys):
-        colour = f"C{i}"
-        ax_val.plot(epochs, [h.get(key, math.nan) for h in history], marker="o", color=colour, label=key[4:])
-        if baseline and baseline.get(key) is not None:
-            ax_val.axhline(float(baseline[key]), color=colour, linestyle="--", linewidth=0.8)
-    ax_val.set(title="validation (dashed: pretrained backbone)", xlabel="epoch", ylim=(0, 1.02))
-    if val_keys:
-        ax_val.legend(fontsize="small")
-    for ax in (ax_loss, ax_val):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    path = Path(out)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    Raises:
+        StoreError: the bundle is gone or was replaced, or the record describes an unsaved model.
+    """
+    if "bundle" in spec:
+        model = load(spec["bundle"], device=device)
+        if spec.get("id") and model.bundle_id != spec["id"]:
+            raise StoreError(
+                f"the model bundle {spec['bundle']} was replaced since these embeddings were made "
+                f"(id {model.bundle_id} vs recorded {spec['id']}); embed the collection again with it"
+            )
+        return model
+    if "embedding_model" in spec:
+        raise StoreError(
+            "these embeddings were made by an EmbeddingModel that was never saved, so it cannot be rebuilt; "
+            "save it with frugalvision.bundle.save_bundle and embed again"
+        )
+    return backbone_from_spec(dict(spec)).to(device)

@@ -30,6 +30,14 @@ class ImageTooLargeError(CorruptImageError):
     pixel limit (HTTP 413 in the service)."""
 
 
+class UnsupportedImageError(CorruptImageError):
+    """The data are not an image, or an image in a format that is not accepted (HTTP 415)."""
+
+
+class ImageTooSmallError(FrugalVisionError, ValueError):
+    """An image has fewer pixels per side than one feature patch; the message names the file."""
+
+
 class WeightsError(FrugalVisionError, RuntimeError):
     """Pretrained weights were asked for and could not be loaded (offline, missing file, mismatch)."""
 
@@ -40,6 +48,10 @@ class StoreError(FrugalVisionError, ValueError):
 
 class CheckpointError(FrugalVisionError, ValueError):
     """A training checkpoint cannot be read safely: truncated, corrupt, or holding objects other than tensors."""
+
+
+class ExportError(FrugalVisionError, RuntimeError):
+    """The model could not be exported, or the exported model disagrees with PyTorch."""
 
 
 class DataWarning(UserWarning):

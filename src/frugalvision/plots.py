@@ -1,6 +1,7 @@
-"""Pictures people would rather look at than read: retrieval grids (query -> top-k results), per-class AP.
+"""Pictures people would rather look at than read: retrieval grids (query -> top-k results), per-class AP,
+training curves.
 
-The retrieval grid needs Pillow only, so it also works where matplotlib is absent; the AP chart imports
+The retrieval grid needs Pillow only, so it also works where matplotlib is absent; the charts import
 matplotlib when called.
 """
 
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
 from frugalvision.data import load_image
 
-__all__ = ["save_per_class_ap_plot", "save_retrieval_grid"]
+__all__ = ["save_per_class_ap_plot", "save_retrieval_grid", "save_training_curves", "thumbnail"]
 
 _GREEN = (40, 160, 60)
 _RED = (210, 50, 40)
@@ -23,7 +25,9 @@ _GREY = (150, 150, 150)
 _QUERY = (40, 90, 200)
 
 
-def _thumb(path: str | os.PathLike[str], size: int) -> Image.Image:
+def thumbnail(path: str | os.PathLike[str], size: int) -> Image.Image:
+    """The image at ``path`` padded (white) to ``size`` x ``size``; a grey square when it cannot be read (it vanished
+    or broke since it was listed)."""
     try:
         img = load_image(path)
     except OSError:  # a file that vanished or broke since indexing: draw a placeholder
@@ -67,13 +71,13 @@ def save_retrieval_grid(
     for row, (q, hits) in enumerate(zip(queries, results, strict=True)):
         y = row * (cell + text_h)
         draw.rectangle([0, y, cell - 1, y + cell - 1], fill=_QUERY)
-        canvas.paste(_thumb(q, thumb), (pad, y + pad))
+        canvas.paste(thumbnail(q, thumb), (pad, y + pad))
         draw.text((pad, y + cell), "query", fill=(0, 0, 0))
         for col, hit in enumerate(hits):
             x = cell * (col + 1) + gap
             colour = _GREY if correct is None else (_GREEN if correct[row][col] else _RED)
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
-            canvas.paste(_thumb(hit, thumb), (x + pad, y + pad))
+            canvas.paste(thumbnail(hit, thumb), (x + pad, y + pad))
             if scores is not None:
                 draw.text((x + pad, y + cell), f"#{col + 1}  {scores[row][col]:.3f}", fill=(0, 0, 0))
     out = Path(out)
@@ -142,3 +146,42 @@ def save_per_class_ap_plot(
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def save_training_curves(
+    history: Sequence[Mapping[str, Any]],
+    out: str | os.PathLike[str],
+    baseline: Mapping[str, Any] | None = None,
+) -> Path:
+    """A bundle's ``curves.png``: training loss (left) and validation metrics (right) per epoch; dashed lines:
+    ``baseline`` (the pretrained backbone's metrics). ``history``: one dict per epoch (``epoch``, ``train/loss``,
+    ``val/...``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [h.get("epoch") for h in history]
+    losses = [h.get("train/loss") for h in history]
+    if any(v is not None for v in losses):
+        ax_loss.plot(epochs, [math.nan if v is None else v for v in losses], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    val_keys = sorted({k for h in history for k in h if k.startswith("val/")})
+    for i, key in enumerate(val_keys):
+        colour = f"C{i}"
+        ax_val.plot(epochs, [h.get(key, math.nan) for h in history], marker="o", color=colour, label=key[4:])
+        if baseline and baseline.get(key) is not None:
+            ax_val.axhline(float(baseline[key]), color=colour, linestyle="--", linewidth=0.8)
+    ax_val.set(title="validation (dashed: pretrained backbone)", xlabel="epoch", ylim=(0, 1.02))
+    if val_keys:
+        ax_val.legend(fontsize="small")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    path = Path(out)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, collate_images, load_for_transform
+from frugalvision._fs import list_images
+from frugalvision.data import ImageDataset, collate_images, load_for_transform
 from frugalvision.errors import DataWarning, FrugalVisionError
 from frugalvision.runtime.predictor import Prediction
 
@@ -219,13 +220,10 @@ def evaluate_tagger(
 
 def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files named directly or found (recursively, sorted) in the folders named."""
-    from frugalvision.data._common import list_images
-    from frugalvision.data._image import normalize_extensions
-
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += list_images(p, normalize_extensions(IMAGE_EXTENSIONS))
+            out += list_images(p)
         else:
             out.append(p)
     return out

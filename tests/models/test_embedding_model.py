@@ -4,11 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from frugalvision.bundle import embedder_from_spec
 from frugalvision.errors import StoreError
 from frugalvision.models import (
     Backbone,
     create_embedding_model,
-    embedder_from_spec,
     embedding_model_from_description,
 )
 

@@ -10,8 +10,8 @@ from typing import Any
 import click
 import numpy as np
 
+from frugalvision.cli._app import cli
 from frugalvision.cli.foundation import DEFAULT_MODEL, load_store, model_options, run_options
-from frugalvision.cli.main import cli
 
 
 @cli.group()

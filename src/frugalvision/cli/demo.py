@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from frugalvision.cli.main import cli
+from frugalvision.cli._app import cli
 
 
 @cli.command()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli
+from frugalvision.cli._app import cli
 
 
 def _default_out(source: str) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli, data_warnings
+from frugalvision.cli._app import cli, data_warnings
 
 # flag name -> DistillConfig field; a flag left out keeps the default (or, with --resume, the run's config.yaml).
 _FLAGS = (

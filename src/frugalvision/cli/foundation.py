@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli, data_warnings
+from frugalvision.cli._app import cli, data_warnings
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"

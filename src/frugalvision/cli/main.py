@@ -1,4 +1,4 @@
-"""The ``frugalvision`` command: one group, subcommands registered from the modules beside this one.
+"""The ``frugalvision`` command: the group of :mod:`frugalvision.cli._app` with every command module registered.
 
 Errors caused by the user's input (:class:`~frugalvision.errors.FrugalVisionError`, ``ValueError``,
 ``FileNotFoundError``) are printed as one ``Error: ...`` line with exit status 1; set
@@ -7,92 +7,32 @@ Errors caused by the user's input (:class:`~frugalvision.errors.FrugalVisionErro
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
-import click
+from frugalvision.cli._app import cli
 
-from frugalvision import __version__
-from frugalvision.errors import DataWarning, FrugalVisionError
+__all__ = ["COMMAND_MODULES", "cli", "main"]
 
-_USER_ERRORS = (FrugalVisionError, ValueError, FileNotFoundError)
-
-
-@contextmanager
-def data_warnings() -> Iterator[None]:
-    """Print the :class:`~frugalvision.errors.DataWarning` s raised inside (skipped images...) as yellow lines on
-    stderr once the block ends; other warnings are shown as Python shows them."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        yield
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            click.secho(f"Warning: {w.message}", fg="yellow", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
-class _FriendlyGroup(click.Group):
-    """A click group that turns user errors into a one-line message instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except _USER_ERRORS as e:
-            if os.environ.get("FRUGALVISION_DEBUG"):
-                raise
-            raise click.ClickException(str(e)) from e
-
-
-@click.group(
-    cls=_FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: The modules of :mod:`frugalvision.cli` whose import adds their commands to :data:`cli`; a new one is added here.
+COMMAND_MODULES = (
+    "curate",
+    "demo",
+    "deploy",
+    "discover",
+    "distill",
+    "foundation",
+    "ood",
+    "retrieval",
+    "serve",
+    "tagging",
+    "train",
 )
-@click.version_option(__version__, prog_name="frugalvision")
-def cli() -> None:
-    """frugalvision: from a folder of images to an evaluated model that runs fast on a CPU.
 
-    Typical image-search flow:
-
-    \b
-      frugalvision embed photos/ --out store/      # one vector per image
-      frugalvision evaluate store/                 # Recall@K, MAP@R, NMI (needs labels)
-      frugalvision index store/ --out index/       # faiss index + metadata
-      frugalvision search index/ query.jpg -k 5    # nearest images
-
-    Training an embedding for your own classes:
-
-    \b
-      frugalvision train --data photos/ --out runs/x --freeze-backbone
-      frugalvision embed photos/ --model runs/x/model --out store/
-
-    Tagging images with several labels each:
-
-    \b
-      frugalvision train --task multilabel --data tags.jsonl --out runs/t --freeze-backbone
-      frugalvision predict runs/t/model photos/ --json
-
-    `frugalvision demo` runs all of it offline on built-in sample photos.
-    """
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"frugalvision.cli.{_name}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    from frugalvision.cli import (  # noqa: F401  (registers the subcommands)  # noqa: F401
-        curate,
-        demo,
-        deploy,
-        discover,
-        distill,
-        foundation,
-        ood,
-        retrieval,
-        serve,
-        tagging,
-        train,
-    )
-
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="frugalvision")

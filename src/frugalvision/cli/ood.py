@@ -10,8 +10,8 @@ from typing import Any
 import click
 import numpy as np
 
+from frugalvision.cli._app import cli
 from frugalvision.cli.foundation import DEFAULT_MODEL, data_warnings, model_options, run_options
-from frugalvision.cli.main import cli
 
 
 @cli.group()
@@ -43,11 +43,11 @@ def _default_num_classes(name: str) -> int:
     import timm
 
     from frugalvision.foundation import OPEN_CLIP_PREFIX
-    from frugalvision.models._weights import OFFLINE_WEIGHTS
+    from frugalvision.models import offline_architecture
 
     if name.startswith(OPEN_CLIP_PREFIX):
         return 0
-    arch = OFFLINE_WEIGHTS[name][0] if name in OFFLINE_WEIGHTS else name
+    arch = offline_architecture(name) or name
     cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is None or "clip" in arch.split(".")[0]:
         return 0

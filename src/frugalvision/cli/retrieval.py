@@ -10,7 +10,7 @@ from typing import Any, Literal
 import click
 import numpy as np
 
-from frugalvision.cli.main import cli, data_warnings
+from frugalvision.cli._app import cli, data_warnings
 from frugalvision.errors import StoreError
 
 DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
@@ -246,10 +246,10 @@ def search(
     """
     import torch
 
+    from frugalvision.bundle import embedder_from_spec
     from frugalvision.data import load_for_transform
     from frugalvision.embeddings import embed_images, resolve_device
     from frugalvision.index import EmbeddingIndex
-    from frugalvision.models import embedder_from_spec
 
     idx = EmbeddingIndex.load(index_dir)
     if "backbone" not in idx.info:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli
+from frugalvision.cli._app import cli
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
 MAX_HEADER_BYTES = 16 * 1024

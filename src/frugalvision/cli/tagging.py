@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli, data_warnings
+from frugalvision.cli._app import cli, data_warnings
 from frugalvision.errors import FrugalVisionError
 
 

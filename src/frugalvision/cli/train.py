@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from frugalvision.cli.main import cli, data_warnings
+from frugalvision.cli._app import cli, data_warnings
 
 # flag name -> dotted config key; a flag left out keeps the value from --config / the defaults.
 _FLAG_KEYS = {

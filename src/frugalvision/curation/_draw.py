@@ -9,23 +9,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
-from frugalvision.data import load_image
+from frugalvision.plots import thumbnail
 
 __all__ = ["save_contact_sheet"]
 
 _TEXT = (0, 0, 0)
 _FRAME = (200, 200, 200)
-_MISSING = (230, 230, 230)
-
-
-def _thumb(path: str | os.PathLike[str], size: int) -> Image.Image:
-    try:
-        img = load_image(path)
-    except OSError:  # vanished or broken since it was listed: a grey placeholder
-        return Image.new("RGB", (size, size), _MISSING)
-    return ImageOps.pad(img, (size, size), color=(255, 255, 255))
 
 
 def save_contact_sheet(
@@ -70,7 +61,7 @@ def save_contact_sheet(
             x = c * cell_w
             top = y + title_h
             draw.rectangle([x, top, x + cell_w - 1, top + thumb + 2 * pad - 1], outline=_FRAME)
-            canvas.paste(_thumb(path, thumb), (x + pad, top + pad))
+            canvas.paste(thumbnail(path, thumb), (x + pad, top + pad))
             if captions is not None:
                 for i, line in enumerate(str(captions[r][c]).split("\n")[:2]):
                     draw.text((x + pad, top + thumb + 2 * pad + i * text_h), line, fill=_TEXT)

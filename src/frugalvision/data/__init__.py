@@ -13,7 +13,8 @@ Example:
     >>> loader = torch.utils.data.DataLoader(ds.with_transform(tf), collate_fn=data.collate_images)  # doctest: +SKIP
 """
 
-from frugalvision.data._image import IMAGE_EXTENSIONS, image_size, load_image
+from frugalvision._fs import IMAGE_EXTENSIONS
+from frugalvision.data._image import image_size, load_image
 from frugalvision.data.auto import FORMATS, detect_format, open_dataset
 from frugalvision.data.coco import read_coco
 from frugalvision.data.dataset import ImageDataset, OnCorrupt, Sample, collate_images, load_for_transform

@@ -11,7 +11,7 @@ from frugalvision.errors import DataError
 #: Boxes may overhang their image by this many pixels (rounding in annotation tools); they are clipped.
 BOX_TOLERANCE_PX = 1.0
 
-__all__ = ["BOX_TOLERANCE_PX", "check_dir", "check_file", "list_images", "raise_missing", "short_list"]
+__all__ = ["BOX_TOLERANCE_PX", "check_dir", "check_file", "raise_missing", "short_list"]
 
 
 def short_list(items: Sequence[object], limit: int = 10) -> str:
@@ -38,25 +38,6 @@ def check_file(path: str | os.PathLike[str], what: str) -> Path:
     if not path.is_file():
         raise DataError(f"{what} must be a file, got a directory: {path}")
     return path
-
-
-def list_images(folder: Path, extensions: frozenset[str]) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by relative path; hidden files and folders skipped.
-
-    Symbolic links to files are followed; links to folders are not descended (no cycles).
-    """
-    found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        base = Path(dirpath)
-        for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
-                continue
-            path = base / name
-            if path.is_file():
-                found.append((path.relative_to(folder).as_posix(), path))
-    found.sort(key=lambda item: item[0])
-    return [path for _, path in found]
 
 
 def raise_missing(missing: Sequence[str], source: Path) -> None:

@@ -7,7 +7,6 @@ agree on what an image looks like (upright, RGB, 8 bits per channel) and on whic
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,10 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from frugalvision._pixels import DECODE_ERRORS, MAX_ASPECT_RATIO, ResizeRule, check_image_size, to_rgb
 from frugalvision.errors import CorruptImageError, ImageFileMissingError
 
-__all__ = ["IMAGE_EXTENSIONS", "image_size", "is_image_file", "load_image", "normalize_extensions"]
+__all__ = ["image_size", "load_image"]
 
-#: File extensions read as images (compared case-insensitively).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # What Pillow raises on damaged or hostile files (see frugalvision._pixels), and the decompression-bomb guard.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (*DECODE_ERRORS, Image.DecompressionBombError)
@@ -26,27 +23,6 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (*DECODE_ERRORS, Image.Decompr
 # EXIF orientations 5-8 include a quarter turn: width and height swap once the image is made upright.
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
-
-
-def normalize_extensions(extensions: Iterable[str]) -> frozenset[str]:
-    """Return ``extensions`` lower-cased with a leading dot (``"JPG"`` and ``".jpg"`` both give ``".jpg"``)."""
-    if isinstance(extensions, str):
-        raise TypeError(
-            f"extensions must be a sequence of strings such as ('.jpg', '.png'), got {extensions!r}"
-        )
-    out = set()
-    for ext in extensions:
-        if not isinstance(ext, str) or not ext.strip(".").strip():
-            raise ValueError(f"extensions must be non-empty strings such as '.jpg', got {ext!r}")
-        out.add("." + ext.strip().lstrip(".").lower())
-    if not out:
-        raise ValueError("extensions must name at least one file extension, got an empty sequence")
-    return frozenset(out)
-
-
-def is_image_file(path: Path, extensions: frozenset[str]) -> bool:
-    """True if ``path`` is a visible regular file whose extension (any case) is in ``extensions``."""
-    return not path.name.startswith(".") and path.suffix.lower() in extensions and path.is_file()
 
 
 def _check_exists(path: Path) -> None:

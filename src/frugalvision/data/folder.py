@@ -7,8 +7,8 @@ import warnings
 from collections.abc import Iterable
 
 from frugalvision._checks import check_choice
-from frugalvision.data._common import check_dir, list_images, short_list
-from frugalvision.data._image import IMAGE_EXTENSIONS, normalize_extensions
+from frugalvision._fs import IMAGE_EXTENSIONS, is_image_file, list_images, normalize_extensions
+from frugalvision.data._common import check_dir, short_list
 from frugalvision.data.dataset import ImageDataset, OnCorrupt, Sample
 from frugalvision.errors import DataError
 
@@ -51,9 +51,7 @@ def read_folder(
     root = check_dir(root, "data set folder")
     entries = sorted(root.iterdir(), key=lambda p: p.name)
     class_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
-    loose = [
-        p.name for p in entries if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
-    ]
+    loose = [p.name for p in entries if is_image_file(p, exts)]
     if not class_dirs:
         hint = (
             f"; it holds {len(loose)} image(s) directly, which have no class: move them into one folder per "

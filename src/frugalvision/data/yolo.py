@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from frugalvision._checks import check_choice
-from frugalvision.data._common import BOX_TOLERANCE_PX, check_dir, check_file, list_images, short_list
-from frugalvision.data._image import IMAGE_EXTENSIONS, image_size, normalize_extensions
+from frugalvision._fs import IMAGE_EXTENSIONS, list_images
+from frugalvision.data._common import BOX_TOLERANCE_PX, check_dir, check_file, short_list
+from frugalvision.data._image import image_size
 from frugalvision.data.dataset import ImageDataset, OnCorrupt, Sample
 from frugalvision.errors import CorruptImageError, DataError, ImageFileMissingError
 
@@ -144,7 +145,7 @@ def read_yolo(
     label_root = check_dir(
         label_dir if label_dir is not None else _default_label_dir(image_root), "YOLO label folder"
     )
-    images = list_images(image_root, normalize_extensions(IMAGE_EXTENSIONS))
+    images = list_images(image_root)
     if not images:
         raise DataError(f"no images found in {image_root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frugalvision import __version__
 from frugalvision._fields import check_data_config
-from frugalvision.errors import FrugalVisionError, StoreError
+from frugalvision._fs import replacing_dir
+from frugalvision._version import __version__
+from frugalvision.errors import ExportError, StoreError
 from frugalvision.runtime.config import (
     DEPLOY_FILE,
     METADATA_KEY,
@@ -59,10 +58,6 @@ __all__ = [
 EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "torchscript")
 MODEL_FILE = "model.onnx"
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime 1.17+ runs it
-
-
-class ExportError(FrugalVisionError, RuntimeError):
-    """The model could not be exported, or the exported model disagrees with PyTorch."""
 
 
 @dataclass(frozen=True)
@@ -288,9 +283,7 @@ def _export_eval_model(
             f"thresholds are for multilabel models, one per class; got {len(thresholds)} for a {task} model"
         )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with replacing_dir(target) as tmp:
         model_path = tmp / MODEL_FILE
         t0 = time.perf_counter()
         try:
@@ -354,10 +347,6 @@ def _export_eval_model(
         )
         set_onnx_metadata(model_path, config, precision="fp32")
         config.write(tmp)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(target, target / MODEL_FILE, chosen, parity, config)
 
 
@@ -375,14 +364,6 @@ def set_onnx_metadata(path: str | os.PathLike[str], config: DeployConfig, *, pre
         entry.key, entry.value = key, value
     model.producer_name, model.producer_version = "frugalvision", __version__
     onnx.save(model, str(path))
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    from frugalvision.embeddings.store import atomic_replace_dir
-
-    if target.exists() and not any(target.iterdir()):
-        target.rmdir()
-    atomic_replace_dir(tmp, target)
 
 
 def _first_line(e: BaseException) -> str:

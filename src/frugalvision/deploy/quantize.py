@@ -29,9 +29,11 @@ from typing import Any, Literal
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
 
+from frugalvision._fs import IMAGE_EXTENSIONS
+from frugalvision._fs import list_images as _list_images
 from frugalvision.deploy.export import output_agreement, set_onnx_metadata
 from frugalvision.errors import DataError, FrugalVisionError
-from frugalvision.runtime._image import ImageInput
+from frugalvision.runtime import ImageInput
 from frugalvision.runtime.config import DeployConfig, read_deploy_config
 from frugalvision.runtime.predictor import BF16_FASTMATH_KEY
 from frugalvision.runtime.preprocess import Preprocessor
@@ -60,14 +62,11 @@ def list_images(source: str | os.PathLike[str] | Sequence[ImageInput]) -> list[I
         root = Path(source)
         if not root.is_dir():
             raise DataError(f"calibration images: {root} is not a folder")
-        exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-        found: list[ImageInput] = [
-            p
-            for p in sorted(root.rglob("*"))
-            if p.suffix.lower() in exts and p.is_file() and not p.name.startswith(".")
-        ]
+        found: list[ImageInput] = list(_list_images(root))
         if not found:
-            raise DataError(f"calibration images: no image files ({', '.join(sorted(exts))}) under {root}")
+            raise DataError(
+                f"calibration images: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}"
+            )
         return found
     if isinstance(source, (bytes, str)) or not isinstance(source, Sequence):
         raise TypeError(f"images must be a folder or a sequence of images, got {type(source).__name__}")

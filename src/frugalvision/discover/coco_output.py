@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from frugalvision._fs import write_text_atomic
 from frugalvision.discover.maskcut import Discovery, masks_to_boxes
 from frugalvision.errors import DataError
 
@@ -107,12 +108,7 @@ def to_coco(
 
 def save_coco_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``data`` as JSON atomically (temporary file, then rename); folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data))
 
 
 def load_discoveries(path: str | os.PathLike[str]) -> list[tuple[str, Discovery]]:

@@ -39,7 +39,7 @@ from frugalvision.discover.ncut import (
     foreground_from_eigenvector,
     second_smallest_eigenvector,
 )
-from frugalvision.errors import FrugalVisionError
+from frugalvision.errors import ImageTooSmallError
 from frugalvision.models import Backbone
 
 __all__ = [
@@ -56,10 +56,6 @@ __all__ = [
 DEFAULT_IMAGE_SIZE = 480
 
 Upsample = Literal["bilinear", "nearest"]
-
-
-class ImageTooSmallError(FrugalVisionError, ValueError):
-    """An image has fewer pixels per side than one feature patch; the message names the file."""
 
 
 @dataclass(frozen=True, eq=False)

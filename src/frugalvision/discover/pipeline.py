@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from frugalvision._fs import list_images
 from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, read_class_names, read_coco, read_yolo
-from frugalvision.data._common import list_images
 from frugalvision.discover.maskcut import Discovery, ImageTooSmallError, maskcut
 from frugalvision.discover.metrics import centre_box_baseline, evaluate_boxes
 from frugalvision.discover.voc import read_voc
@@ -113,7 +113,7 @@ def open_discovery_set(path: str | os.PathLike[str], *, split: str | None = None
     if (path / "images").is_dir() and (path / "labels").is_dir():
         ds = read_yolo(path / "images", path / "labels", classes=_yolo_classes(path))
         return _from_dataset(ds, path / "images", "yolo")
-    paths = list_images(path, frozenset(IMAGE_EXTENSIONS))
+    paths = list_images(path)
     if not paths:
         raise DataError(f"no images found in {path} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
     return DiscoverySet(path, paths, None, "folder")

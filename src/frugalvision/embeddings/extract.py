@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from frugalvision._integrity import process_running
+from frugalvision._fs import process_running
 from frugalvision.data import ImageDataset, collate_images
 from frugalvision.embeddings.store import EmbeddingStore, recover_interrupted_save
 from frugalvision.errors import DataWarning, StoreError
@@ -61,7 +61,7 @@ class Embedder(Protocol):
     """What extraction needs: a :class:`~frugalvision.models.Backbone`, an
     :class:`~frugalvision.models.EmbeddingModel` (e.g. from ``frugalvision.load(bundle)``) or any module with the
     same face. ``spec.to_dict()`` is recorded as the store's ``info["backbone"]``;
-    :func:`~frugalvision.models.embedder_from_spec` rebuilds the embedder from it."""
+    :func:`~frugalvision.bundle.embedder_from_spec` rebuilds the embedder from it."""
 
     @property
     def spec(self) -> Any: ...

@@ -11,7 +11,7 @@ Layout of a store folder::
 store is complete), so a killed process never leaves a half-written store. Shards in ``parts/`` let :func:`~frugalvision.embeddings.extract_embeddings`
 resume where it stopped. What a killed save leaves beside the target (``.<name>.tmp-<pid>-*``, the folder being
 written; ``.<name>.old-<pid>``, the previous store moved aside for the final rename) is cleaned, or put back, by
-the next save or extraction (:func:`recover_interrupted_save`). A write that fails (a full disk) raises
+the next save or extraction (:func:`frugalvision._fs.recover_interrupted_save`). A write that fails (a full disk) raises
 :class:`~frugalvision.errors.StoreError` naming the file and leaves the previous store as it was.
 
 ``info.json`` holds a ``checksum`` of the rows (paths, labels and vectors; :func:`frugalvision._integrity.rows_digest`),
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,52 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from frugalvision._integrity import leftovers, rows_digest
+from frugalvision._fs import recover_interrupted_save, replacing_dir
+from frugalvision._integrity import rows_digest
 from frugalvision.errors import StoreError
 
-__all__ = ["STORE_FORMAT", "EmbeddingStore", "atomic_replace_dir", "recover_interrupted_save"]
+__all__ = ["STORE_FORMAT", "EmbeddingStore", "recover_interrupted_save"]
 
 STORE_FORMAT = 2  # 2: info.json holds the rows' checksum
 _FINITE_CHECK_ROWS = 1 << 16  # rows checked for NaN at a time (bounded memory)
-
-
-def atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the complete folder ``tmp`` to ``target``, replacing an old ``target`` only at the very end.
-
-    The old ``target`` is first renamed to ``.<name>.old-<pid>`` beside it; if the final rename fails it is put
-    back, and if the process is killed between the two renames :func:`recover_interrupted_save` puts it back.
-    """
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_interrupted_save(directory: str | os.PathLike[str]) -> bool:
-    """Clean what a killed :meth:`EmbeddingStore.save` left beside ``directory``; returns whether the previous
-    folder was put back.
-
-    Only our own names are touched, and only those of processes that are no longer running:
-    ``.<name>.tmp-<pid>-<suffix>`` (a folder being written: removed) and ``.<name>.old-<pid>`` (the previous
-    folder, moved aside for the final rename: put back if ``directory`` is missing, else removed).
-    """
-    target = Path(directory)
-    restored = False
-    for entry, kind in list(leftovers(target)):
-        if kind == "old" and not target.exists():
-            os.replace(entry, target)
-            restored = True
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-    return restored
 
 
 @dataclass
@@ -145,38 +105,31 @@ class EmbeddingStore:
         """
         target = Path(directory)
         current = target.parent
-        tmp: Path | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            recover_interrupted_save(target)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-            current = target / "vectors.npy"
-            np.save(tmp / "vectors.npy", self.vectors)
-            current = target / "items.jsonl"
-            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-                for p, lab in zip(self.paths, self.labels, strict=True):
-                    f.write(json.dumps({"path": p, "labels": list(lab)}, ensure_ascii=False) + "\n")
-            info = {
-                **self.info,
-                "format": STORE_FORMAT,
-                "count": len(self),
-                "dim": self.dim,
-                "classes": self.classes,
-                "checksum": self.checksum(),
-            }
-            current = target / "info.json"
-            (tmp / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
-            current = target
-            atomic_replace_dir(tmp, target)
+            with replacing_dir(target) as tmp:  # cleans what killed saves left first
+                current = target / "vectors.npy"
+                np.save(tmp / "vectors.npy", self.vectors)
+                current = target / "items.jsonl"
+                with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+                    for p, lab in zip(self.paths, self.labels, strict=True):
+                        f.write(json.dumps({"path": p, "labels": list(lab)}, ensure_ascii=False) + "\n")
+                info = {
+                    **self.info,
+                    "format": STORE_FORMAT,
+                    "count": len(self),
+                    "dim": self.dim,
+                    "classes": self.classes,
+                    "checksum": self.checksum(),
+                }
+                current = target / "info.json"
+                (tmp / "info.json").write_text(
+                    json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8"
+                )
+                current = target
         except OSError as e:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
             kept = f"; the previous store in {target} is unchanged" if self.exists(target) else ""
             raise StoreError(f"cannot write {current}: {e.strerror or e}{kept}") from e
-        except BaseException:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from frugalvision._fs import list_images
 from frugalvision.data import IMAGE_EXTENSIONS, ImageDataset, OnCorrupt, Sample, detect_format, open_dataset
-from frugalvision.data._common import list_images
-from frugalvision.data._image import normalize_extensions
 from frugalvision.errors import DataError
 
 __all__ = ["open_images"]
@@ -31,7 +30,7 @@ def open_images(path: str | os.PathLike[str], *, on_corrupt: OnCorrupt = "skip")
         try:
             detect_format(p)
         except DataError:  # no sub-folders: a flat folder of unlabeled images
-            images = list_images(p, normalize_extensions(IMAGE_EXTENSIONS))
+            images = list_images(p)
             if not images:
                 raise DataError(
                     f"no images found in {p} (looked for {', '.join(IMAGE_EXTENSIONS)})"

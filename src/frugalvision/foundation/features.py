@@ -36,8 +36,15 @@ from torch import nn
 from frugalvision.data import ImageDataset
 from frugalvision.embeddings import EmbeddingStore, extract_embeddings
 from frugalvision.errors import WeightsError
-from frugalvision.models import Backbone, BackboneSpec, create_backbone
-from frugalvision.models._weights import _in_hf_cache, host_reachable, hub_offline, load_into, read_state_dict
+from frugalvision.models import (
+    Backbone,
+    BackboneSpec,
+    create_backbone,
+    load_into,
+    read_state_dict,
+    require_download,
+)
+from frugalvision.models import in_hf_cache as _in_hf_cache  # a module name that tests can patch
 
 __all__ = [
     "OPEN_CLIP_PREFIX",
@@ -270,16 +277,7 @@ def check_open_clip_weights_available(arch: str, tag: str, timeout: float = 3.0)
     else:  # pragma: no cover - every open_clip tag names a source
         raise WeightsError(f"open_clip's tag {tag!r} for {arch!r} names no download source")
     name = f"{OPEN_CLIP_PREFIX}{arch}/{tag}"
-    if hub_offline():
-        raise WeightsError(
-            f"Pretrained weights for {name!r} are not in the local cache and offline mode is on "
-            f"(HF_HUB_OFFLINE). {_open_clip_advice()}"
-        )
-    if not host_reachable(endpoint, timeout=timeout):
-        raise WeightsError(
-            f"Pretrained weights for {name!r} must be downloaded from {where}, but "
-            f"{urlparse(endpoint).hostname} cannot be reached (no network?). {_open_clip_advice()}"
-        )
+    require_download(name, endpoint, where, _open_clip_advice(), timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------- builders

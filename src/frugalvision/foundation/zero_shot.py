@@ -14,6 +14,7 @@ probability; images below ``min_score`` / ``min_margin`` stay unlabeled and head
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from frugalvision._checks import check_embedding_batch, check_positive
+from frugalvision._fs import write_text_atomic
 from frugalvision.data import ImageDataset
 from frugalvision.embeddings import extract_embeddings
 from frugalvision.foundation.features import FeatureModel
@@ -165,14 +167,11 @@ def _relative(path: str, base: Path) -> str:
 
 
 def _write_csv(out: Path, header: list[str], rows: list[list[object]]) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, out)
-    return out
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(out, text.getvalue())
 
 
 def write_label_manifest(
@@ -229,7 +228,7 @@ def write_review_queue(
         rows.append([rank, result.paths[i], int(labeled[i]), f"{result.margin[i]:.4f}", *tops])
     written = _write_csv(Path(out), header, rows)
     if sheet is not None and len(result):
-        from frugalvision.curation._draw import save_contact_sheet
+        from frugalvision.curation import save_contact_sheet
 
         chosen = order[: max(1, sheet_size)]
         per_row = 8

@@ -32,7 +32,8 @@ import faiss
 import numpy as np
 
 from frugalvision._checks import check_choice
-from frugalvision._integrity import CHUNK_BYTES, leftovers, rows_digest
+from frugalvision._fs import fsync, leftovers
+from frugalvision._integrity import CHUNK_BYTES, rows_digest
 from frugalvision.errors import StoreError
 
 if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported here (the runtime has none)
@@ -460,7 +461,7 @@ class EmbeddingIndex:
             with open(staging / META_FILE, "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1)
             for name in (INDEX_FILE, META_FILE):
-                _fsync(staging / name)
+                fsync(staging / name)
             current = target
             if target.exists():
                 os.replace(target, backup)
@@ -480,7 +481,7 @@ class EmbeddingIndex:
             raise
         shutil.rmtree(backup, ignore_errors=True)
         _remove_leftovers(target, "old")
-        _fsync(target.parent)
+        fsync(target.parent)
         return target
 
     @classmethod
@@ -578,20 +579,6 @@ def _remove_leftovers(target: Path, kind: str) -> None:
     """Remove the ``.<name>.<kind>-<pid>-<hex>`` directories that killed saves left beside ``target``."""
     for entry, _ in list(leftovers(target, (kind,))):
         shutil.rmtree(entry, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path`` (a file or directory) to disk where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _META_FIELDS: dict[str, tuple[type, ...]] = {

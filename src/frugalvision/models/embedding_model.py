@@ -21,14 +21,13 @@ from timm.data import create_transform
 from torch import nn
 
 from frugalvision.errors import StoreError
-from frugalvision.models.backbone import Backbone, backbone_from_spec, create_backbone
+from frugalvision.models.backbone import Backbone, create_backbone
 from frugalvision.models.heads import EmbeddingHead, GlobalPool
 
 __all__ = [
     "EmbeddingModel",
     "EmbeddingModelSpec",
     "create_embedding_model",
-    "embedder_from_spec",
     "embedding_model_from_description",
     "jsonable_data_config",
 ]
@@ -241,32 +240,3 @@ def embedding_model_from_description(description: Mapping[str, Any]) -> Embeddin
     if "data_config" in description:
         model.data_config = _timm_data_config(description["data_config"])
     return model
-
-
-def embedder_from_spec(
-    spec: Mapping[str, Any], device: str | torch.device = "cpu"
-) -> Backbone | EmbeddingModel:
-    """Rebuild what made a store or index from its recorded ``info["backbone"]``.
-
-    ``{"bundle": path, "id": ...}`` loads the model bundle (and checks it is still the same bundle); a
-    :class:`~frugalvision.models.BackboneSpec` dict rebuilds the backbone.
-
-    Raises:
-        StoreError: the bundle is gone or was replaced, or the record describes an unsaved model.
-    """
-    if "bundle" in spec:
-        from frugalvision.bundle import load
-
-        model = load(spec["bundle"], device=device)
-        if spec.get("id") and model.bundle_id != spec["id"]:
-            raise StoreError(
-                f"the model bundle {spec['bundle']} was replaced since these embeddings were made "
-                f"(id {model.bundle_id} vs recorded {spec['id']}); embed the collection again with it"
-            )
-        return model
-    if "embedding_model" in spec:
-        raise StoreError(
-            "these embeddings were made by an EmbeddingModel that was never saved, so it cannot be rebuilt; "
-            "save it with frugalvision.bundle.save_bundle and embed again"
-        )
-    return backbone_from_spec(dict(spec)).to(device)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from frugalvision._checks import check_choice, check_positive
-from frugalvision.embeddings.store import atomic_replace_dir
+from frugalvision._fs import atomic_replace_dir
 from frugalvision.errors import StoreError
 from frugalvision.ood import scores as S
 

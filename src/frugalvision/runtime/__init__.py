@@ -12,6 +12,7 @@ imports torch (a test checks it).
 
 from frugalvision.runtime._image import (
     DEFAULT_FORMATS,
+    ImageInput,
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
@@ -36,6 +37,7 @@ __all__ = [
     "PRECISIONS",
     "TASKS",
     "DeployConfig",
+    "ImageInput",
     "ImageTooLargeError",
     "Prediction",
     "Predictor",

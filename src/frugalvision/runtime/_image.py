@@ -23,7 +23,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from frugalvision._pixels import DECODE_ERRORS as _DECODE_ERRORS
 from frugalvision._pixels import MAX_ASPECT_RATIO, MAX_RESIZED_PIXELS, ResizeRule, check_image_size, to_rgb
-from frugalvision.errors import CorruptImageError, ImageFileMissingError, ImageTooLargeError
+from frugalvision.errors import (
+    CorruptImageError,
+    ImageFileMissingError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -39,10 +44,6 @@ DEFAULT_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"
 
 #: What :func:`decode_image` accepts: a file path, encoded bytes, a PIL image or an ``(H, W, 3)`` uint8 RGB array.
 ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
-
-
-class UnsupportedImageError(CorruptImageError):
-    """The data are not an image, or an image in a format that is not accepted (HTTP 415)."""
 
 
 def _why(exc: BaseException) -> str:

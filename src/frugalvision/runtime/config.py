@@ -30,6 +30,7 @@ from frugalvision._fields import (
     check_str_list_field,
     field_error,
 )
+from frugalvision._fs import write_text_atomic
 from frugalvision.errors import StoreError
 
 __all__ = [
@@ -218,11 +219,9 @@ class DeployConfig:
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``deploy.json`` into ``folder`` (through a temporary file renamed into place)."""
-        path = Path(folder) / DEPLOY_FILE
-        tmp = path.with_name(f".{DEPLOY_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(
+            Path(folder) / DEPLOY_FILE, json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        )
 
     def model_path(self, precision: str) -> Path:
         """Absolute path of the model file of ``precision``; raises :class:`StoreError` if there is none."""

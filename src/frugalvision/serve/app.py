@@ -65,15 +65,15 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from frugalvision import __version__
-from frugalvision.errors import CorruptImageError, FrugalVisionError, StoreError
-from frugalvision.runtime._image import (
-    DEFAULT_FORMATS,
+from frugalvision._version import __version__
+from frugalvision.errors import (
+    CorruptImageError,
+    FrugalVisionError,
     ImageTooLargeError,
+    StoreError,
     UnsupportedImageError,
-    decode_image,
 )
-from frugalvision.runtime.predictor import Predictor
+from frugalvision.runtime import DEFAULT_FORMATS, Predictor, decode_image
 from frugalvision.serve._batching import Admission, BatcherFullError, MicroBatcher
 
 __all__ = [
