@@ -16,12 +16,12 @@ from frugalvision.train.config import (
     OptimConfig,
     TrainConfig,
     TrainerConfig,
-    load_config,
     parse_override,
 )
 from frugalvision.train.engine import FitResult, build_model, fit
 from frugalvision.train.losses import build_loss, loss_terms
 from frugalvision.train.recipes import RECIPES, train_transform
+from frugalvision.train.resolve import load_config, resolve_config
 from frugalvision.train.samplers import MPerClassSampler, SeededItems, ShardSampler
 from frugalvision.train.tasks import EmbeddingTask
 
@@ -46,5 +46,6 @@ __all__ = [
     "load_config",
     "loss_terms",
     "parse_override",
+    "resolve_config",
     "train_transform",
 ]
