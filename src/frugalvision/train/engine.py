@@ -73,7 +73,7 @@ from frugalvision.train.run import (
     TaskSpec,
     register_task,
     resolve_precision,
-    run,
+    run_task,
     task_spec,
 )
 from frugalvision.train.samplers import SeededItems
@@ -434,7 +434,7 @@ def fit(
     """
     config = resolve_config(config)
     task = task_spec(config.task).make_run(config, text_encoder=text_encoder)
-    return typing.cast(FitResult, run(task, resume=resume, callbacks=callbacks))
+    return typing.cast(FitResult, run_task(task, resume=resume, callbacks=callbacks))
 
 
 def predict_outputs(

@@ -1,6 +1,6 @@
 """The run scaffold every training task plugs into, and the task registry.
 
-:func:`run` is the loop around a task that every run shares -- checking ``resume`` against ``out/checkpoints``,
+:func:`run_task` is the loop around a task that every run shares -- checking ``resume`` against ``out/checkpoints``,
 writing ``out/config.yaml``, seeding, the Lightning ``Trainer`` (devices, precision, DDP, atomic checkpoints read
 with ``weights_only=True``, ``last.ckpt`` every epoch and ``best.ckpt`` on the task's validation metric, early
 stopping, CSV and TensorBoard logs, per-epoch re-seeding for exact resumption) and Lightning's expected notices kept
@@ -16,7 +16,7 @@ quiet. A task brings what differs, as a :class:`TaskRun`: its data, model and lo
 
 ``frugalvision.train.fit(config)`` then runs ``task=detection`` like the built-in ``embedding`` and ``multilabel``
 (:mod:`frugalvision.train.engine`); distillation (:func:`frugalvision.distill.distill`) runs its own
-:class:`TaskRun` through :func:`run` with its own configuration. ``LightningModule`` helpers shared by the tasks:
+:class:`TaskRun`  through :func:`run_task` with its own configuration. ``LightningModule`` helpers shared by the tasks:
 :func:`log_loss_terms` (the finite-loss check and the logged terms) and :func:`warn_skipped`.
 """
 
@@ -54,7 +54,7 @@ __all__ = [
     "read_checkpoint",
     "register_task",
     "resolve_precision",
-    "run",
+    "run_task",
     "seed_everything",
     "task_spec",
     "uses_cuda",
@@ -98,7 +98,7 @@ class RunSettings:
 
 
 class TaskRun(ABC):
-    """One run of a task, driven by :func:`run` in this order: :meth:`prepare` (after the seeds are set),
+    """One run of a task, driven by :func:`run_task` in this order: :meth:`prepare` (after the seeds are set),
     the ``Trainer``, :meth:`build` (knowing the number of processes), ``trainer.fit``, :meth:`after_fit`,
     :meth:`finish`.
 
@@ -155,7 +155,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def run(task: TaskRun, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Any:
+def run_task(task: TaskRun, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Any:
     """Run ``task`` (see :class:`TaskRun`) and return what its :meth:`~TaskRun.finish` returns.
 
     Raises:
@@ -231,13 +231,18 @@ def run(task: TaskRun, *, resume: bool = False, callbacks: Sequence[Callback] = 
 
 # ----------------------------------------------------------------------------------- LightningModule helpers
 def log_loss_terms(
-    module: pl.LightningModule, terms: Mapping[str, torch.Tensor], batch_size: int, step: int, advice: str
+    module: pl.LightningModule,
+    terms: Mapping[str, torch.Tensor],
+    batch_size: int,
+    step: int,
+    advice: str,
+    what: str = "the loss",
 ) -> None:
-    """Stop on a loss that is not finite (``FloatingPointError`` with ``advice``), then log every term as
-    ``train/<name>`` (per step and epoch; ``loss`` in the progress bar)."""
+    """Stop on a loss that is not finite (``FloatingPointError`` naming ``what``, the epoch and step, with
+    ``advice``), then log every term as ``train/<name>`` (per step and epoch; ``loss`` in the progress bar)."""
     if not torch.isfinite(terms["loss"]):
         raise FloatingPointError(
-            f"the loss is {float(terms['loss'])} at epoch {module.current_epoch}, step {step}; {advice}"
+            f"{what} is {float(terms['loss'])} at epoch {module.current_epoch}, step {step}; {advice}"
         )
     for name, value in terms.items():
         module.log(
