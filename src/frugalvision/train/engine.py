@@ -273,9 +273,7 @@ class SupervisedRun(TaskRun):
 
     config: TrainConfig
 
-    def __init__(
-        self, config: TrainConfig, *, text_encoder: Any | None = None, callbacks: Sequence[Callback] = ()
-    ) -> None:
+    def __init__(self, config: TrainConfig, *, text_encoder: Any | None = None) -> None:
         t = config.trainer
         self.config = config
         self.settings = RunSettings(
