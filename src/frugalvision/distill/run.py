@@ -134,18 +134,7 @@ class DistillRun(TaskRun):
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
-        self.settings = RunSettings(
-            out=Path(config.out),
-            seed=config.seed,
-            epochs=config.epochs,
-            accelerator=config.accelerator,
-            devices=config.devices,
-            strategy=config.strategy,
-            precision=config.precision,
-            grad_clip=config.grad_clip,
-            progress=config.progress,
-            what="distillation run",
-        )
+        self.settings = RunSettings.of(config, out=Path(config.out), what="distillation run")
 
     def prepare(self, resume: bool) -> None:
         config = self.config

@@ -276,18 +276,8 @@ class SupervisedRun(TaskRun):
     def __init__(self, config: TrainConfig, *, text_encoder: Any | None = None) -> None:
         t = config.trainer
         self.config = config
-        self.settings = RunSettings(
-            out=Path(config.out),
-            seed=config.seed,
-            epochs=t.epochs,
-            accelerator=t.accelerator,
-            devices=t.devices,
-            strategy=t.strategy,
-            num_nodes=t.num_nodes,
-            precision=t.precision,
-            grad_clip=config.optim.grad_clip,
-            progress=t.progress,
-            log_every_n_steps=t.log_every_n_steps,
+        self.settings = RunSettings.of(
+            t, out=Path(config.out), seed=config.seed, grad_clip=config.optim.grad_clip
         )
         self.multilabel = config.task == "multilabel"
         self.module_class: type[SupervisedTask] = MultilabelTask if self.multilabel else EmbeddingTask

@@ -90,11 +90,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     spec = task_spec(config.task)
     m = config.model
     changes: dict[str, Any] = {key: value for key, value in spec.defaults.items() if _unset(config, key)}
-    changes["loss.name"] = _loss_name(config, spec.defaults.get("loss.name", "auto"))
-    if changes.get("model.normalization", m.normalization) == "auto":  # from the space the loss works in
-        changes["model.normalization"] = head_normalization(changes["loss.name"], config.loss.kwargs, "auto")
-    elif "model.normalization" not in spec.defaults:
-        head_normalization(changes["loss.name"], config.loss.kwargs, m.normalization)  # refuses a bad pair
+    if "loss.name" in spec.defaults:  # a task that trains with a loss of the registry (frugalvision.losses)
+        changes["loss.name"] = _loss_name(config, spec.defaults["loss.name"])
+        if changes.get("model.normalization", m.normalization) == "auto":  # from the space the loss works in
+            norm = head_normalization(changes["loss.name"], config.loss.kwargs, "auto")
+            changes["model.normalization"] = norm
+        elif "model.normalization" not in spec.defaults:
+            head_normalization(
+                changes["loss.name"], config.loss.kwargs, m.normalization
+            )  # refuses a bad pair
     resolved = _with(config, changes)
     validate(resolved)
     object.__setattr__(resolved, _RESOLVED, True)

@@ -22,6 +22,7 @@ quiet. A task brings what differs, as a :class:`TaskRun`: its data, model and lo
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import warnings
 from abc import ABC, abstractmethod
@@ -95,6 +96,13 @@ class RunSettings:
     progress: bool = True
     log_every_n_steps: int = 10
     what: str = "training run"
+
+    @classmethod
+    def of(cls, source: Any, **values: Any) -> RunSettings:
+        """Settings from the attributes of ``source`` named like a field (a config's ``trainer`` section, a flat
+        config), then ``values``; what neither gives keeps its default."""
+        found = {f.name: getattr(source, f.name) for f in dataclasses.fields(cls) if hasattr(source, f.name)}
+        return cls(**{**found, **values})
 
 
 class TaskRun(ABC):
@@ -275,8 +283,10 @@ class TaskSpec:
     Attributes:
         name: the ``task`` value.
         make_run: ``make_run(config, **fit_options) -> TaskRun`` (the config is resolved).
-        defaults: what the task's ``"auto"`` settings stand for (dotted keys: ``loss.name``, ``data.sampler``,
-            ``data.val_split``), applied by :func:`frugalvision.train.resolve_config`.
+        defaults: what the task's ``"auto"`` settings stand for (dotted keys: ``data.sampler``,
+            ``data.val_split``...), applied by :func:`frugalvision.train.resolve_config`; a ``loss.name`` default
+            means the task trains with a loss of :mod:`frugalvision.losses`, whose name (and head normalisation)
+            is then resolved and checked against the task.
         check: task-specific checks of a resolved configuration (raise ``ConfigError`` naming the key).
     """
 
