@@ -1,9 +1,12 @@
 """``fit``: from a :class:`~frugalvision.train.config.TrainConfig` to a trained model bundle.
 
-One entry point for both tasks -- ``task="embedding"`` (metric learning, :class:`~frugalvision.train.tasks.
-EmbeddingTask`) and ``task="multilabel"`` (tagging, :class:`~frugalvision.train.tasks.MultilabelTask`; per-class
-decision thresholds are tuned on the validation images after training and saved in the bundle) -- and both ways of
-training:
+One entry point for every registered task (:func:`frugalvision.train.run.task_spec`): ``fit`` resolves the
+configuration (:func:`~frugalvision.train.resolve_config`, a no-op for what ``load_config`` returned) and hands the
+task's :class:`~frugalvision.train.run.TaskRun` to the run scaffold (:func:`~frugalvision.train.run.run_task`).
+This module registers the two built-in tasks, both run by :class:`SupervisedRun` -- ``task="embedding"`` (metric
+learning, :class:`~frugalvision.train.tasks.EmbeddingTask`) and ``task="multilabel"`` (tagging,
+:class:`~frugalvision.train.tasks.MultilabelTask`; per-class decision thresholds are tuned on the validation images
+after training and saved in the bundle) -- with both ways of training:
 
 * **fine-tuning** -- images go through the backbone every step, with the recipe's augmentation;
 * **frozen-backbone fast path** (``model.freeze_backbone``) -- pooled features are computed once for the training
