@@ -82,3 +82,64 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("optim.lr")
+
+
+def test_load_config_resolves_every_auto_once() -> None:
+    """The engine only reads: what "auto" stands for is in the config load_config returns (and its YAML)."""
+    from frugalvision.train import resolve_config
+
+    cfg = load_config(overrides=["loss.name=HYPERBOLIC"])
+    assert (cfg.loss.name, cfg.data.sampler, cfg.data.val_split) == (
+        "hyperbolic_pce",
+        "m_per_class",
+        "classes",
+    )
+    assert (cfg.model.normalization, cfg.model.embedding_size) == ("poincare", 128)
+    assert cfg.trainer.precision == "auto"  # the machine's business: worked out when the run starts
+    frozen = load_config(overrides=["model.freeze_backbone=true"])
+    assert frozen.model.embedding_size is None and frozen.model.normalization == "l2"
+    tags = load_config(overrides=["task=multilabel"])
+    assert (tags.loss.name, tags.data.sampler, tags.data.val_split) == ("asl", "shuffle", "images")
+    assert tags.model.normalization == "none" and tags.model.embedding_size is None
+    assert resolve_config(cfg) is cfg  # resolved once: no second pass, no second validation
+    built = TrainConfig()  # built in Python: resolved by fit / build_model through the same step
+    assert built.data.sampler == "auto" and resolve_config(built).data.sampler == "m_per_class"
+    with pytest.raises(ConfigError, match=r"task must be one of 'embedding' \| 'multilabel'; got 'nope'"):
+        load_config(overrides=["task=nope"])
+
+
+def test_unknown_keys_in_a_file_name_the_file(tmp_path: Path) -> None:
+    from frugalvision.distill import DistillConfig
+
+    bad = tmp_path / "train.yaml"
+    bad.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"train\.yaml: unknown config key 'optim\.learning_rate'; did you mean"
+    ):
+        load_config(bad)
+    bad.write_text("tau: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"train\.yaml: unknown distillation setting 'tau'; did you mean 'temp"
+    ):
+        DistillConfig.from_yaml(bad)
+    saved = DistillConfig(epochs=3).save_yaml(tmp_path / "d.yaml")
+    assert DistillConfig.from_yaml(saved) == DistillConfig(epochs=3)
+
+
+def test_config_and_recipes_do_not_import_each_other() -> None:
+    """The schema (config.py) sits below the presets and transforms (recipes.py): no import circle."""
+    import ast
+
+    import frugalvision.train.config as config_module
+    import frugalvision.train.recipes as recipes_module
+
+    def imports(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+
+    assert not (
+        "frugalvision.train.recipes" in imports(config_module)
+        and "frugalvision.train.config" in imports(recipes_module)
+    )

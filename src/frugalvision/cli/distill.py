@@ -243,13 +243,13 @@ def distill(resume: bool, **flags: Any) -> None:
             values[name] = str(values[name])
     if "out" not in values:
         raise ConfigError("no run folder: pass --out")
-    base: dict[str, Any] = {}
+    start = DistillConfig()
     if resume:
         saved = Path(values["out"]) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"cannot resume: {saved} not found (start the run without --resume)")
-        base = DistillConfig.from_yaml(saved).to_dict()
-    config = DistillConfig.from_dict({**base, **values})
+        start = DistillConfig.from_yaml(saved)
+    config = start.replace(**values)
     if config.data is None:
         raise ConfigError("no training images: pass --data")
     with data_warnings():

@@ -206,9 +206,9 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
+    out = values.get("out") or (read_yaml(config_file).get("out") if config_file else None)
     base = None
     if resume:
-        out = values.get("out") or (read_yaml(config_file).get("out") if config_file else None)
         if out is None:
             raise ConfigError("--resume needs --out (the run folder to continue)")
         saved = Path(out) / "config.yaml"
@@ -216,7 +216,7 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
     config = load_config(config_file, values, base=base)
     if config.data.path is None:
         raise ConfigError("no training data: pass --data (or set data.path in --config)")
-    if "out" not in values and not (config_file and "out" in read_yaml(config_file)) and base is None:
+    if out is None and base is None:
         raise ConfigError("no run folder: pass --out (or set out in --config)")
     with data_warnings():
         result = fit(config, resume=resume)

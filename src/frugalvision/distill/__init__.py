@@ -30,13 +30,14 @@ Resuming reaches the same weights as an uninterrupted run: batches and augmentat
 ``(seed, epoch)`` and the global generators are re-seeded from ``(seed, epoch, rank)`` at every epoch start, as in
 :mod:`frugalvision.train.engine` (``last.ckpt`` is read with ``weights_only=True``).
 
-The loop pieces are the training engine's: its data module (shuffle sampler), per-epoch re-seeding, atomic
-checkpoints, cache extraction by rank 0 and gathering across processes.
+The loop is the training run scaffold's (:func:`frugalvision.train.run.run_task`, with :class:`DistillRun` as the
+task): the ``Trainer``, per-epoch re-seeding, atomic checkpoints, resume checks, the finite-loss check; and the
+engine's data module (shuffle sampler), cache extraction by rank 0 and gathering across processes.
 """
 
 from frugalvision.distill.config import DEFAULT_STUDENT, DEFAULT_TEACHER, DistillConfig
 from frugalvision.distill.data import holdout_split
-from frugalvision.distill.run import DistillResult, distill
+from frugalvision.distill.run import DistillResult, DistillRun, distill
 from frugalvision.distill.student import build_student, freeze_unused, trainable_parameters
 from frugalvision.distill.task import DistillTask, heldout_metrics, nearest_neighbours
 from frugalvision.distill.teacher import Teacher, resolve_teacher, teacher_embeddings
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_TEACHER",
     "DistillConfig",
     "DistillResult",
+    "DistillRun",
     "DistillTask",
     "Teacher",
     "build_student",

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-import yaml
-
+from frugalvision._config import ConfigError, Settings
 from frugalvision._fields import MAX_INPUT_SIDE
-from frugalvision.train.config import ConfigError, coerce_value
 
 __all__ = ["DEFAULT_STUDENT", "DEFAULT_TEACHER", "DistillConfig"]
 
@@ -22,8 +16,10 @@ DEFAULT_STUDENT = "mobilenetv3_small_100"
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    """A distillation run (flat keys; the CLI flags and ``config.yaml`` use the same names).
+class DistillConfig(Settings):
+    """A distillation run (flat keys; the CLI flags and ``config.yaml`` use the same names). Built, copied
+    (``replace``), saved and read back (``save_yaml`` / ``from_yaml``) by the typed loader all run configurations
+    share (:class:`frugalvision._config.Settings`); the ranges are checked on construction.
 
     Data: ``data`` (a class-per-folder tree, a manifest, or a flat folder of unlabeled photos), ``val_split``
     (``"images"``: ``val_fraction`` of the images held out, per class when labelled; ``"classes"``: that share of
@@ -50,6 +46,17 @@ class DistillConfig:
     :mod:`frugalvision.train.recipes` for the student's images (``"light"`` by default; ``"none"``: no
     augmentation). ``eval_every``: epochs between held-out evaluations (the last epoch is always evaluated).
     """
+
+    _what: ClassVar[str] = "distillation setting"
+    _aliases: ClassVar[Mapping[str, str]] = {
+        "learning_rate": "lr",
+        "wd": "weight_decay",
+        "max_epochs": "epochs",
+        "model": "student",
+        "path": "data",
+        "workers": "num_workers",
+        "tau": "temperature",
+    }
 
     data: str | None = None
     out: str = "runs/distill"
@@ -152,62 +159,3 @@ class DistillConfig:
         for ok, key, message in checks:
             if not ok:
                 raise ConfigError(f"{key} {message}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON/YAML-able); :meth:`from_dict` reads it back."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> DistillConfig:
-        """Build from a dict, filling defaults; unknown keys and values of the wrong type raise :class:`ConfigError`."""
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"a distillation config must be a mapping, got {type(values).__name__}")
-        hints = typing.get_type_hints(cls)
-        known = [f.name for f in dataclasses.fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in known:
-                import difflib
-
-                alias = _ALIASES.get(str(key))
-                close = [alias] if alias else difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-                raise ConfigError(f"unknown distillation setting {key!r}{hint}")
-            kwargs[key] = coerce_value(value, hints[key], key)
-        return cls(**kwargs)
-
-    def replace(self, **changes: Any) -> DistillConfig:
-        """A copy with ``changes`` applied (checked like :meth:`from_dict`)."""
-        return DistillConfig.from_dict({**self.to_dict(), **changes})
-
-    def save_yaml(self, path: str | os.PathLike[str]) -> Path:
-        """Write the configuration as YAML, atomically."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, p)
-        return p
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> DistillConfig:
-        """Read a configuration written by :meth:`save_yaml` (e.g. a run's ``config.yaml``)."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"distillation config not found: {p}")
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        return cls.from_dict(values)
-
-
-_ALIASES = {
-    "learning_rate": "lr",
-    "wd": "weight_decay",
-    "max_epochs": "epochs",
-    "model": "student",
-    "path": "data",
-    "workers": "num_workers",
-    "tau": "temperature",
-}

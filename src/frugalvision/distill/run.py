@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
-import warnings
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
 
 from frugalvision.bundle import save_bundle
 from frugalvision.data import ImageDataset
@@ -27,24 +25,13 @@ from frugalvision.embeddings import default_num_workers
 from frugalvision.errors import DataError, StoreError
 from frugalvision.losses.distillation import DistillationLoss
 from frugalvision.models.embedding_model import EmbeddingModel
-from frugalvision.train._checkpoint import AtomicCheckpointIO, last_checkpoint
-from frugalvision.train._dist import devices_arg, env_rank, uses_cuda
 from frugalvision.train.config import AugmentConfig, ConfigError
-from frugalvision.train.data import EpochSeeder, LabelledDataModule
-from frugalvision.train.engine import resolve_precision
+from frugalvision.train.data import LabelledDataModule
 from frugalvision.train.recipes import RECIPES, train_transform
+from frugalvision.train.run import RunSettings, TaskRun, run_task, seed_everything, uses_cuda
 from frugalvision.train.samplers import SeededItems
 
-__all__ = ["DistillResult", "distill"]
-
-_QUIET = (
-    ".*does not have many workers.*",
-    ".*sync_dist=True.*",
-    ".*module\\(s\\) in eval mode.*",
-    ".*LeafSpec.*",
-    ".*smaller than the logging interval.*",
-    ".*exists and is not empty.*",
-)
+__all__ = ["DistillResult", "DistillRun", "distill"]
 
 
 @dataclass
@@ -138,6 +125,125 @@ def _parts(config: DistillConfig, teacher: Teacher, device: str) -> tuple[_Part,
     return train, val, dataset
 
 
+class DistillRun(TaskRun):
+    """Distillation as a :class:`~frugalvision.train.run.TaskRun`: the teacher's cached embeddings of the clean
+    images, a student, :class:`~frugalvision.losses.DistillationLoss`, and the student bundle with its report."""
+
+    config: DistillConfig
+    last_on_train_epoch_end = True  # validation runs only every eval_every epochs
+
+    def __init__(self, config: DistillConfig) -> None:
+        self.config = config
+        self.settings = RunSettings.of(config, out=Path(config.out), what="distillation run")
+
+    def prepare(self, resume: bool) -> None:
+        config = self.config
+        device = "cuda" if uses_cuda(config.accelerator) else "cpu"
+        self.teacher = resolve_teacher(
+            config
+        )  # a randomly initialised teacher (tests) is the same in every run
+        self.train, self.val, self.dataset = _parts(config, self.teacher, device)
+        if len(self.train.targets) < 2:
+            raise DataError(
+                f"{config.data}: {len(self.train.targets)} readable training image(s); distillation needs at least 2"
+            )
+        seed_everything(config.seed)
+        self.model = build_student(config, int(self.train.targets.shape[1]))
+        self.loss = DistillationLoss(
+            config.temperature,
+            learnable_temperature=config.learnable_temperature,
+            mse_weight=config.mse_weight,
+            contrastive_weight=config.contrastive_weight,
+            symmetric=config.symmetric,
+        )
+        val = self.val
+        self.teacher_metrics = (
+            labelled_retrieval(torch.as_tensor(val.targets), val.labels, config.seed)
+            if val is not None
+            else {}
+        )
+        self.has_validation = val is not None
+
+    def trainer_options(self, resume: bool) -> dict[str, Any]:
+        return {"check_val_every_n_epoch": self.config.eval_every}
+
+    def build(self, trainer: pl.Trainer) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+        config, train, val, model = self.config, self.train, self.val, self.model
+        world = trainer.world_size
+        batch_size = min(config.batch_size, len(train.targets) // world)
+        if batch_size < 2:
+            raise DataError(
+                f"{len(train.targets)} training images cannot give each of {world} device(s) a batch of 2"
+            )
+        steps = len(train.targets) // (batch_size * world)
+        trainer.log_every_n_steps = min(10, steps)  # type: ignore[attr-defined]
+        workers = default_num_workers() if config.num_workers is None else config.num_workers
+        augment = train_transform(model.data_config, _augment(config.recipe))
+        train_items = SeededItems(
+            TargetItems(train.dataset.with_transform(augment), train.targets), train.labels
+        )
+        val_items = (
+            SeededItems(
+                TargetItems(val.dataset.with_transform(model.transform()), val.targets),
+                val.labels,
+                seeded=False,
+            )
+            if val is not None
+            else None
+        )
+        datamodule = LabelledDataModule(
+            train_items,
+            val_items,
+            batch_size=batch_size,
+            m_per_class=1,  # not used by the shuffle sampler
+            eval_batch_size=config.eval_batch_size,
+            seed=config.seed,
+            num_workers=workers,
+            steps_per_epoch=steps,
+            sampler="shuffle",
+            collate_fn=collate_targets,
+        )
+        task = DistillTask(
+            model,
+            self.loss,
+            config,
+            steps_per_epoch=steps,
+            val_teacher=torch.as_tensor(val.targets) if val is not None else None,
+            val_labels=val.labels if val is not None else None,
+        )
+        return task, datamodule
+
+    def after_fit(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any) -> None:
+        # the last epoch is always evaluated, also when eval_every skipped it
+        assert isinstance(module, DistillTask)
+        if (
+            self.val is not None
+            and module.history
+            and not any(k.startswith("val/") for k in module.history[-1])
+        ):
+            module.last_eval = {}
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            module.history[-1].update(module.last_eval)
+
+    def finish(self, trainer: pl.Trainer, module: pl.LightningModule, best: str | None) -> DistillResult:
+        assert isinstance(module, DistillTask)
+        model = module.model.cpu().eval()
+        last = module.history[-1] if module.history else {}
+        result = DistillResult(
+            self.settings.out,
+            None,
+            model,
+            {k: v for k, v in last.items() if k.startswith("val/")},
+            self.teacher_metrics,
+            list(module.history),
+            self.teacher.describe(),
+            trainable_parameters(model),
+        )
+        if trainer.is_global_zero:
+            result.bundle = _save(result, self.config, self.train, self.val, self.dataset, self.loss)
+        return result
+
+
 def distill(
     config: DistillConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()
 ) -> DistillResult:
@@ -161,128 +267,7 @@ def distill(
         raise ConfigError(
             "data is required: a folder of images, a class-per-folder tree or a manifest (CLI: --data)"
         )
-    out = Path(config.out)
-    last = last_checkpoint(out, resume, "distillation run")
-    if env_rank() == 0:
-        config.save_yaml(out / "config.yaml")
-    device = "cuda" if uses_cuda(config.accelerator) else "cpu"
-    torch.manual_seed(config.seed)  # a randomly initialised teacher (tests) is the same in every run
-    teacher = resolve_teacher(config)
-    train, val, dataset = _parts(config, teacher, device)
-    if len(train.targets) < 2:
-        raise DataError(
-            f"{config.data}: {len(train.targets)} readable training image(s); distillation needs at least 2"
-        )
-
-    random.seed(config.seed)
-    np.random.seed(config.seed)  # noqa: NPY002  (third-party augmentations draw from the global generator)
-    torch.manual_seed(config.seed)
-    dim = int(train.targets.shape[1])
-    model = build_student(config, dim)
-    loss = DistillationLoss(
-        config.temperature,
-        learnable_temperature=config.learnable_temperature,
-        mse_weight=config.mse_weight,
-        contrastive_weight=config.contrastive_weight,
-        symmetric=config.symmetric,
-    )
-    teacher_metrics = (
-        labelled_retrieval(torch.as_tensor(val.targets), val.labels, config.seed) if val is not None else {}
-    )
-
-    latest = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False,
-        save_on_train_epoch_end=True,
-    )  # fmt: skip
-    trainer = pl.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=devices_arg(config.devices),
-        strategy=config.strategy,
-        precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
-        gradient_clip_val=config.grad_clip,
-        callbacks=[EpochSeeder(config.seed), latest, *callbacks],
-        logger=[
-            CSVLogger(out, name="logs"),
-            TensorBoardLogger(out, name="tensorboard", default_hp_metric=False),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=config.eval_every,
-        limit_val_batches=None if val is not None else 0,
-        enable_progress_bar=config.progress,
-        enable_model_summary=config.progress,
-        default_root_dir=out,
-    )
-    world = trainer.world_size
-    batch_size = min(config.batch_size, len(train.targets) // world)
-    if batch_size < 2:
-        raise DataError(
-            f"{len(train.targets)} training images cannot give each of {world} device(s) a batch of 2"
-        )
-    steps = len(train.targets) // (batch_size * world)
-    trainer.log_every_n_steps = min(10, steps)  # type: ignore[attr-defined]
-    workers = default_num_workers() if config.num_workers is None else config.num_workers
-    train_items = SeededItems(
-        TargetItems(
-            train.dataset.with_transform(train_transform(model.data_config, _augment(config.recipe))),
-            train.targets,
-        ),
-        train.labels,
-    )
-    val_items = (
-        SeededItems(
-            TargetItems(val.dataset.with_transform(model.transform()), val.targets), val.labels, seeded=False
-        )
-        if val is not None
-        else None
-    )
-    datamodule = LabelledDataModule(
-        train_items,
-        val_items,
-        batch_size=batch_size,
-        m_per_class=1,  # not used by the shuffle sampler
-        eval_batch_size=config.eval_batch_size,
-        seed=config.seed,
-        num_workers=workers,
-        steps_per_epoch=steps,
-        sampler="shuffle",
-        collate_fn=collate_targets,
-    )
-    task = DistillTask(
-        model,
-        loss,
-        config,
-        steps_per_epoch=steps,
-        val_teacher=torch.as_tensor(val.targets) if val is not None else None,
-        val_labels=val.labels if val is not None else None,
-    )
-    with warnings.catch_warnings():
-        for message in _QUIET:
-            warnings.filterwarnings("ignore", message=message)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
-        # the last epoch is always evaluated, also when eval_every skipped it
-        if val is not None and task.history and not any(k.startswith("val/") for k in task.history[-1]):
-            task.last_eval = {}
-            trainer.validate(task, datamodule=datamodule, verbose=False)
-            task.history[-1].update(task.last_eval)
-
-    model = task.model.cpu().eval()
-    metrics = {k: v for k, v in (task.history[-1] if task.history else {}).items() if k.startswith("val/")}
-    result = DistillResult(
-        out,
-        None,
-        model,
-        metrics,
-        teacher_metrics,
-        list(task.history),
-        teacher.describe(),
-        trainable_parameters(model),
-    )
-    if trainer.is_global_zero:
-        result.bundle = _save(result, config, train, val, dataset, loss)
-    return result
+    return typing.cast(DistillResult, run_task(DistillRun(config), resume=resume, callbacks=callbacks))
 
 
 def _save(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,12 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from frugalvision.distill.config import DistillConfig
-from frugalvision.errors import DataWarning
 from frugalvision.losses.distillation import DistillationLoss
 from frugalvision.metrics import retrieval_metrics
 from frugalvision.models.embedding_model import EmbeddingModel
-from frugalvision.train._dist import all_gather_rows
 from frugalvision.train.optim import WarmupCosine, split_decay
+from frugalvision.train.run import all_gather_rows, log_loss_terms, warn_skipped
 
 __all__ = ["DistillTask", "heldout_metrics", "labelled_retrieval", "nearest_neighbours"]
 
@@ -131,21 +129,10 @@ class DistillTask(pl.LightningModule):
         embeddings = self(images)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             terms = self.loss(embeddings.float(), targets.float())
-        if not torch.isfinite(terms["loss"]):
-            raise FloatingPointError(
-                f"the distillation loss is {float(terms['loss'])} at epoch {self.current_epoch}, step {batch_idx}; "
-                "lower lr, keep grad_clip, or use 32-bit precision (precision=32-true)"
-            )
         n = int(images.shape[0])
+        advice = "lower lr, keep grad_clip, or use 32-bit precision (precision=32-true)"
+        log_loss_terms(self, terms, n, batch_idx, advice, what="the distillation loss")
         for name, value in terms.items():
-            self.log(
-                f"train/{name}",
-                value.detach(),
-                on_step=True,
-                on_epoch=True,
-                prog_bar=name == "loss",
-                batch_size=n,
-            )
             self._sums[name] = self._sums.get(name, 0.0) + float(value.detach())
         if self.loss.learnable_temperature:
             self.log("train/temperature", self.loss.temperature.detach(), on_step=True, batch_size=n)
@@ -184,13 +171,7 @@ class DistillTask(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
-        new = [(i, msg) for i, msg in batch.get("skipped", []) if i not in self._skipped]
-        if new:
-            self._skipped.update(i for i, _ in new)
-            listed = "\n  ".join(msg for _, msg in new[:10])
-            warnings.warn(
-                f"skipped {len(new)} unreadable image(s) in training:\n  {listed}", DataWarning, stacklevel=2
-            )
+        warn_skipped(self._skipped, batch)
 
     # ---------------------------------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:

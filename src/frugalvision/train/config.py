@@ -1,9 +1,12 @@
-"""Training configuration: frozen dataclasses, read from YAML plus ``key=value`` overrides.
+"""Training configuration: the schema of a run, as frozen dataclasses.
 
-Precedence, lowest first: the defaults below < the recipe's presets (:mod:`frugalvision.train.recipes`) < the YAML
-file < the overrides (the CLI's ``--set key=value`` and its flags). Keys are dotted (``optim.lr``,
-``loss.kwargs.margin``); an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key.
-Every run writes its resolved configuration to ``<out>/config.yaml``::
+:func:`frugalvision.train.load_config` (in :mod:`frugalvision.train.resolve`) builds a :class:`TrainConfig` from the
+defaults below < the recipe's presets (:mod:`frugalvision.train.recipes`) < the YAML file < the overrides (the
+CLI's ``--set key=value`` and its flags), resolves every ``"auto"`` that the configuration alone decides and checks
+the ranges, once; the engine only reads the result. Keys are dotted (``optim.lr``, ``loss.kwargs.margin``); an
+unknown key or a value of the wrong type raises :class:`ConfigError` naming the key (the typed loader is
+:mod:`frugalvision._config`, shared with the distillation configuration). Every run writes its resolved
+configuration to ``<out>/config.yaml``::
 
     cfg = load_config("train.yaml", ["optim.lr=3e-4", "model.freeze_backbone=true"])
     cfg.optim.lr, cfg.to_dict()["model"]["pooling"]
@@ -11,22 +14,15 @@ Every run writes its resolved configuration to ``<out>/config.yaml``::
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import os
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal
 
-import yaml
-
-from frugalvision._fields import MAX_INPUT_SIDE
-from frugalvision.errors import FrugalVisionError
+from frugalvision._config import ConfigError, Settings, coerce_value, parse_override, read_yaml
 
 __all__ = [
+    "DEFAULT_LOSSES",
+    "DEFAULT_MODEL",
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
@@ -36,15 +32,11 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "coerce_value",
-    "load_config",
     "parse_override",
+    "read_yaml",
 ]
 
 DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
-
-
-class ConfigError(FrugalVisionError, ValueError):
-    """A training configuration key is unknown or its value is invalid; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +140,8 @@ class LossConfig:
 
     def resolved_name(self, task: str) -> str:
         """The loss's canonical registered name: ``"auto"`` replaced by the task's default, an alias by its
-        canonical name (an unknown name is returned lower-cased, for :func:`validate` to report)."""
+        canonical name (an unknown name is returned lower-cased). A resolved configuration
+        (:func:`frugalvision.train.load_config`) already holds it in :attr:`name`."""
         from frugalvision.losses import loss_entry
 
         name = self.name.strip().lower()
@@ -225,12 +218,20 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """A whole training run. ``task``: ``"embedding"`` (metric learning: an image-retrieval embedding) or
-    ``"multilabel"`` (tagging: one independent yes/no per class). ``recipe`` names the augmentation/regularisation
+class TrainConfig(Settings):
+    """A whole training run. ``task``: a name in the task registry (:func:`frugalvision.train.list_tasks`):
+    ``"embedding"`` (metric learning: an image-retrieval embedding) or ``"multilabel"`` (tagging: one independent
+    yes/no per class). ``recipe`` names the augmentation/regularisation
     preset (``none``, ``light``, ``medium``, ``strong``; see :mod:`frugalvision.train.recipes`)."""
 
-    task: Literal["embedding", "multilabel"] = "embedding"
+    _aliases: ClassVar[Mapping[str, str]] = {
+        "learning_rate": "lr",
+        "wd": "weight_decay",
+        "max_epochs": "epochs",
+        "loss_name": "name",
+    }
+
+    task: str = "embedding"
     out: str = "runs/embedding"
     seed: int = 0
     recipe: Literal["none", "light", "medium", "strong"] = "light"
@@ -240,417 +241,3 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (tuples as lists): JSON/YAML-able, and :meth:`from_dict` reads it back."""
-        return _plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build from a nested dict, filling defaults; unknown keys and bad values raise :class:`ConfigError`."""
-        return _build(cls, values, "")
-
-    def replace(self, **overrides: Any) -> TrainConfig:
-        """A copy with dotted-key overrides applied, e.g. ``cfg.replace(**{"optim.lr": 1e-3})``."""
-        flat = flatten(self.to_dict())
-        for key, value in overrides.items():
-            _check_key(key)
-            flat[key] = value
-        return TrainConfig.from_dict(unflatten(flat))
-
-    def save_yaml(self, path: str | os.PathLike[str]) -> Path:
-        """Write the resolved configuration as YAML (atomically)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, p)
-        return p
-
-
-# --------------------------------------------------------------------------------------------- loading
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-4"`` -> ``("optim.lr", 0.0003)``; the value is read as YAML (``true``, ``[1, 5]``, ``null``)."""
-    if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=3e-4")
-    key, _, raw = text.partition("=")
-    key = key.strip()
-    _check_key(key)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: cannot read value {raw!r} ({e})") from e
-    return key, value
-
-
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}"
-        )
-    return data
-
-
-def load_config(
-    path: str | os.PathLike[str] | None = None,
-    overrides: Mapping[str, Any] | Sequence[str] = (),
-    *,
-    base: Mapping[str, Any] | None = None,
-) -> TrainConfig:
-    """Resolve a configuration: defaults < recipe < ``base`` < YAML file ``path`` < ``overrides``.
-
-    Args:
-        path: optional YAML file (nested sections or dotted keys).
-        overrides: ``{"optim.lr": 3e-4}`` or ``["optim.lr=3e-4", ...]``.
-        base: an earlier resolved config (e.g. a run's ``config.yaml`` when resuming).
-
-    Raises:
-        ConfigError: unknown keys (with a suggestion), values of the wrong type or out of range.
-    """
-    user: dict[str, Any] = {}
-    if base:
-        user.update(flatten(base))
-    if path is not None:
-        user.update(flatten(read_yaml(path)))
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = [parse_override(o) for o in overrides]
-    for key, value in items:
-        _check_key(key)
-        user[key] = value
-    for key in user:
-        _check_key(key)
-
-    from frugalvision.train.recipes import RECIPES
-
-    recipe = user.get("recipe", TrainConfig.recipe)
-    if recipe not in RECIPES:
-        raise ConfigError(f"recipe must be one of {', '.join(map(repr, RECIPES))}; got {recipe!r}")
-    resolved = {**RECIPES[recipe], **user} if base is None else user
-    config = TrainConfig.from_dict(unflatten(resolved))
-    validate(config)
-    return config
-
-
-def validate(config: TrainConfig) -> None:
-    """Range checks across fields; raises :class:`ConfigError` naming the key."""
-    d, m, o, a, t = config.data, config.model, config.optim, config.augment, config.trainer
-    per_class = sampler_kind(config) == "m_per_class"
-    checks: list[tuple[bool, str, str]] = [
-        (0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}"),
-        (
-            d.m_per_class >= 2 or not per_class,
-            "data.m_per_class",
-            f"must be >= 2 (a class needs a positive pair), got {d.m_per_class}",
-        ),
-        (
-            (d.batch_size >= 2 * d.m_per_class and d.batch_size % d.m_per_class == 0) or not per_class,
-            "data.batch_size",
-            f"must be a multiple of data.m_per_class ({d.m_per_class}) holding at least 2 classes, got {d.batch_size}",
-        ),
-        (d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}"),
-        (t.eval_top_k >= 1, "trainer.eval_top_k", f"must be >= 1, got {t.eval_top_k}"),
-        (d.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {d.eval_batch_size}"),
-        (
-            d.num_workers is None or d.num_workers >= 0,
-            "data.num_workers",
-            f"must be >= 0, got {d.num_workers}",
-        ),
-        (d.steps_per_epoch is None or d.steps_per_epoch >= 1, "data.steps_per_epoch", "must be >= 1"),
-        (
-            m.embedding_size is None or m.embedding_size >= 1,
-            "model.embedding_size",
-            f"must be >= 1 or null, got {m.embedding_size}",
-        ),
-        (m.gem_p > 0, "model.gem_p", f"must be > 0, got {m.gem_p}"),
-        (m.hyperbolic_c > 0, "model.hyperbolic_c", f"must be > 0, got {m.hyperbolic_c}"),
-        (0 <= m.drop_rate < 1, "model.drop_rate", f"must be in [0, 1), got {m.drop_rate}"),
-        (0 <= m.drop_path_rate < 1, "model.drop_path_rate", f"must be in [0, 1), got {m.drop_path_rate}"),
-        (
-            m.input_size is None or 8 <= m.input_size <= MAX_INPUT_SIDE,
-            "model.input_size",
-            f"must be in [8, {MAX_INPUT_SIDE}] pixels, got {m.input_size}",
-        ),
-        (o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}"),
-        (o.head_lr_multiplier > 0, "optim.head_lr_multiplier", f"must be > 0, got {o.head_lr_multiplier}"),
-        (o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}"),
-        (o.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {o.warmup_epochs}"),
-        (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}"),
-        (
-            o.grad_clip is None or o.grad_clip > 0,
-            "optim.grad_clip",
-            f"must be > 0 or null, got {o.grad_clip}",
-        ),
-        (0 < a.scale[0] <= a.scale[1] <= 1, "augment.scale", f"must be (min, max) in (0, 1], got {a.scale}"),
-        (0 <= a.hflip <= 1 and 0 <= a.vflip <= 1, "augment.hflip", "flip probabilities must be in [0, 1]"),
-        (0 <= a.re_prob <= 1, "augment.re_prob", f"must be in [0, 1], got {a.re_prob}"),
-        (t.epochs >= 1, "trainer.epochs", f"must be >= 1, got {t.epochs}"),
-        (
-            t.patience is None or t.patience >= 1,
-            "trainer.patience",
-            f"must be >= 1 or null, got {t.patience}",
-        ),
-        (
-            len(t.eval_k) > 0 and all(k >= 1 for k in t.eval_k),
-            "trainer.eval_k",
-            f"must be K >= 1, got {t.eval_k}",
-        ),
-        (t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}"),
-        (t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1"),
-    ]
-    for ok, key, message in checks:
-        if not ok:
-            raise ConfigError(f"{key} {message}")
-    from frugalvision.losses import list_losses, loss_task
-
-    name = config.loss.resolved_name(config.task)
-    task_losses = ", ".join(list_losses(task=config.task, include_aliases=False))
-    if name not in list_losses():
-        raise ConfigError(
-            f"loss.name: unknown loss {config.loss.name!r}; the {config.task} task takes: {task_losses}"
-        )
-    if loss_task(name) != config.task:
-        raise ConfigError(
-            f"loss.name: {name!r} is a loss for the {loss_task(name)} task, not for task={config.task}; "
-            f"the {config.task} task takes: {task_losses}"
-        )
-    if config.task == "embedding":
-        if d.sampler not in ("auto", "m_per_class"):
-            raise ConfigError(
-                f"data.sampler={d.sampler!r}: metric-learning losses need several images of each class in a "
-                "batch; the embedding task uses m_per_class (or auto)"
-            )
-        if config.loss.partial != "ignore" or config.loss.partial_kwargs:
-            raise ConfigError("loss.partial / loss.partial_kwargs apply to the multilabel task only")
-    else:
-        if d.val_split == "classes":
-            raise ConfigError(
-                "data.val_split=classes holds out whole classes, which a multi-label classifier cannot predict; "
-                "use images (or auto)"
-            )
-        if d.sampler == "m_per_class":
-            raise ConfigError(
-                "data.sampler=m_per_class is for the embedding task; use shuffle or class_aware"
-            )
-        if m.normalization not in ("auto", "none"):
-            raise ConfigError(
-                f"model.normalization={m.normalization!r}: a multi-label classifier outputs raw logits; use auto"
-            )
-    if a.mixup > 0 or a.cutmix > 0:
-        raise ConfigError(
-            f"augment.mixup={a.mixup} / augment.cutmix={a.cutmix}: Mixup and CutMix blend labels into soft "
-            "targets, but metric-learning losses compare samples through hard class labels, and the multi-label "
-            "losses here take hard (possibly unknown) targets; set both to 0"
-        )
-
-
-def sampler_kind(config: TrainConfig) -> str:
-    """The training batch sampler, with ``"auto"`` resolved: m-per-class for embeddings, shuffle for multi-label."""
-    if config.data.sampler != "auto":
-        return config.data.sampler
-    return "m_per_class" if config.task == "embedding" else "shuffle"
-
-
-def val_split_kind(config: TrainConfig) -> str:
-    """The validation split, with ``"auto"`` resolved: classes for embeddings, images for multi-label."""
-    if config.data.val_split != "auto":
-        return config.data.val_split
-    return "classes" if config.task == "embedding" else "images"
-
-
-# ------------------------------------------------------------------------------------------ dict helpers
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; the dict-valued fields (``loss.kwargs``,
-    ``model.model_kwargs``) stay whole."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and key not in _DICT_FIELDS:
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten`; keys below a dict field (``loss.kwargs.margin``) go into that dict."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {} if child is None else child
-                if not isinstance(child, dict):
-                    raise ConfigError(
-                        f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key}"
-                    )
-                node[part] = child
-            node = child
-        last = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
-            node[last] = {**node[last], **value}
-        else:
-            node[last] = dict(value) if isinstance(value, Mapping) else value
-    return out
-
-
-def _sections() -> dict[str, Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {name: tp for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
-
-
-_DICT_FIELDS = ("loss.kwargs", "loss.partial_kwargs", "model.model_kwargs")
-
-
-def _all_keys() -> list[str]:
-    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _sections()]
-    for name, section in _sections().items():
-        keys += [f"{name}.{f.name}" for f in dataclasses.fields(section)]
-    return keys
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"config keys must be non-empty strings, got {key!r}")
-    if key in _sections() or any(key == d or key.startswith(d + ".") for d in _DICT_FIELDS):
-        return
-    known = _all_keys()
-    if key not in known:
-        raise ConfigError(f"unknown config key {key!r}{_suggest(key, known)}")
-
-
-_ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "max_epochs": "epochs", "loss_name": "name"}
-
-
-def _suggest(key: str, known: list[str]) -> str:
-    """``"; did you mean 'optim.lr'?"``: the same leaf (or a known alias of it) in another section, else the
-    closest spelling."""
-    leaf = key.rsplit(".", 1)[-1]
-    leaf = _ALIASES.get(leaf, leaf)
-    same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
-    section = key.rsplit(".", 1)[0] if "." in key else ""
-    close = [k for k in same_leaf if k.startswith(section + ".")] or same_leaf
-    close = close or difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    return f"; known keys: {', '.join(known)}"
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _build(cls: Any, values: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in names:
-            _check_key(f"{prefix}{key}")  # raises with a suggestion
-    kwargs: dict[str, Any] = {}
-    for name in names:
-        if name not in values:
-            continue
-        tp, value, key = hints[name], values[name], f"{prefix}{name}"
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, f"{key}.")
-        else:
-            kwargs[name] = coerce_value(value, tp, key)
-    return cls(**kwargs)
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def coerce_value(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (numbers written as strings are accepted)."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce_value(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{key} must be one of {_type_name(tp)}; got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if isinstance(value, str) and value:
-            return value
-        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
-    if origin is tuple:
-        args = get_args(tp)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and args[-1] is Ellipsis:
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if args and args[-1] is Ellipsis:
-            return tuple(coerce_value(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(coerce_value(v, a, key) for v, a in zip(value, args, strict=True))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - a field type not handled above

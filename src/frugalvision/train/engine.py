@@ -1,9 +1,12 @@
 """``fit``: from a :class:`~frugalvision.train.config.TrainConfig` to a trained model bundle.
 
-One entry point for both tasks -- ``task="embedding"`` (metric learning, :class:`~frugalvision.train.tasks.
-EmbeddingTask`) and ``task="multilabel"`` (tagging, :class:`~frugalvision.train.tasks.MultilabelTask`; per-class
-decision thresholds are tuned on the validation images after training and saved in the bundle) -- and both ways of
-training:
+One entry point for every registered task (:func:`frugalvision.train.run.task_spec`): ``fit`` resolves the
+configuration (:func:`~frugalvision.train.resolve_config`, a no-op for what ``load_config`` returned) and hands the
+task's :class:`~frugalvision.train.run.TaskRun` to the run scaffold (:func:`~frugalvision.train.run.run_task`).
+This module registers the two built-in tasks, both run by :class:`SupervisedRun` -- ``task="embedding"`` (metric
+learning, :class:`~frugalvision.train.tasks.EmbeddingTask`) and ``task="multilabel"`` (tagging,
+:class:`~frugalvision.train.tasks.MultilabelTask`; per-class decision thresholds are tuned on the validation images
+after training and saved in the bundle) -- with both ways of training:
 
 * **fine-tuning** -- images go through the backbone every step, with the recipe's augmentation;
 * **frozen-backbone fast path** (``model.freeze_backbone``) -- pooled features are computed once for the training
@@ -34,8 +37,7 @@ Lightning documents. ``accelerator="cpu"`` with ``strategy="ddp"`` runs the same
 from __future__ import annotations
 
 import logging
-import random
-import warnings
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,19 +46,17 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
 
 from frugalvision.bundle import save_bundle
 from frugalvision.data import open_dataset
 from frugalvision.embeddings import default_num_workers
 from frugalvision.models.embedding_model import EmbeddingModel, create_embedding_model
-from frugalvision.train._checkpoint import AtomicCheckpointIO, last_checkpoint, read_checkpoint
-from frugalvision.train._dist import devices_arg, env_rank, uses_cuda
+from frugalvision.train._checkpoint import read_checkpoint
+from frugalvision.train._dist import uses_cuda
 from frugalvision.train.cache import cached_features
-from frugalvision.train.config import ConfigError, TrainConfig, sampler_kind, val_split_kind, validate
+from frugalvision.train.config import ConfigError, TrainConfig
 from frugalvision.train.data import (
-    EpochSeeder,
     FeatureItems,
     LabelledDataModule,
     LabelledSplit,
@@ -67,23 +67,22 @@ from frugalvision.train.data import (
     multilabel_split,
     split_dataset,
 )
-from frugalvision.train.losses import build_loss, head_normalization
+from frugalvision.train.losses import build_loss
 from frugalvision.train.recipes import train_transform
+from frugalvision.train.resolve import resolve_config
+from frugalvision.train.run import (
+    RunSettings,
+    TaskRun,
+    TaskSpec,
+    register_task,
+    resolve_precision,
+    run_task,
+    task_spec,
+)
 from frugalvision.train.samplers import SeededItems
 from frugalvision.train.tasks import EmbeddingTask, MultilabelTask, SupervisedTask
 
-__all__ = ["FitResult", "fit", "resolve_precision"]
-
-# Lightning notices that are expected here: workers are chosen on purpose, validation metrics are computed on the
-# gathered set (identical on every rank), the frozen backbone / BatchNorm layers are in eval mode on purpose.
-_QUIET = (
-    ".*does not have many workers.*",
-    ".*sync_dist=True.*",
-    ".*module\\(s\\) in eval mode.*",
-    ".*LeafSpec.*",
-    ".*smaller than the logging interval.*",
-    ".*exists and is not empty.*",
-)
+__all__ = ["FitResult", "SupervisedRun", "build_model", "fit", "resolve_precision"]
 
 
 class _NoAdvert(logging.Filter):
@@ -121,23 +120,6 @@ class FitResult:
     thresholds: list[float] | None = None
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``"auto"`` -> ``"bf16-mixed"`` on a bfloat16-capable CUDA device, else ``"32-true"``."""
-    if precision != "auto":
-        return precision
-    if uses_cuda(accelerator) and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def _normalization(config: TrainConfig) -> str:
-    if config.task == "multilabel":
-        return "none"  # logits
-    return head_normalization(
-        config.loss.resolved_name(config.task), config.loss.kwargs, config.model.normalization
-    )
-
-
 def build_model(
     config: TrainConfig, num_classes: int | None = None, prior: np.ndarray | None = None
 ) -> EmbeddingModel:
@@ -151,6 +133,7 @@ def build_model(
     the base rate" instead of a loss dominated by the many negatives (the prior initialisation of the focal-loss
     paper, Lin et al. 2017, Sec. 4.1, per class).
     """
+    config = resolve_config(config)
     m = config.model
     multilabel = config.task == "multilabel"
     if multilabel and not num_classes:
@@ -167,8 +150,8 @@ def build_model(
         gem_p=m.gem_p,
         gem_learnable=m.gem_learnable and not frozen,
         head=m.head,
-        embedding_size=int(num_classes) if multilabel and num_classes else embedding_size(config),
-        normalization=_normalization(config),
+        embedding_size=int(num_classes) if multilabel and num_classes else m.embedding_size,
+        normalization=m.normalization,
         hidden_size=m.hidden_size,
         dropout=m.drop_rate,
         c=m.hyperbolic_c,
@@ -181,14 +164,6 @@ def build_model(
     if multilabel:
         _init_classifier(model, prior)
     return model
-
-
-def embedding_size(config: TrainConfig) -> int | None:
-    """``model.embedding_size``, with its default resolved: ``None`` (the pooled features' width) on the
-    frozen-backbone fast path, 128 when fine-tuning."""
-    if config.model.embedding_size is not None:
-        return config.model.embedding_size
-    return None if config.model.freeze_backbone else 128
 
 
 def _init_classifier(model: EmbeddingModel, prior: np.ndarray | None) -> None:
@@ -213,7 +188,7 @@ def _multilabel_splits(
 ) -> tuple[MultilabelSplit, MultilabelSplit | None, Any]:
     d = config.data
     if d.val_data is None:
-        train, val = multilabel_split(dataset, val_split_kind(config), d.val_fraction, config.seed)
+        train, val = multilabel_split(dataset, d.val_split, d.val_fraction, config.seed)
         return train, val, (dataset, None)
     train, _ = multilabel_split(dataset, "none", d.val_fraction, config.seed)
     val_dataset = open_dataset(d.val_data, format=d.format, on_corrupt=d.on_corrupt)
@@ -253,8 +228,8 @@ def _splits(config: TrainConfig) -> tuple[Split, Split | None, Any]:
         assert val is not None
         check_validation_split(val, str(d.val_data))
     else:
-        train, val = split_dataset(dataset, val_split_kind(config), d.val_fraction, config.seed)
-    if sampler_kind(config) == "m_per_class" and len(train.classes) < d.batch_size // d.m_per_class:
+        train, val = split_dataset(dataset, d.val_split, d.val_fraction, config.seed)
+    if d.sampler == "m_per_class" and len(train.classes) < d.batch_size // d.m_per_class:
         raise ConfigError(
             f"data.batch_size: a batch of {d.batch_size} with m_per_class={d.m_per_class} needs "
             f"{d.batch_size // d.m_per_class} training classes, but there are {len(train.classes)}"
@@ -294,6 +269,137 @@ def _cached_items(
     return train_items, SeededItems(FeatureItems(val_x), val_y, seeded=False)
 
 
+class SupervisedRun(TaskRun):
+    """The embedding and multi-label tasks as a :class:`~frugalvision.train.run.TaskRun`: labelled splits, a
+    pretrained backbone with a new head, a registered loss, the fine-tuning or frozen-backbone data path, and the
+    model bundle (with tuned per-class thresholds for multi-label)."""
+
+    config: TrainConfig
+
+    def __init__(self, config: TrainConfig, *, text_encoder: Any | None = None) -> None:
+        t = config.trainer
+        self.config = config
+        self.settings = RunSettings.of(
+            t, out=Path(config.out), seed=config.seed, grad_clip=config.optim.grad_clip
+        )
+        self.multilabel = config.task == "multilabel"
+        self.module_class: type[SupervisedTask] = MultilabelTask if self.multilabel else EmbeddingTask
+        self.monitor = self.module_class.monitor
+        self.patience = t.patience
+        self.text_encoder = text_encoder
+
+    def prepare(self, resume: bool) -> None:
+        config = self.config
+        self.train, self.val, self.sources = _splits(config)
+        train = self.train
+        prior = None
+        if isinstance(train, MultilabelSplit):
+            known = np.maximum((train.labels != -1).sum(axis=0), 1)
+            prior = train.positives() / known
+        self.model = build_model(config, num_classes=len(train.classes), prior=prior)
+        loss = build_loss(
+            config.loss.name,
+            num_classes=len(train.classes),
+            embedding_size=self.model.embedding_size,
+            class_names=train.classes,
+            kwargs=config.loss.kwargs,
+            hyperbolic_c=config.model.hyperbolic_c if self.model.normalization == "poincare" else None,
+            text_encoder=self.text_encoder,
+            class_counts=train.positives().tolist() if isinstance(train, MultilabelSplit) else None,
+            num_samples=len(train.labels),
+        )
+        if self.multilabel and config.loss.partial != "ignore":
+            from frugalvision.losses import PartialAnnotationLoss
+
+            try:
+                loss = PartialAnnotationLoss(loss, mode=config.loss.partial, **config.loss.partial_kwargs)
+            except TypeError as e:
+                raise ConfigError(f"loss.partial_kwargs: {e}") from e
+        self.loss = loss
+        self.has_validation = self.val is not None
+
+    def trainer_options(self, resume: bool) -> dict[str, Any]:
+        # The sanity run measures the pretrained backbone alone (embeddings only: a new classifier has no baseline).
+        t = self.config.trainer
+        sanity = self.has_validation and t.eval_before_training and not resume and not self.multilabel
+        return {"num_sanity_val_steps": -1 if sanity else 0}
+
+    def build(self, trainer: pl.Trainer) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+        config, model, train, val = self.config, self.model, self.train, self.val
+        frozen = config.model.freeze_backbone
+        if frozen:
+            train_items, val_items = _cached_items(config, model, train, val, self.sources)
+            workers = 0
+        else:
+            train_items = SeededItems(
+                train.dataset.with_transform(train_transform(model.data_config, config.augment)), train.labels
+            )
+            val_items = (
+                SeededItems(val.dataset.with_transform(model.transform()), val.labels, seeded=False)
+                if val
+                else None
+            )
+            workers = default_num_workers() if config.data.num_workers is None else config.data.num_workers
+        self.val_items = val_items
+        d = config.data
+        steps = d.steps_per_epoch or max(1, len(train_items) // (d.batch_size * trainer.world_size))
+        trainer.log_every_n_steps = min(config.trainer.log_every_n_steps, steps)  # type: ignore[attr-defined]
+        datamodule = LabelledDataModule(
+            train_items,
+            val_items,
+            batch_size=d.batch_size,
+            m_per_class=d.m_per_class,
+            eval_batch_size=d.eval_batch_size,
+            seed=config.seed,
+            num_workers=workers,
+            steps_per_epoch=steps,
+            sampler=d.sampler,
+        )
+        task = self.module_class(model, self.loss, config, steps_per_epoch=steps, cached_features=frozen)
+        return task, datamodule
+
+    def finish(self, trainer: pl.Trainer, module: pl.LightningModule, best: str | None) -> FitResult:
+        assert isinstance(module, SupervisedTask)
+        config, train, val, out = self.config, self.train, self.val, self.settings.out
+        frozen = config.model.freeze_backbone
+        best_epoch = None
+        if best:
+            state = read_checkpoint(best)
+            module.load_state_dict(state["state_dict"])
+            best_epoch = int(state["epoch"])
+        model = module.model.cpu().eval()
+        metrics = _epoch_metrics(module.history, best_epoch)
+        result = FitResult(out, None, model, metrics, dict(module.baseline), list(module.history), best)
+        extra: dict[str, Any] = {}
+        if self.multilabel and trainer.is_global_zero:
+            extra = _tune_thresholds(model, self.val_items, train.classes, frozen, config)
+            result.metrics.update(extra.pop("metrics"))
+            result.thresholds = extra["thresholds"]
+        loss_record: dict[str, Any] = {"name": config.loss.name, "kwargs": dict(config.loss.kwargs)}
+        if self.multilabel:
+            loss_record.update(partial=config.loss.partial, partial_kwargs=dict(config.loss.partial_kwargs))
+        if trainer.is_global_zero:
+            result.bundle = save_bundle(
+                model,
+                out / "model",
+                task=config.task,
+                classes=train.classes,
+                thresholds=extra.get("thresholds"),
+                per_class=extra.get("per_class"),
+                loss=loss_record,
+                training=config.to_dict(),
+                metrics={**metrics, "baseline": dict(module.baseline)},
+                history=module.history,
+                data={
+                    "source": str(config.data.path),
+                    "train": train.summary(),
+                    "val": val.summary() if val is not None else None,
+                    "fast_path": frozen,
+                },
+            )
+        return result
+
+
 def fit(
     config: TrainConfig,
     *,
@@ -301,177 +407,25 @@ def fit(
     text_encoder: Any | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train an embedding or multi-label model as ``config`` says and save the bundle to ``<config.out>/model``.
+    """Train the model of ``config.task`` as ``config`` says and save the bundle to ``<config.out>/model``.
 
     Args:
-        config: the resolved configuration (:func:`~frugalvision.train.config.load_config`).
+        config: the configuration (:func:`~frugalvision.train.load_config`; one built otherwise is resolved here).
         resume: continue the run in ``config.out`` from ``checkpoints/last.ckpt``.
         text_encoder: language model ``list[str] -> (n, d)`` for the ``language_guided`` loss (default: the
             offline MiniLM).
         callbacks: extra Lightning callbacks.
 
     Returns:
-        :class:`FitResult`.
+        what the task's run returns (:class:`FitResult` for the embedding and multi-label tasks).
 
     Raises:
         ConfigError: bad settings, a run already in ``out`` without ``resume``, ``resume`` without a checkpoint.
         DataError: data sets that cannot be read or split.
     """
-    validate(config)
-    out = Path(config.out)
-    last = last_checkpoint(out, resume)
-    if env_rank() == 0:
-        config.save_yaml(out / "config.yaml")
-    random.seed(config.seed)
-    np.random.seed(config.seed)  # noqa: NPY002  (third-party augmentations draw from the global generator)
-    torch.manual_seed(config.seed)
-
-    multilabel = config.task == "multilabel"
-    train, val, sources = _splits(config)
-    prior = None
-    if isinstance(train, MultilabelSplit):
-        known = np.maximum((train.labels != -1).sum(axis=0), 1)
-        prior = train.positives() / known
-    model = build_model(config, num_classes=len(train.classes), prior=prior)
-    frozen = config.model.freeze_backbone
-    loss_name = config.loss.resolved_name(config.task)  # canonical: an alias is resolved there
-    loss = build_loss(
-        loss_name,
-        num_classes=len(train.classes),
-        embedding_size=model.embedding_size,
-        class_names=train.classes,
-        kwargs=config.loss.kwargs,
-        hyperbolic_c=config.model.hyperbolic_c if model.normalization == "poincare" else None,
-        text_encoder=text_encoder,
-        class_counts=train.positives().tolist() if isinstance(train, MultilabelSplit) else None,
-        num_samples=len(train.labels),
-    )
-    if multilabel and config.loss.partial != "ignore":
-        from frugalvision.losses import PartialAnnotationLoss
-
-        try:
-            loss = PartialAnnotationLoss(loss, mode=config.loss.partial, **config.loss.partial_kwargs)
-        except TypeError as e:
-            raise ConfigError(f"loss.partial_kwargs: {e}") from e
-    task_class: type[SupervisedTask] = MultilabelTask if multilabel else EmbeddingTask
-    monitor = task_class.monitor
-
-    t = config.trainer
-    accelerator = "gpu" if uses_cuda(t.accelerator) and t.accelerator == "auto" else t.accelerator
-    # Two checkpoints: best.ckpt (best validation MAP@R) and last.ckpt (every epoch, for --resume).
-    checkpoint = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="best",
-        monitor=monitor if val is not None else None,
-        mode="max",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    latest = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
-    )
-    all_callbacks: list[Callback] = [EpochSeeder(config.seed), checkpoint, latest, *callbacks]
-    if val is not None and t.patience is not None:
-        all_callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=t.patience))
-    no_validation: dict[str, Any] = {} if val is not None else {"limit_val_batches": 0}
-    trainer = pl.Trainer(
-        max_epochs=t.epochs,
-        accelerator=accelerator,
-        devices=devices_arg(t.devices),
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator),  # type: ignore[arg-type]
-        gradient_clip_val=config.optim.grad_clip,
-        callbacks=all_callbacks,
-        logger=[
-            CSVLogger(out, name="logs"),
-            TensorBoardLogger(out, name="tensorboard", default_hp_metric=False),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        # The sanity run measures the pretrained backbone alone (embeddings only: a new classifier has no baseline).
-        num_sanity_val_steps=-1
-        if (val is not None and t.eval_before_training and not resume and not multilabel)
-        else 0,
-        **no_validation,
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.progress,
-        enable_model_summary=t.progress,
-        default_root_dir=out,
-    )
-
-    if frozen:
-        train_items, val_items = _cached_items(config, model, train, val, sources)
-        workers = 0
-    else:
-        train_items = SeededItems(
-            train.dataset.with_transform(train_transform(model.data_config, config.augment)), train.labels
-        )
-        val_items = (
-            SeededItems(val.dataset.with_transform(model.transform()), val.labels, seeded=False)
-            if val
-            else None
-        )
-        workers = default_num_workers() if config.data.num_workers is None else config.data.num_workers
-    steps = config.data.steps_per_epoch or max(
-        1, len(train_items) // (config.data.batch_size * trainer.world_size)
-    )
-    trainer.log_every_n_steps = min(t.log_every_n_steps, steps)  # type: ignore[attr-defined]
-    datamodule = LabelledDataModule(
-        train_items,
-        val_items,
-        batch_size=config.data.batch_size,
-        m_per_class=config.data.m_per_class,
-        eval_batch_size=config.data.eval_batch_size,
-        seed=config.seed,
-        num_workers=workers,
-        steps_per_epoch=steps,
-        sampler=sampler_kind(config),
-    )
-    task = task_class(model, loss, config, steps_per_epoch=steps, cached_features=frozen)
-    with warnings.catch_warnings():
-        for message in _QUIET:
-            warnings.filterwarnings("ignore", message=message)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
-
-    best = checkpoint.best_model_path or (str(last) if last.is_file() else "")
-    best_epoch = None
-    if best:
-        state = read_checkpoint(best)
-        task.load_state_dict(state["state_dict"])
-        best_epoch = int(state["epoch"])
-    model = task.model.cpu().eval()
-    metrics = _epoch_metrics(task.history, best_epoch)
-    result = FitResult(out, None, model, metrics, dict(task.baseline), list(task.history), best or None)
-    extra: dict[str, Any] = {}
-    if multilabel and trainer.is_global_zero:
-        extra = _tune_thresholds(model, val_items, train.classes, frozen, config)
-        result.metrics.update(extra.pop("metrics"))
-        result.thresholds = extra["thresholds"]
-    loss_record: dict[str, Any] = {"name": loss_name, "kwargs": dict(config.loss.kwargs)}
-    if multilabel:
-        loss_record.update(partial=config.loss.partial, partial_kwargs=dict(config.loss.partial_kwargs))
-    if trainer.is_global_zero:
-        result.bundle = save_bundle(
-            model,
-            out / "model",
-            task=config.task,
-            classes=train.classes,
-            thresholds=extra.get("thresholds"),
-            per_class=extra.get("per_class"),
-            loss=loss_record,
-            training=config.to_dict(),
-            metrics={**metrics, "baseline": dict(task.baseline)},
-            history=task.history,
-            data={
-                "source": str(config.data.path),
-                "train": train.summary(),
-                "val": val.summary() if val is not None else None,
-                "fast_path": frozen,
-            },
-        )
-    return result
+    config = resolve_config(config)
+    task = task_spec(config.task).make_run(config, text_encoder=text_encoder)
+    return typing.cast(FitResult, run_task(task, resume=resume, callbacks=callbacks))
 
 
 def predict_outputs(
@@ -541,3 +495,58 @@ def _epoch_metrics(history: list[dict[str, Any]], epoch: int | None) -> dict[str
     if not rows:
         return {}
     return {"best_epoch": rows[0]["epoch"], **{k: v for k, v in rows[0].items() if k.startswith("val/")}}
+
+
+def _check_embedding(config: TrainConfig) -> None:
+    d = config.data
+    if d.sampler != "m_per_class":
+        raise ConfigError(
+            f"data.sampler={d.sampler!r}: metric-learning losses need several images of each class in a "
+            "batch; the embedding task uses m_per_class (or auto)"
+        )
+    if config.loss.partial != "ignore" or config.loss.partial_kwargs:
+        raise ConfigError("loss.partial / loss.partial_kwargs apply to the multilabel task only")
+
+
+def _check_multilabel(config: TrainConfig) -> None:
+    d = config.data
+    if d.val_split == "classes":
+        raise ConfigError(
+            "data.val_split=classes holds out whole classes, which a multi-label classifier cannot predict; "
+            "use images (or auto)"
+        )
+    if d.sampler == "m_per_class":
+        raise ConfigError("data.sampler=m_per_class is for the embedding task; use shuffle or class_aware")
+    if config.model.normalization != "none":
+        raise ConfigError(
+            f"model.normalization={config.model.normalization!r}: a multi-label classifier outputs raw logits; "
+            "use auto"
+        )
+
+
+register_task(
+    TaskSpec(
+        "embedding",
+        SupervisedRun,
+        defaults={
+            "loss.name": "proxynca++",
+            "data.sampler": "m_per_class",
+            "data.val_split": "classes",
+            "model.embedding_size": 128,
+        },
+        check=_check_embedding,
+    )
+)
+register_task(
+    TaskSpec(
+        "multilabel",
+        SupervisedRun,
+        defaults={
+            "loss.name": "asl",
+            "data.sampler": "shuffle",
+            "data.val_split": "images",
+            "model.normalization": "none",
+        },
+        check=_check_multilabel,
+    )
+)

@@ -17,20 +17,18 @@ model outputs and how validation scores it:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from frugalvision.errors import DataWarning
 from frugalvision.metrics import retrieval_metrics
 from frugalvision.models.embedding_model import EmbeddingModel
-from frugalvision.train._dist import all_gather_rows
 from frugalvision.train.config import TrainConfig
 from frugalvision.train.losses import loss_terms
 from frugalvision.train.optim import build_optimizer
+from frugalvision.train.run import all_gather_rows, log_loss_terms, warn_skipped
 
 __all__ = ["EmbeddingTask", "MultilabelTask", "SupervisedTask"]
 
@@ -118,21 +116,8 @@ class SupervisedTask(pl.LightningModule):
         embeddings = self(images)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             terms = loss_terms(self.loss, embeddings.float(), labels)
-        if not torch.isfinite(terms["loss"]):
-            raise FloatingPointError(
-                f"the loss is {float(terms['loss'])} at epoch {self.current_epoch}, step {batch_idx}; lower "
-                "optim.lr, keep optim.grad_clip, or use 32-bit precision (trainer.precision=32-true)"
-            )
-        n = int(labels.shape[0])
-        for name, value in terms.items():
-            self.log(
-                f"train/{name}",
-                value.detach(),
-                on_step=True,
-                on_epoch=True,
-                prog_bar=name == "loss",
-                batch_size=n,
-            )
+        advice = "lower optim.lr, keep optim.grad_clip, or use 32-bit precision (trainer.precision=32-true)"
+        log_loss_terms(self, terms, int(labels.shape[0]), batch_idx, advice)
         self._loss_sum += float(terms["loss"].detach())
         self._loss_count += 1
         return terms
@@ -151,13 +136,7 @@ class SupervisedTask(pl.LightningModule):
         return self.cached_features or self.config.model.freeze_backbone
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
-        new = [(i, msg) for i, msg in batch.get("skipped", []) if i not in self._skipped]
-        if new:
-            self._skipped.update(i for i, _ in new)
-            listed = "\n  ".join(msg for _, msg in new[:10])
-            warnings.warn(
-                f"skipped {len(new)} unreadable image(s) in training:\n  {listed}", DataWarning, stacklevel=2
-            )
+        warn_skipped(self._skipped, batch)
 
     # ---------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
