@@ -13,7 +13,7 @@ import pytest
 grimp = pytest.importorskip("grimp")
 
 # The circle the config rewrite (h-config) removes; delete this entry when it lands.
-_KNOWN_CIRCLES: set[frozenset[str]] = {frozenset({"frugalvision.train.config", "frugalvision.train.recipes"})}
+_KNOWN_CIRCLES: set[frozenset[str]] = set()
 
 
 def import_circles(graph) -> list[list[str]]:

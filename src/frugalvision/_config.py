@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from frugalvision.errors import FrugalVisionError
+from frugalvision.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -39,10 +39,6 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound="Settings")
-
-
-class ConfigError(FrugalVisionError, ValueError):
-    """A configuration key is unknown or its value is invalid; the message names the key (and the file)."""
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

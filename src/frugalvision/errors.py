@@ -42,6 +42,10 @@ class WeightsError(FrugalVisionError, RuntimeError):
     """Pretrained weights were asked for and could not be loaded (offline, missing file, mismatch)."""
 
 
+class ConfigError(FrugalVisionError, ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key (and the file)."""
+
+
 class StoreError(FrugalVisionError, ValueError):
     """An embedding store or index on disk is missing, inconsistent or incompatible with the request."""
 
