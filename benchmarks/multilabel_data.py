@@ -119,9 +119,7 @@ def _list_photos(caltech_root: Path, classes: Sequence[str] | None = None) -> di
     if not caltech_root.is_dir():
         raise DataError(f"caltech_root not found or not a folder: {caltech_root}")
     if classes is None:
-        folders = [
-            e.name for e in os.scandir(caltech_root) if e.is_dir() and not e.name.startswith(".")
-        ]
+        folders = [e.name for e in os.scandir(caltech_root) if e.is_dir() and not e.name.startswith(".")]
     else:
         folders = list(classes)
         for folder in folders:
