@@ -311,7 +311,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
-    sets = build_sets(args.work, args.sets, args.hide)
+    sets = build_sets(args.work, args.sets, args.hide if "partial" in args.sections else [])
     print(f"data built in {time.perf_counter() - t0:.0f} s under {args.work}")
     extract_all(sets, args.work)
     print()
