@@ -45,6 +45,7 @@ __all__ = [
     "HIDE_MODES",
     "bccd_manifests",
     "build_mosaics",
+    "class_label",
     "coco128_manifests",
     "format_table",
     "hide_annotations",
@@ -112,24 +113,39 @@ def _check_fraction(value: float, name: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- mosaics
-def _list_photos(caltech_root: Path) -> dict[str, list[str]]:
-    """Class folder -> sorted photo file names."""
+def _list_photos(caltech_root: Path, classes: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Class folder -> sorted photo file names. ``classes``: the class folders to use, relative to the root and
+    possibly nested (``"Bengali/character01"``); default every top-level folder."""
     if not caltech_root.is_dir():
         raise DataError(f"caltech_root not found or not a folder: {caltech_root}")
+    if classes is None:
+        folders = [e.name for e in os.scandir(caltech_root) if e.is_dir() and not e.name.startswith(".")]
+    else:
+        folders = list(classes)
+        for folder in folders:
+            if not (caltech_root / folder).is_dir():
+                raise DataError(f"class folder {folder!r} not found under {caltech_root}")
+        if len(set(folders)) != len(folders):
+            raise ValueError(f"classes must be distinct folders, got {folders}")
     photos: dict[str, list[str]] = {}
-    for entry in sorted(os.scandir(caltech_root), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
+    for folder in sorted(folders):
         names = sorted(
             f
-            for f in os.listdir(entry.path)
+            for f in os.listdir(caltech_root / folder)
             if f.lower().endswith(_PHOTO_EXTENSIONS) and not f.startswith(".")
         )
         if names:
-            photos[entry.name] = names
+            photos[folder] = names
+        elif classes is not None:
+            raise DataError(f"class folder {folder!r} under {caltech_root} holds no .jpg/.jpeg/.png image")
     if len(photos) < 2:
         raise DataError(f"caltech_root {caltech_root} must hold at least 2 class folders of images")
     return photos
+
+
+def class_label(folder: str) -> str:
+    """The label of a class folder: its path relative to the root with ``/`` replaced by ``-``."""
+    return folder.replace("/", "-")
 
 
 def _split_photos(
@@ -265,6 +281,7 @@ def build_mosaics(
     max_tiles: int | None = None,
     photo_split: tuple[float, float, float] = (0.5, 0.2, 0.3),
     hide_fraction: float = 0.0,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Build a long-tailed multi-label set of ``grid x grid`` photo mosaics.
 
@@ -291,6 +308,9 @@ def build_mosaics(
         photo_split: fractions of each class's photos for train/val/test.
         hide_fraction: if > 0, also write ``train_partial.jsonl`` with :func:`hide_annotations`
             (``"random_per_annotation"``, same ``seed``).
+        classes: the class folders to use, relative to ``caltech_root`` and possibly nested (Omniglot's
+            ``"Bengali/character01"``); default every top-level folder. A class's label is its folder with ``/``
+            replaced by ``-`` (:func:`class_label`).
 
     Returns:
         ``{"train": ..., "val": ..., "test": ..., "classes": ..., ["train_partial": ...]}`` paths.
@@ -319,8 +339,9 @@ def build_mosaics(
     fractions = (float(photo_split[0]), float(photo_split[1]), float(photo_split[2]))
     hide_fraction = _check_fraction(hide_fraction, "hide_fraction")
 
-    photos = _list_photos(root)
-    classes = sorted(photos)
+    photos = _list_photos(root, classes)
+    classes = sorted(photos, key=class_label)  # class folders, in the order of their labels
+    labels = {c: class_label(c) for c in classes}
     if max_tiles > len(classes):
         raise ValueError(f"max_tiles ({max_tiles}) exceeds the number of classes ({len(classes)})")
     split_photos = _split_photos(photos, fractions, seed)
@@ -342,6 +363,8 @@ def build_mosaics(
         "jpeg_quality": 90,
         "class_rank": {c: int(r) for c, r in zip(classes, rank, strict=True)},
     }
+    if any(labels[c] != c for c in classes):
+        settings["labels"] = labels
     build_file = out / _BUILD_FILE
     reuse = False
     if build_file.is_file():
@@ -352,7 +375,7 @@ def build_mosaics(
         if not reuse:
             build_file.unlink()  # images are rewritten; the file comes back once they all are
 
-    paths: dict[str, Path] = {"classes": _write_classes(out / "classes.txt", classes)}
+    paths: dict[str, Path] = {"classes": _write_classes(out / "classes.txt", [labels[c] for c in classes])}
     for i, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, 3, i])
         plans = _plan_split(
@@ -384,11 +407,13 @@ def build_mosaics(
                 os.replace(tmp, target)
             rel = f"images/{split}/{name}"
             present = {cls for _, cls, _ in tiles}
-            rows.append({"path": rel, "labels": [c for c in classes if c in present]})
+            rows.append({"path": rel, "labels": [labels[c] for c in classes if c in present]})
             provenance.append(
                 {
                     "path": rel,
-                    "tiles": [{"cell": c, "class": cls, "photo": f"{cls}/{p}"} for c, cls, p in tiles],
+                    "tiles": [
+                        {"cell": c, "class": labels[cls], "photo": f"{cls}/{p}"} for c, cls, p in tiles
+                    ],
                 }
             )
         paths[split] = _write_jsonl(out / f"{split}.jsonl", rows)
@@ -397,7 +422,11 @@ def build_mosaics(
     if hide_fraction > 0:
         paths["train_partial"] = out / "train_partial.jsonl"
         hide_annotations(
-            paths["train"], paths["train_partial"], fraction=hide_fraction, seed=seed, classes=classes
+            paths["train"],
+            paths["train_partial"],
+            fraction=hide_fraction,
+            seed=seed,
+            classes=[labels[c] for c in classes],
         )
     return paths
 

@@ -189,6 +189,33 @@ def test_class_frequencies_follow_zipf_rank() -> None:
 
 
 @needs_data
+def test_mosaics_of_chosen_nested_class_folders(tmp_path: Path) -> None:
+    """``classes=``: a subset of (possibly nested) class folders; labels are the folders with ``/`` -> ``-``."""
+    root = DATA / "omniglot" / "images_background_small1"
+    folders = ["Korean/character03", "Greek/character01", "Latin/character10"]
+    paths = mld.build_mosaics(root, tmp_path / "o", seed=0, classes=folders, max_tiles=3, **TINY)
+    labels = read_class_names(paths["classes"])
+    assert labels == ["Greek-character01", "Korean-character03", "Latin-character10"]
+    seen = set()
+    for split in ("train", "val", "test"):
+        ds = read_manifest(paths[split], classes=labels)
+        assert ds.target_matrix().shape[1] == 3
+        for tile_row in _rows(paths["train"].parent / "tiles" / f"{split}.jsonl"):
+            for t in tile_row["tiles"]:
+                folder = t["photo"].rsplit("/", 1)[0]
+                assert folder in folders and mld.class_label(folder) == t["class"]
+                assert (root / t["photo"]).is_file()
+                seen.add(folder)
+    assert seen == set(folders)
+    # the default (every top-level folder) leaves the labels as they were: folder names
+    assert mld.class_label("Faces_easy") == "Faces_easy"
+    with pytest.raises(DataError, match="class folder 'Greek/character99' not found"):
+        mld.build_mosaics(root, tmp_path / "x", classes=["Greek/character99", "Greek/character01"], **TINY)
+    with pytest.raises(DataError, match="holds no"):
+        mld.build_mosaics(root, tmp_path / "y", classes=["Greek", "Latin"], **TINY)
+
+
+@needs_data
 def test_build_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_tiles"):
         mld.build_mosaics(DATA / "caltech101-dev", tmp_path, max_tiles=5)

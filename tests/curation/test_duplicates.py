@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from frugalvision.curation import (
+    NEAR_DUPLICATE_THRESHOLD,
     DuplicatePairs,
     duplicate_groups,
     exact_duplicates,
@@ -63,7 +64,7 @@ def test_near_duplicates_with_real_embeddings(planted) -> None:
     tf = bb.transform()
     with torch.inference_mode():
         emb = bb(torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])).numpy()
-    pairs = near_duplicates(emb)  # default threshold 0.85
+    pairs = near_duplicates(emb)  # default threshold
     found = {(int(a), int(b)) for a, b in zip(pairs.first, pairs.second, strict=True)}
     assert found == set(truth)  # the copies and only them
     sims = dict(
@@ -77,8 +78,67 @@ def test_near_duplicates_with_real_embeddings(planted) -> None:
     normed = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     cos = normed @ normed.T
     distinct = cos[:8, :8][~np.eye(8, dtype=bool)]
-    assert distinct.max() < 0.6 and sims[(1, 9)] > 0.86  # margins on both sides of the threshold
+    assert distinct.max() < 0.6 and sims[(1, 9)] > 0.86  # margins on both sides of the threshold (0.81)
     assert duplicate_groups(pairs, len(paths)) == [[0, 8, 10], [1, 9]]
+
+
+def _lite0_embeddings(images: list[Image.Image]) -> np.ndarray:
+    """Embeddings as ``frugalvision curate duplicates`` computes them (offline Lite0, its own preprocessing)."""
+    from frugalvision.foundation import create_feature_model
+
+    fm = create_feature_model("tf_efficientnet_lite0.in1k_offline")
+    tf = fm.transform()
+    with torch.inference_mode():
+        return fm(torch.stack([tf(img) for img in images])).numpy()
+
+
+def _jpeg(img: Image.Image, quality: int, path: Path) -> Image.Image:
+    img.save(path, format="JPEG", quality=quality)
+    return Image.open(path).convert("RGB")
+
+
+def test_default_threshold_finds_transformed_copies_of_real_photos(tmp_path: Path) -> None:
+    """Copies made as in benchmarks/duplicates.py (half size + JPEG 60, an 85 % crop, a mirror image, colour
+    jitter, JPEG 55) of full-size skimage photos are found at the default threshold and distinct photos are not;
+    the old default 0.85 missed the half-size JPEG copy of the rocket (cosine about 0.83)."""
+    import skimage.data
+    from PIL import ImageEnhance
+
+    names = ("chelsea", "coffee", "rocket", "astronaut", "camera", "coins", "page", "immunohistochemistry")
+    photos = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in names]
+    rocket, astronaut, chelsea, coffee, coins = (photos[i] for i in (2, 3, 0, 1, 5))
+    w, h = chelsea.size
+    copies = {
+        2: _jpeg(
+            rocket.resize((rocket.width // 2, rocket.height // 2), Image.BICUBIC), 60, tmp_path / "r.jpg"
+        ),
+        3: _jpeg(
+            astronaut.resize((astronaut.width // 2, astronaut.height // 2), Image.BICUBIC),
+            60,
+            tmp_path / "a.jpg",
+        ),
+        0: chelsea.crop(
+            (int(0.1 * w), int(0.05 * h), int(0.1 * w) + int(0.85 * w), int(0.05 * h) + int(0.85 * h))
+        ),
+        1: coffee.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        5: ImageEnhance.Color(
+            ImageEnhance.Contrast(ImageEnhance.Brightness(coins).enhance(1.25)).enhance(0.75)
+        ).enhance(1.3),
+        6: _jpeg(photos[6], 55, tmp_path / "p.jpg"),
+    }
+    emb = _lite0_embeddings(photos + list(copies.values()))
+    truth = {(i, len(photos) + k) for k, i in enumerate(copies)}
+    found = near_duplicates(emb)
+    assert {(int(a), int(b)) for a, b in zip(found.first, found.second, strict=True)} == truth
+    # independent check in float64 from the raw vectors: every copy above, every distinct pair below
+    x = emb.astype(np.float64) / np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    cos = x @ x.T
+    positives = np.array([cos[a, b] for a, b in sorted(truth)])
+    distinct = cos[: len(photos), : len(photos)][~np.eye(len(photos), dtype=bool)]
+    assert positives.min() >= NEAR_DUPLICATE_THRESHOLD > distinct.max()
+    old = near_duplicates(emb, 0.85)
+    missed = truth - {(int(a), int(b)) for a, b in zip(old.first, old.second, strict=True)}
+    assert (2, len(photos)) in missed  # the half-size JPEG copy of the rocket
 
 
 def test_range_search_is_exact_and_inclusive() -> None:

@@ -201,6 +201,38 @@ def test_onnx_export_predicts_like_the_bundle(manifest: Path, tmp_path: Path, ca
     assert [p.labels for p in predictor.predict(paths)] == [p.labels for p in tagger.predict(paths)]
 
 
+def test_fast_path_head_learning_rate_default(manifest: Path, tmp_path: Path) -> None:
+    """The multi-label fast path trains its head at 1e-2 by default (1e-3 left ASL's prior-initialised head
+    under-trained: benchmarks/train_multilabel.py); an explicit lr or multiplier, fine-tuning and the embedding
+    task keep the usual lr x 10."""
+    from frugalvision.train import build_model
+    from frugalvision.train.optim import build_optimizer
+
+    def head_lr(*overrides: str) -> float:
+        cfg = load_config(None, [f"data.path={manifest}", *overrides])
+        if cfg.task == "embedding":
+            return cfg.optim.lr * cfg.optim.head_lr_multiplier
+        model = build_model(cfg.replace(**{"model.name": "test_efficientnet", "model.pretrained": False}), 5)
+        optimizer, _ = build_optimizer(
+            model, torch.nn.Identity(), cfg, steps_per_epoch=1, frozen_backbone=cfg.model.freeze_backbone
+        )
+        return {g["name"]: g["initial_lr"] for g in optimizer.param_groups}["head"]  # before the warm-up
+
+    frozen = ("task=multilabel", "model.freeze_backbone=true")
+    assert head_lr(*frozen) == pytest.approx(1e-2)
+    assert load_config(None, [f"data.path={manifest}", *frozen]).optim.lr == pytest.approx(1e-4)
+    assert head_lr(*frozen, "optim.lr=1e-3") == pytest.approx(1e-2)  # the user's lr x the usual 10
+    assert head_lr(*frozen, "optim.head_lr_multiplier=3") == pytest.approx(3e-4)
+    assert head_lr("task=multilabel") == pytest.approx(1e-3)  # fine-tuning
+    assert head_lr("model.freeze_backbone=true") == pytest.approx(1e-3)  # the embedding task
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("optim:\n  lr: 0.0005\n", encoding="utf-8")
+    cfg = load_config(yaml_file, [f"data.path={manifest}", *frozen])
+    assert cfg.optim.lr * cfg.optim.head_lr_multiplier == pytest.approx(5e-3)
+    resumed = load_config(None, base=load_config(None, [f"data.path={manifest}", *frozen]).to_dict())
+    assert resumed.optim.head_lr_multiplier == 100
+
+
 def test_multilabel_config_errors(manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'proxynca\\+\\+' is a loss for the embedding task"):
         _config(manifest, tmp_path, "loss.name=proxynca++")

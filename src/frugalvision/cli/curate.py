@@ -37,10 +37,10 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
 )
 @click.option(
     "--threshold",
-    default=0.85,
-    show_default=True,
+    default=None,
     type=click.FloatRange(-1, 1, min_open=True),
-    help="Cosine similarity from which two images are near duplicates (0.85 suits the default model; tune it for others).",
+    help="Cosine similarity from which two images are near duplicates [default: frugalvision.curation."
+    "NEAR_DUPLICATE_THRESHOLD, calibrated for the default model by benchmarks/duplicates.py; tune it for others].",
 )
 @click.option(
     "--max-pairs",
@@ -60,7 +60,7 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
 def duplicates(
     source: Path,
     out: Path | None,
-    threshold: float,
+    threshold: float | None,
     max_pairs: int,
     cache: Path | None,
     model: str,
@@ -73,6 +73,7 @@ def duplicates(
 ) -> None:
     """Find exact duplicates (same bytes) and near duplicates (cosine >= --threshold)."""
     from frugalvision.curation import (
+        NEAR_DUPLICATE_THRESHOLD,
         DuplicatePairs,
         duplicate_groups,
         exact_duplicates,
@@ -81,6 +82,8 @@ def duplicates(
         write_pairs_csv,
     )
 
+    if threshold is None:
+        threshold = NEAR_DUPLICATE_THRESHOLD
     store = load_store(source, model, weights, pretrained, cache, _run(batch_size, workers, device, progress))
     present = [i for i, p in enumerate(store.paths) if os.path.isfile(p)]
     exact = [[present[i] for i in g] for g in exact_duplicates([store.paths[i] for i in present])]

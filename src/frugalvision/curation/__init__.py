@@ -16,6 +16,7 @@ from frugalvision.curation.clustering import (
 )
 from frugalvision.curation.compare import DatasetComparison, compare_datasets, write_comparison_report
 from frugalvision.curation.duplicates import (
+    NEAR_DUPLICATE_THRESHOLD,
     DuplicatePairs,
     duplicate_groups,
     exact_duplicates,
@@ -26,6 +27,7 @@ from frugalvision.curation.duplicates import (
 )
 
 __all__ = [
+    "NEAR_DUPLICATE_THRESHOLD",
     "DatasetComparison",
     "DuplicatePairs",
     "HierarchicalClusters",

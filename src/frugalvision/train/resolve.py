@@ -32,9 +32,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from frugalvision._config import merged, parse_override, read_yaml
+from frugalvision._config import coerce_value, merged, parse_override, read_yaml
 from frugalvision._fields import MAX_INPUT_SIDE
-from frugalvision.train.config import ConfigError, TrainConfig
+from frugalvision.train.config import FROZEN_MULTILABEL_PRESET, ConfigError, ModelConfig, TrainConfig
 from frugalvision.train.losses import head_normalization
 from frugalvision.train.recipes import RECIPES
 from frugalvision.train.run import task_spec
@@ -75,7 +75,21 @@ def load_config(
     if recipe not in RECIPES:
         raise ConfigError(f"recipe must be one of {', '.join(map(repr, RECIPES))}; got {recipe!r}")
     values = {**RECIPES[recipe], **user} if base is None else user
+    if (
+        base is None
+        and _frozen_multilabel(values)
+        and not {"optim.lr", "optim.head_lr_multiplier"} & set(user)
+    ):
+        values = {**FROZEN_MULTILABEL_PRESET, **values}  # under the recipe and the user's values
     return resolve_config(TrainConfig.from_dict(values))
+
+
+def _frozen_multilabel(flat: Mapping[str, Any]) -> bool:
+    """Whether dotted ``flat`` settings describe a multi-label run on the frozen-backbone fast path."""
+    frozen = coerce_value(
+        flat.get("model.freeze_backbone", ModelConfig.freeze_backbone), bool, "model.freeze_backbone"
+    )
+    return flat.get("task", TrainConfig.task) == "multilabel" and bool(frozen)
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
