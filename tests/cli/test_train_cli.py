@@ -21,6 +21,7 @@ from frugalvision.cli.main import cli
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),
+    pytest.mark.usefixtures("one_thread"),
 ]
 
 SCRIPT = Path(sys.executable).parent / "frugalvision"
@@ -42,14 +43,6 @@ TINY = [
     "--workers",
     "0",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _env() -> dict[str, str]:
