@@ -1,13 +1,18 @@
-"""Shared fixtures: real-data location and small generated image folders."""
+"""Shared fixtures: real-data location, small generated image folders, real photos, one torch thread.
+
+Plain helper functions the tests import live in ``tests/helpers.py`` (``from helpers import ...``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from helpers import make_labelled_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -40,6 +45,32 @@ def tiny_folder(tmp_path: Path) -> Path:
             arr = np.clip(np.array(rgb) + rng.normal(0, 25, (40, 48, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def labelled_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 class folders x 5 noisy 24 px images (:func:`helpers.make_labelled_folder`), shared by the session."""
+    return make_labelled_folder(tmp_path_factory.mktemp("labelled") / "data")
+
+
+@pytest.fixture
+def photos() -> list:
+    """Real photos from scikit-image (RGB arrays of various sizes)."""
+    import skimage.data as data
+
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for the test: tiny models on a few shared cores run many times faster without
+    thread contention. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --- multi-label data -----------------------------------------------------------------------------------

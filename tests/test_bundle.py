@@ -21,13 +21,7 @@ from frugalvision.embeddings import EmbeddingStore, extract_embeddings
 from frugalvision.errors import StoreError
 from frugalvision.models import EmbeddingModel, create_embedding_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

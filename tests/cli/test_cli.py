@@ -110,10 +110,10 @@ def test_demo_try_command_runs_as_printed(tmp_path: Path, monkeypatch: pytest.Mo
     printed = re.search(r"^try: (frugalvision .*)$", out, flags=re.M)
     assert printed is not None, out
     words = shlex.split(printed.group(1))
-    done = _console_script(words[1:], tmp_path)
-    assert done.returncode == 0, done.stderr
-    hits = re.findall(r"^ +\d+\. similarity [-\d.]+  (\S+)  \[(\w+)\]$", done.stdout, flags=re.M)
-    assert len(hits) == 5, done.stdout
+    assert words[0] == "frugalvision"  # the console script, which test_console_script_runs_commands runs
+    done = _run(words[1:])
+    hits = re.findall(r"^ +\d+\. similarity [-\d.]+  (\S+)  \[(\w+)\]$", done, flags=re.M)
+    assert len(hits) == 5, done
     assert words[3] not in [path for path, _ in hits]  # the query, an indexed image, is left out
 
 
@@ -207,6 +207,31 @@ def test_every_command_and_option_has_help() -> None:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.help, f"option {param.opts} of `frugalvision {name}` has no help text"
         assert CliRunner().invoke(cli, [name, "--help"]).exit_code == 0
+
+
+def test_console_script_runs_commands(tmp_path: Path) -> None:
+    """The installed ``frugalvision`` script in a fresh process (cheap: it imports no torch to list commands).
+
+    The other tests invoke the commands in-process (click's ``CliRunner``); the training tests' SIGKILL and DDP
+    runs start the script for real."""
+    done = _console_script(["--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = re.findall(r"^  (\w+) ", done.stdout.split("Commands:", 1)[1], flags=re.M)
+    assert set(listed) >= {
+        "embed",
+        "index",
+        "search",
+        "evaluate",
+        "demo",
+        "train",
+        "predict",
+        "export",
+        "serve",
+    }
+    done = _console_script(["--version"], tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("frugalvision, version "), (
+        done.stdout + done.stderr
+    )
 
 
 def test_console_entry_point_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -21,6 +20,7 @@ from frugalvision.cli.main import cli
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),
+    pytest.mark.usefixtures("one_thread"),
 ]
 
 SCRIPT = Path(sys.executable).parent / "frugalvision"
@@ -44,30 +44,14 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 classes x 5 noisy images of a class colour and stripe pattern."""
-    root = tmp_path_factory.mktemp("train_cli") / "data"
-    rng = np.random.default_rng(0)
-    for c in range(8):
-        colour, stripes = rng.integers(40, 215, 3), (np.arange(24) // (2 + c % 4) % 2)[None, :, None] * 40
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(5):
-            arr = np.clip(colour + stripes + rng.normal(0, 45, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    return root
+def data(labelled_folder: Path) -> Path:
+    """8 classes x 5 noisy images of a class colour and stripe pattern (``labelled_folder``, tests/conftest.py)."""
+    return labelled_folder
 
 
 def _run(args: list[str]) -> str:
@@ -170,7 +154,7 @@ def test_bundle_works_with_embed_index_search_and_evaluate(bundle: Path, data: P
     assert from_bundle["count"] == 40 and from_bundle["map@r"] == pytest.approx(from_store["map@r"])
 
     _run(["index", str(store), "--out", str(index)])
-    query = data / "class3" / "0.png"
+    query = data / "class03" / "img0.png"
     hits = json.loads(_run(["search", str(index), str(query), "-k", "3", "--include-self", "--json"]))
     assert hits[0]["results"][0]["path"] == str(query.resolve())  # the query is re-embedded by the bundle
     assert hits[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)

@@ -1,4 +1,4 @@
-"""Tiny timm models (random weights, small inputs) for export tests, and a few real-looking images."""
+"""Fixtures of the export tests: a few real-looking images (tiny timm models: ``helpers.tiny_cnn``)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
-import torch
 from PIL import Image
-
-DATA_CONFIG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
-               "std": (0.5, 0.5, 0.5), "crop_pct": 0.875, "crop_mode": "center"}  # fmt: skip
-
-
-def tiny_cnn() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("resnet10t", num_classes=0).eval()
-
-
-def tiny_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=2).eval()
 
 
 @pytest.fixture

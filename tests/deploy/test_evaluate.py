@@ -12,8 +12,7 @@ from sklearn.metrics import average_precision_score
 
 from frugalvision import metrics
 from frugalvision.deploy import compare_precisions, evaluate, export_onnx, mean_average_precision
-
-from .conftest import DATA_CONFIG  # type: ignore[import-not-found]
+from helpers import TIMM_DATA_CONFIG as DATA_CONFIG
 
 
 def _sklearn_map(scores: np.ndarray, targets: np.ndarray) -> float:

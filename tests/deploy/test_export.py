@@ -16,8 +16,8 @@ from torch import nn
 from frugalvision.deploy import ExportError, export_bundle, export_onnx, output_agreement
 from frugalvision.errors import StoreError
 from frugalvision.runtime import Predictor
-
-from .conftest import DATA_CONFIG, tiny_cnn, tiny_vit  # type: ignore[import-not-found]
+from helpers import TIMM_DATA_CONFIG as DATA_CONFIG
+from helpers import tiny_cnn, tiny_vit
 
 
 def _check_runtime_matches(model: nn.Module, folder: Path, batch_sizes=(1, 5)) -> None:

@@ -24,8 +24,8 @@ from frugalvision.deploy import (
 )
 from frugalvision.errors import DataError, FrugalVisionError
 from frugalvision.runtime import Predictor, Preprocessor
-
-from .conftest import DATA_CONFIG, tiny_cnn, tiny_vit  # type: ignore[import-not-found]
+from helpers import TIMM_DATA_CONFIG as DATA_CONFIG
+from helpers import tiny_cnn, tiny_vit
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from frugalvision.models import (
     embedding_model_from_description,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_native_pooling_is_the_backbones_own_forward() -> None:

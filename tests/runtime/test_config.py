@@ -10,8 +10,7 @@ from click.testing import CliRunner
 
 from frugalvision.errors import StoreError
 from frugalvision.runtime import Predictor, read_deploy_config
-
-from .conftest import make_bundle  # type: ignore[import-not-found]
+from helpers import make_bundle
 
 
 def _rewrite(folder: Path, edit) -> Path:

@@ -15,8 +15,7 @@ import pytest
 
 from frugalvision.errors import FrugalVisionError, StoreError
 from frugalvision.runtime import DeployConfig, Predictor, read_deploy_config
-
-from .conftest import make_bundle, reference  # type: ignore[import-not-found]
+from helpers import make_bundle, reference
 
 
 def test_embed_matches_reference(tiny_bundle, photos: list) -> None:

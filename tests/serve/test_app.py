@@ -19,8 +19,7 @@ from PIL import Image
 from frugalvision.errors import StoreError
 from frugalvision.runtime import Predictor
 from frugalvision.serve import ServeLimits, create_app
-
-from .conftest import make_bundle  # type: ignore[import-not-found]
+from helpers import make_bundle
 
 
 def _encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:

@@ -17,8 +17,7 @@ from PIL import Image
 
 from frugalvision.runtime import Predictor
 from frugalvision.serve import ServeLimits, create_app
-
-from .conftest import make_bundle  # type: ignore[import-not-found]
+from helpers import make_bundle
 
 
 def _png(width: int, height: int) -> bytes:

@@ -23,8 +23,7 @@ from PIL import Image
 import frugalvision.serve.app as app_module
 from frugalvision.runtime import Predictor
 from frugalvision.serve import ServeLimits, create_app, display_paths
-
-from .conftest import live_server, make_bundle  # type: ignore[import-not-found]
+from helpers import live_server, make_bundle
 
 
 def _encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:

@@ -35,6 +35,7 @@ from frugalvision.train.config import ConfigError
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),
+    pytest.mark.usefixtures("one_thread"),
 ]
 
 TEACHER = "resnet10t"  # 4.9M random parameters, run at 32 px
@@ -80,7 +81,9 @@ def _teacher_by_hand(dataset) -> torch.Tensor:
 def run(labelled_folder: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     out = tmp_path_factory.mktemp("distill") / "run"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the function-scoped tests run (conftest), so that runs compare bit for bit
+    torch.set_num_threads(
+        1
+    )  # as the function-scoped tests run (one_thread), so that runs compare bit for bit
     try:
         return distill(_config(labelled_folder, out, cache_dir, epochs=3))
     finally:

@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 
 import frugalvision.cli.serve  # noqa: F401  (registers the command)
 from frugalvision.cli.main import cli
-
-from .conftest import make_bundle  # type: ignore[import-not-found]
+from helpers import make_bundle
 
 
 @pytest.fixture
