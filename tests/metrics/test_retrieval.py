@@ -358,3 +358,39 @@ def test_knn_errors() -> None:
         knn(x, x, 6, exclude_self=True)
     with pytest.raises(ValueError, match="backend must be one of"):
         knn(x, x, 2, backend="gpu")
+
+
+def test_kmeans_plus_plus_seeds_one_centre_per_separated_blob() -> None:
+    """Greedy k-means++ (the seeding NMI uses) puts one seed in each of 12 far-apart blobs, for every seed; a
+    uniform draw of 12 points misses a blob almost always (checked for contrast)."""
+    from frugalvision.metrics.retrieval import _kmeans_plus_plus
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 32)) * 20
+    blob = np.repeat(np.arange(12), [5, 80, 10, 40, 3, 60, 25, 7, 90, 15, 30, 50])
+    x = (centres[blob] + rng.normal(size=(len(blob), 32))).astype(np.float32)
+
+    def blobs_hit(seeds: np.ndarray) -> int:
+        return len({int(np.argmin(((centres - s) ** 2).sum(1))) for s in seeds})
+
+    for seed in range(5):
+        assert blobs_hit(_kmeans_plus_plus(x, 12, np.random.default_rng(seed))) == 12
+    uniform = [blobs_hit(x[np.random.default_rng(s).choice(len(x), 12, replace=False)]) for s in range(5)]
+    assert max(uniform) < 12
+
+
+def test_lloyd_equals_sklearn_from_the_same_seeds() -> None:
+    """The faiss Lloyd iterations NMI runs equal scikit-learn's ``KMeans`` started from the same centroids."""
+    from sklearn.cluster import KMeans
+
+    from frugalvision.metrics.retrieval import _kmeans_plus_plus, _lloyd
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(8, 64))
+    x = (centres[rng.integers(0, 8, 600)] + rng.normal(size=(600, 64)) * 0.8).astype(np.float32)
+    for seed in range(3):
+        init = _kmeans_plus_plus(x, 8, np.random.default_rng(seed))
+        assignment, inertia = _lloyd(x, init, 300)
+        reference = KMeans(8, init=init, n_init=1, max_iter=300, tol=0).fit(x)
+        np.testing.assert_array_equal(assignment, reference.labels_)
+        np.testing.assert_allclose(inertia, reference.inertia_, rtol=1e-4)
