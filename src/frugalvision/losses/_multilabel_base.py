@@ -45,11 +45,27 @@ MultilabelReduction = Literal["mean", "sum", "none"]
 MULTILABEL_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
 
-def _first_bad(mask: torch.Tensor, values: torch.Tensor) -> tuple[float, list[int], int]:
-    """Value, index and count of the entries flagged by ``mask`` (called only when there is one)."""
-    where = mask.nonzero()
-    index = where[0].tolist()
-    return float(values[tuple(index)].item()), index, int(where.shape[0])
+def _like_logits(value: object, name: str, logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """``value`` checked to be a real tensor of ``logits``' ``(B, C)`` shape, on ``logits``' device and dtype."""
+    value = check_tensor(value, name)
+    if value.shape != logits.shape:
+        raise ValueError(
+            f"{name} must have shape (B, C) = {tuple(logits.shape)} like logits, got {tuple(value.shape)}"
+        )
+    if value.is_complex():
+        raise TypeError(f"{name} must be a {kind}, got {value.dtype}")
+    return value.to(device=logits.device, dtype=logits.dtype)
+
+
+def _reject(bad: torch.Tensor, values: torch.Tensor, rule: str) -> None:
+    """Raise ``ValueError`` naming the first entry flagged by ``bad`` (value, ``[row, class]``, count)."""
+    if bool(bad.any()):
+        where = bad.nonzero()
+        index = where[0].tolist()
+        value = float(values[tuple(index)].item())
+        raise ValueError(
+            f"{rule}; got {value:g} at [row, class] = {index} ({int(where.shape[0])} such entries)"
+        )
 
 
 def check_multilabel_inputs(
@@ -75,39 +91,16 @@ def check_multilabel_inputs(
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor (raw scores), got {logits.dtype}")
     check_finite_fast(logits, "logits")
-    targets = check_tensor(targets, "targets")
-    if targets.shape != logits.shape:
-        raise ValueError(
-            f"targets must have shape (B, C) = {tuple(logits.shape)} like logits, got {tuple(targets.shape)}"
-        )
-    if targets.is_complex():
-        raise TypeError(f"targets must be a real (float, int or bool) tensor, got {targets.dtype}")
-    targets = targets.to(device=logits.device, dtype=logits.dtype)
-    if targets.numel():
-        bad = (targets != 1) & (targets != 0) & (targets != -1)
-        if bool(bad.any()):
-            value, index, count = _first_bad(bad, targets)
-            raise ValueError(
-                "targets must hold only 1 (present), 0 (absent) or -1 (unknown); "
-                f"got {value:g} at [row, class] = {index} ({count} such entries)"
-            )
+    targets = _like_logits(targets, "targets", logits, "real (float, int or bool) tensor")
+    _reject(
+        (targets != 1) & (targets != 0) & (targets != -1),
+        targets,
+        "targets must hold only 1 (present), 0 (absent) or -1 (unknown)",
+    )
     if weights is None:
         return logits, targets, None
-    weights = check_tensor(weights, "weights")
-    if weights.shape != logits.shape:
-        raise ValueError(
-            f"weights must have shape (B, C) = {tuple(logits.shape)} like logits, got {tuple(weights.shape)}"
-        )
-    if weights.is_complex():
-        raise TypeError(f"weights must be a real tensor, got {weights.dtype}")
-    weights = weights.to(device=logits.device, dtype=logits.dtype)
-    if weights.numel():
-        bad = ~torch.isfinite(weights) | (weights < 0)
-        if bool(bad.any()):
-            value, index, count = _first_bad(bad, weights)
-            raise ValueError(
-                f"weights must be finite and >= 0; got {value:g} at [row, class] = {index} ({count} such entries)"
-            )
+    weights = _like_logits(weights, "weights", logits, "real tensor")
+    _reject(~torch.isfinite(weights) | (weights < 0), weights, "weights must be finite and >= 0")
     return logits, targets, weights
 
 
