@@ -40,3 +40,23 @@ def make_inputs(generator: torch.Generator):
         return x.clone().requires_grad_(True), x.clone().requires_grad_(True)
 
     return _make
+
+
+@pytest.fixture
+def multilabel_batch():
+    """``multilabel_batch(seed=0, batch=6, classes=5, unknown=True)``: seeded float64 ``(batch, classes)`` logits
+    and targets in ``{1, 0}`` (with ``unknown``, about a quarter ``-1``); row 0 starts with a positive (and an
+    unknown)."""
+
+    def _make(
+        seed: int = 0, batch: int = 6, classes: int = 5, unknown: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        logits = torch.randn(batch, classes, generator=g, dtype=torch.float64) * 2.0
+        targets = (torch.rand(batch, classes, generator=g) < 0.35).to(torch.float64)
+        if unknown:
+            targets[torch.rand(batch, classes, generator=g) < 0.25] = -1.0
+        targets[0, :2] = torch.tensor([1.0, -1.0 if unknown else 0.0])  # a positive (and an unknown)
+        return logits, targets
+
+    return _make

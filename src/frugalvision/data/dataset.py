@@ -323,7 +323,7 @@ class ImageDataset(Dataset):
     def target_matrix(self) -> np.ndarray:
         """``(N, C)`` float32 multi-label targets: 1 = present (``labels``), -1 = unknown (``unknown``), 0 = absent.
 
-        The target format of the multi-label losses (:mod:`frugalvision.losses.multilabel`) and metrics.
+        The target format of the multi-label losses (``task="multilabel"`` in :mod:`frugalvision.losses`) and metrics.
         """
         out = self.label_matrix(np.float32)
         for i, s in enumerate(self._samples):

@@ -112,16 +112,13 @@ from frugalvision.losses.distillation import DistillationLoss, distillation_loss
 __all__ += ["DistillationLoss", "distillation_loss"]
 
 # Multi-label losses on sigmoid logits (targets 1 / 0 / -1 unknown) and the partial-annotation wrapper.
-from frugalvision.losses.multilabel import (  # noqa: E402
-    AsymmetricLoss,
-    BinaryCrossEntropyLoss,
+from frugalvision.losses.asymmetric import AsymmetricLoss, asymmetric_loss  # noqa: E402
+from frugalvision.losses.bce import BinaryCrossEntropyLoss, bce_loss  # noqa: E402
+from frugalvision.losses.distribution_balanced import (  # noqa: E402
     DistributionBalancedLoss,
-    FocalLoss,
-    asymmetric_loss,
-    bce_loss,
     distribution_balanced_loss,
-    focal_loss,
 )
+from frugalvision.losses.focal import FocalLoss, focal_loss  # noqa: E402
 from frugalvision.losses.partial import PartialAnnotationLoss  # noqa: E402
 
 __all__ += [

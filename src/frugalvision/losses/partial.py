@@ -16,8 +16,8 @@ un-annotated weight ``ω_c``:
   **label likelihood** (ignore the ``K = likelihood_topk · B`` un-annotated entries of the batch with the highest
   scores); the others are negatives (``ω_c = 1``).
 
-:class:`PartialAnnotationLoss` implements the three rules as a wrapper of any multi-label loss of
-:mod:`frugalvision.losses.multilabel`: it rewrites the targets (``-1`` -> ``0`` for an entry treated as negative,
+:class:`PartialAnnotationLoss` implements the three rules as a wrapper of any multi-label loss (BCE, focal, ASL,
+DB: ``task="multilabel"`` in the registry): it rewrites the targets (``-1`` -> ``0`` for an entry treated as negative,
 ``-1`` kept for an ignored one) and hands them to the base loss, which leaves ``-1`` entries out.
 """
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from frugalvision._checks import check_choice, check_ndim, check_tensor
-from frugalvision.losses.multilabel import check_multilabel_inputs
+from frugalvision.losses._multilabel_base import check_multilabel_inputs
 
 __all__ = ["PARTIAL_MODES", "PartialAnnotationLoss"]
 
@@ -62,7 +62,7 @@ class PartialAnnotationLoss(nn.Module):
 
     Args:
         base: a multi-label loss called ``base(logits, targets)`` or ``base(logits, targets, weights)`` that leaves
-            ``-1`` entries out (every loss of :mod:`frugalvision.losses.multilabel`; e.g.
+            ``-1`` entries out (every loss registered with ``task="multilabel"``; e.g.
             ``create_loss("asl")``).
         mode: ``"negative"``, ``"ignore"`` or ``"selective"`` (module docstring).
         prior: fixed class prior ``P_r(c)`` (``C`` probabilities, e.g. the mean predictions of a temporary model

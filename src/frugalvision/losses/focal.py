@@ -1,0 +1,96 @@
+r"""Sigmoid focal loss on multi-label logits with unknown (``-1``) targets left out.
+
+Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection", ICCV 2017,
+https://arxiv.org/abs/1708.02002 (Sec. 3.1-3.2, the alpha-balanced focal loss FL(p_t), eq. 5). The calling
+convention and reductions are those of every multi-label loss (:mod:`frugalvision.losses._multilabel_base`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frugalvision.losses._multilabel_base import (
+    binary_targets,
+    check_gamma,
+    check_multilabel_inputs,
+    check_reduction,
+    focusing,
+    reduce_multilabel,
+)
+from frugalvision.losses._registry import register_loss
+
+__all__ = ["FocalLoss", "focal_loss"]
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    gamma: float = 2.0,
+    alpha: float | None = 0.25,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Sigmoid focal loss (Lin et al., ICCV 2017, eq. 5, the alpha-balanced form used in its experiments):
+
+    .. math:: \mathrm{FL}(p_t) = -\alpha_t (1 - p_t)^{\gamma} \log(p_t), \qquad
+        p_t = \begin{cases} p & y = 1 \\ 1 - p & y = 0 \end{cases}, \quad
+        \alpha_t = \begin{cases} \alpha & y = 1 \\ 1 - \alpha & y = 0 \end{cases}
+
+    with ``p = σ(z)``; ``log p_t`` is ``logsigmoid(±z)`` and ``1 - p_t`` is ``σ(∓z)``, both stable. This is
+    ``torchvision.ops.sigmoid_focal_loss`` per entry, with ``alpha=None`` for its ``alpha=-1`` (no
+    ``α_t`` weighting).
+
+    Args:
+        logits, targets, weights, reduction: as :func:`bce_loss`.
+        gamma: focusing parameter ``γ >= 0`` (paper and torchvision default 2; ``γ = 0`` with ``alpha=None`` is
+            BCE).
+        alpha: ``α`` in ``[0, 1]`` weighting the positives (paper and torchvision default 0.25), or ``None``.
+
+    Example:
+        >>> focal_loss(torch.randn(4, 3), torch.tensor([[1, 0, -1]] * 4), gamma=2.0).ndim
+        0
+    """
+    check_reduction(reduction)
+    gamma = check_gamma(gamma, "gamma")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha}")
+    logits, targets, weights = check_multilabel_inputs(logits, targets, weights)
+    y = binary_targets(targets)
+    signed = torch.where(y > 0, logits, -logits)  # log p_t = logsigmoid(signed), 1 - p_t = sigmoid(-signed)
+    per_entry = -focusing(torch.sigmoid(-signed), gamma) * F.logsigmoid(signed)
+    if alpha is not None:
+        per_entry = per_entry * (alpha * y + (1 - alpha) * (1 - y))
+    return reduce_multilabel(per_entry, targets, weights, reduction)
+
+
+@register_loss("focal", "sigmoid_focal", task="multilabel", space="euclidean")
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss; see :func:`focal_loss`.
+
+    Args:
+        gamma: focusing parameter (default 2, Lin et al. 2017).
+        alpha: positive-class weight ``α`` (default 0.25, Lin et al. 2017 and torchvision), ``None`` for none.
+        reduction: ``"mean"`` (over known entries), ``"sum"`` or ``"none"``.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25, reduction: str = "mean") -> None:
+        super().__init__()
+        self.gamma = check_gamma(gamma, "gamma")
+        if alpha is not None and not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha}")
+        self.alpha = None if alpha is None else float(alpha)
+        self.reduction = check_reduction(reduction)
+
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``logits (B, C)``, ``targets (B, C)`` in ``{1, 0, -1}``, optional ``weights (B, C)``."""
+        return focal_loss(
+            logits, targets, weights, gamma=self.gamma, alpha=self.alpha, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
