@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli
+from frugalvision.cli._options import threads_option
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
 MAX_HEADER_BYTES = 16 * 1024
@@ -66,12 +67,7 @@ def uvicorn_options(
     show_default=True,
     help="Which model of the deploy bundle to run.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="ONNX Runtime threads [default: one per physical core].",
-)
+@threads_option()
 @click.option(
     "--spin/--no-spin",
     default=True,

@@ -1,0 +1,195 @@
+"""Option declarations shared by the commands, each written once.
+
+The options every command that embeds images takes (``--model/--weights/--pretrained``, ``--batch-size``,
+``--workers``, ``--device``, ``--on-corrupt``, ``--progress``), the ONNX Runtime ``--threads``, and two helpers
+for the run commands (``train``, ``distill``): :class:`ConfigDefaultOption`, whose ``[default: X]`` is read from
+the configuration dataclass when help is shown (so help text cannot drift from the config), and
+:class:`LazyChoice`, a choice whose values come from a registry at call time (so the CLI starts without torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from frugalvision._defaults import DEFAULT_MODEL
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ConfigDefaultOption",
+    "LazyChoice",
+    "batch_size_option",
+    "config_default",
+    "device_option",
+    "model_options",
+    "on_corrupt_option",
+    "progress_option",
+    "run_options",
+    "threads_option",
+    "workers_option",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[F], F]
+
+_MODEL_HELP = "timm name, offline backbone name, or open_clip:ARCH/TAG."
+_WEIGHTS_HELP = "Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained."
+_PRETRAINED_HELP = (
+    "Load pretrained weights (hub, cache or offline package); --no-pretrained gives random weights."
+)
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` as if written above the function in this order (first on top)."""
+
+    def wrap(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return wrap
+
+
+def model_options(
+    default: str = DEFAULT_MODEL,
+    *,
+    model_help: str = _MODEL_HELP,
+    weights_help: str = _WEIGHTS_HELP,
+    pretrained_help: str = _PRETRAINED_HELP,
+    short: bool = True,
+) -> Callable[[F], F]:
+    """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with.
+
+    ``default=None`` declares ``--model`` without a default (a command where the model is optional)."""
+    names = ("--model", "-m") if short else ("--model",)
+    return _stack(
+        click.option(*names, default=default, show_default=default is not None, help=model_help),
+        weights_option(weights_help),
+        click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=pretrained_help),
+    )
+
+
+def weights_option(help: str = _WEIGHTS_HELP) -> Callable[[F], F]:
+    """``--weights FILE``: local weights for a backbone name."""
+    return click.option(
+        "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
+    )
+
+
+def batch_size_option(default: int = 64, help: str = "Images per forward pass.") -> Callable[[F], F]:
+    """``--batch-size/-b N`` (N >= 1)."""
+    return click.option(
+        "--batch-size", "-b", default=default, show_default=True, type=click.IntRange(min=1), help=help
+    )
+
+
+def workers_option(
+    help: str = "Data-loading processes [default: one per core, at most 8].",
+) -> Callable[[F], F]:
+    """``--workers/-j N``: data-loading processes, ``None`` = one per core (at most 8)."""
+    return click.option("--workers", "-j", default=None, type=click.IntRange(min=0), help=help)
+
+
+def device_option(help: str = "cpu, cuda, cuda:1, or auto.") -> Callable[[F], F]:
+    """``--device``: where the model runs (default cpu)."""
+    return click.option("--device", default="cpu", show_default=True, help=help)
+
+
+def progress_option(help: str = "Show a progress bar.") -> Callable[[F], F]:
+    """``--progress/--no-progress`` (default on)."""
+    return click.option("--progress/--no-progress", default=True, show_default=True, help=help)
+
+
+def on_corrupt_option(
+    help: str = "Unreadable images: skip them with a warning listing the files, or stop with an error.",
+) -> Callable[[F], F]:
+    """``--on-corrupt skip|fail``."""
+    return click.option(
+        "--on-corrupt", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help=help
+    )
+
+
+def threads_option(help: str = "ONNX Runtime threads [default: one per physical core].") -> Callable[[F], F]:
+    """``--threads N``: ONNX Runtime threads, ``None`` = its own choice."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def run_options(f: F) -> F:
+    """``--batch-size/--workers/--device/--progress`` as the foundation-model commands take them."""
+    return _stack(
+        batch_size_option(), workers_option(), device_option(), progress_option("Show progress bars.")
+    )(f)
+
+
+def config_default(config: str, key: str) -> Any:
+    """The default of the dotted field ``key`` of the dataclass ``config`` (``"module:Class"``), e.g.
+    ``config_default("frugalvision.train.config:TrainConfig", "trainer.epochs")`` -> ``10``."""
+    module, _, name = config.partition(":")
+    cls: Any = getattr(importlib.import_module(module), name)
+    *sections, leaf = key.split(".")
+    for section in sections:
+        cls = _field_default(cls, section)
+    value = _field_default(cls, leaf)
+    return value
+
+
+def _field_default(cls: Any, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+class ConfigDefaultOption(click.Option):
+    """An option whose help ends in ``[default: X]``, X read from a configuration dataclass when help is shown.
+
+    The option's own default stays ``None`` (a flag left out keeps the value of ``--config`` / the defaults); the
+    configuration is imported only to print help, so the command line still starts without it::
+
+        @click.option("--epochs", cls=ConfigDefaultOption, config=TRAIN, key="trainer.epochs", help="Epochs.")
+    """
+
+    def __init__(self, *args: Any, config: str, key: str, note: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config, self.key, self.note = config, key, note
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        shown = _shown(config_default(self.config, self.key))
+        return record[0], f"{record[1]} [default: {shown}{self.note}]".lstrip()
+
+
+class LazyChoice(click.ParamType):
+    """A choice among names a registry gives at call time (``values`` is called when a value is checked or help
+    is shown), so the registry's module is not imported at start-up."""
+
+    name = "choice"
+
+    def __init__(self, values: Callable[[], Sequence[str]], metavar: str) -> None:
+        self.values, self.metavar = values, metavar
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return click.Choice(list(self.values())).convert(value, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return click.Choice(list(self.values())).shell_complete(ctx, param, incomplete)
