@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,9 @@ __all__ = [
     "LazyChoice",
     "batch_size_option",
     "config_default",
+    "config_option",
     "device_option",
+    "lightning_run_options",
     "model_options",
     "on_corrupt_option",
     "progress_option",
@@ -89,10 +91,11 @@ def batch_size_option(default: int = 64, help: str = "Images per forward pass.")
 
 
 def workers_option(
-    help: str = "Data-loading processes [default: one per core, at most 8].",
+    help: str = "Data-loading processes [default: one per core, at most 8].", dest: str = "workers"
 ) -> Callable[[F], F]:
-    """``--workers/-j N``: data-loading processes, ``None`` = one per core (at most 8)."""
-    return click.option("--workers", "-j", default=None, type=click.IntRange(min=0), help=help)
+    """``--workers/-j N``: data-loading processes, ``None`` = one per core (at most 8); ``dest`` names the
+    parameter."""
+    return click.option("--workers", "-j", dest, default=None, type=click.IntRange(min=0), help=help)
 
 
 def device_option(help: str = "cpu, cuda, cuda:1, or auto.") -> Callable[[F], F]:
@@ -152,44 +155,103 @@ def _field_default(cls: Any, name: str) -> Any:
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(value)
 
 
 class ConfigDefaultOption(click.Option):
     """An option whose help ends in ``[default: X]``, X read from a configuration dataclass when help is shown.
 
-    The option's own default stays ``None`` (a flag left out keeps the value of ``--config`` / the defaults); the
-    configuration is imported only to print help, so the command line still starts without it::
-
-        @click.option("--epochs", cls=ConfigDefaultOption, config=TRAIN, key="trainer.epochs", help="Epochs.")
+    ``keys`` maps the option's parameter name to its dotted configuration key (a name not in it is the key
+    itself). The option's own default stays ``None`` (a flag left out keeps the value of ``--config`` / the
+    defaults); the configuration is imported only to print help, so the command line still starts without it.
+    Declare such options with :func:`config_option`.
     """
 
-    def __init__(self, *args: Any, config: str, key: str, note: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, config: str, keys: Mapping[str, str] | None = None, note: str = "", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.config, self.key, self.note = config, key, note
+        self.config, self.keys, self.note = config, keys or {}, note
+
+    @property
+    def key(self) -> str:
+        """The dotted configuration key whose default the help shows."""
+        return self.keys.get(self.name or "", self.name or "")
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         record = super().get_help_record(ctx)
         if record is None:
             return None
-        shown = _shown(config_default(self.config, self.key))
+        value = config_default(self.config, self.key)
+        if self.is_bool_flag and self.secondary_opts:  # shown as click shows a flag's default: its name
+            shown = (self.opts if value else self.secondary_opts)[0].lstrip("-")
+        else:
+            shown = _shown(value)
         return record[0], f"{record[1]} [default: {shown}{self.note}]".lstrip()
 
 
+def config_option(config: str, keys: Mapping[str, str] | None = None) -> Callable[..., Callable[[F], F]]:
+    """``click.option`` for the flags of a run command over the configuration ``config`` (``"module:Class"``):
+    default ``None`` (not given), help ending in the configuration's default (:class:`ConfigDefaultOption`)::
+
+        option = config_option("frugalvision.train.config:TrainConfig", {"epochs": "trainer.epochs"})
+
+        @option("--epochs", type=click.IntRange(min=1), help="Training epochs.")   # ... [default: 10]
+    """
+
+    def option(*names: str, note: str = "", **kwargs: Any) -> Callable[[F], F]:
+        return click.option(
+            *names, cls=ConfigDefaultOption, config=config, keys=keys, note=note, default=None, **kwargs
+        )
+
+    return option
+
+
+def lightning_run_options(option: Callable[..., Callable[[F], F]]) -> Callable[[F], F]:
+    """The options ``train`` and ``distill`` share: ``--epochs --seed --accelerator --devices --strategy
+    --precision --resume --progress``; ``option`` is the command's :func:`config_option`."""
+    return _stack(
+        option("--epochs", type=click.IntRange(min=1), help="Training epochs."),
+        option("--seed", type=int, help="Random seed: splits, batches, augmentation, initialisation."),
+        option("--accelerator", help="cpu, gpu, or auto."),
+        option(
+            "--devices",
+            help="Devices per node: 1, 2, ... or auto (with --strategy ddp, one process per device).",
+        ),
+        option("--strategy", help="Lightning strategy (auto, ddp for several GPUs or CPU processes, ...)."),
+        option(
+            "--precision",
+            help="32-true, bf16-mixed, 16-mixed, or auto (bf16-mixed on GPUs that support it, else 32-true).",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue the run in --out from its last checkpoint (its config.yaml is reused; flags still "
+            "override).",
+        ),
+        option("--progress/--no-progress", help="Show progress bars."),
+    )
+
+
 class LazyChoice(click.ParamType):
-    """A choice among names a registry gives at call time (``values`` is called when a value is checked or help
-    is shown), so the registry's module is not imported at start-up."""
+    """A choice among the names ``values()`` returns, called only when a value is checked, completed or help is
+    shown, so the registry behind it is not imported when the command line starts."""
 
     name = "choice"
 
-    def __init__(self, values: Callable[[], Sequence[str]], metavar: str) -> None:
-        self.values, self.metavar = values, metavar
+    def __init__(self, values: Callable[[], Sequence[str]]) -> None:
+        self.values = values
 
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return self.metavar
+    def _choice(self) -> click.Choice:
+        return click.Choice(list(self.values()))
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return self._choice().get_metavar(param, ctx)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        return click.Choice(list(self.values())).convert(value, param, ctx)
+        return self._choice().convert(value, param, ctx)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        return click.Choice(list(self.values())).shell_complete(ctx, param, incomplete)
+        return self._choice().shell_complete(ctx, param, incomplete)
