@@ -1,10 +1,14 @@
 """Option declarations shared by the commands, each written once.
 
 The options every command that embeds images takes (``--model/--weights/--pretrained``, ``--batch-size``,
-``--workers``, ``--device``, ``--on-corrupt``, ``--progress``), the ONNX Runtime ``--threads``, and two helpers
-for the run commands (``train``, ``distill``): :class:`ConfigDefaultOption`, whose ``[default: X]`` is read from
-the configuration dataclass when help is shown (so help text cannot drift from the config), and
-:class:`LazyChoice`, a choice whose values come from a registry at call time (so the CLI starts without torch).
+``--workers``, ``--device``, ``--on-corrupt``, ``--progress``), the ONNX Runtime ``--threads``, and for the run
+commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read from the
+configuration dataclass when help is shown (so help text cannot drift from the configuration),
+:func:`lightning_run_options`, the flags both runs take, and :class:`LazyChoice`, a choice whose values come from
+a registry when a value is checked (``train --task``).
+
+Importing this module imports neither torch nor the configurations: the command line starts fast. Showing
+``train --help`` or ``distill --help`` imports the configuration's package (and with it torch).
 """
 
 from __future__ import annotations
@@ -33,11 +37,11 @@ __all__ = [
     "progress_option",
     "run_options",
     "threads_option",
+    "weights_option",
     "workers_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Decorator = Callable[[F], F]
 
 _MODEL_HELP = "timm name, offline backbone name, or open_clip:ARCH/TAG."
 _WEIGHTS_HELP = "Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained."
@@ -63,14 +67,10 @@ def model_options(
     model_help: str = _MODEL_HELP,
     weights_help: str = _WEIGHTS_HELP,
     pretrained_help: str = _PRETRAINED_HELP,
-    short: bool = True,
 ) -> Callable[[F], F]:
-    """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with.
-
-    ``default=None`` declares ``--model`` without a default (a command where the model is optional)."""
-    names = ("--model", "-m") if short else ("--model",)
+    """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with."""
     return _stack(
-        click.option(*names, default=default, show_default=default is not None, help=model_help),
+        click.option("--model", "-m", default=default, show_default=True, help=model_help),
         weights_option(weights_help),
         click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=pretrained_help),
     )
