@@ -11,7 +11,8 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli
-from frugalvision.cli.foundation import DEFAULT_MODEL, load_store, model_options, run_options
+from frugalvision.cli._options import model_options, run_options
+from frugalvision.cli.foundation import load_store
 
 
 @cli.group()
@@ -55,7 +56,7 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
     default=None,
     help="Keep the embeddings of DATA in this store folder.",
 )
-@model_options(DEFAULT_MODEL)
+@model_options()
 @run_options
 def duplicates(
     source: Path,
@@ -147,7 +148,7 @@ def duplicates(
     default=None,
     help="Keep the embeddings of DATA in this store folder.",
 )
-@model_options(DEFAULT_MODEL)
+@model_options()
 @run_options
 def select(
     source: Path,
@@ -226,7 +227,7 @@ def select(
     help="Smallest cluster that can be flagged.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="k-means seed.")
-@model_options(DEFAULT_MODEL)
+@model_options()
 @run_options
 def compare(
     data_a: Path,

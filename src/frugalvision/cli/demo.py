@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from frugalvision.cli._app import cli
+from frugalvision.cli._options import DEFAULT_MODEL, progress_option
 
 
 @cli.command()
@@ -32,11 +33,11 @@ from frugalvision.cli._app import cli
 @click.option(
     "--model",
     "-m",
-    default="tf_efficientnet_lite0.in1k_offline",
+    default=DEFAULT_MODEL,
     show_default=True,
     help="Backbone; the default loads real ImageNet weights with no network.",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_option()
 def demo(out: Path, views: int, seed: int, model: str, progress: bool) -> None:
     """Run data -> embeddings -> metrics -> index -> search offline and show where the results went.
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli
+from frugalvision.cli._options import threads_option, weights_option
 
 
 def _default_out(source: str) -> Path:
@@ -89,12 +90,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     show_default=True,
     help="Most images of --validate used.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="ONNX Runtime threads for the speed measurement [default: one per core].",
-)
+@threads_option("ONNX Runtime threads for the speed measurement [default: one per core].")
 @click.option(
     "--speed-seconds",
     type=click.FloatRange(min=0),
@@ -116,12 +112,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     show_default=True,
     help="For a backbone name: load its pretrained weights (--no-pretrained: random, for tests).",
 )
-@click.option(
-    "--weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="For a backbone name: local .safetensors/.pth weights.",
-)
+@weights_option("For a backbone name: local .safetensors/.pth weights.")
 @click.option(
     "--normalize/--no-normalize",
     default=True,

@@ -8,8 +8,12 @@ from pathlib import Path
 import click
 
 from frugalvision.cli._app import cli
-
-DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
+from frugalvision.cli._options import (
+    device_option,
+    model_options,
+    on_corrupt_option,
+    progress_option,
+)
 
 
 @cli.command()
@@ -21,23 +25,9 @@ DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
     type=click.Path(dir_okay=False, path_type=Path),
     help="COCO JSON file to write: images, boxes, scores and RLE masks of one 'object' category.",
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="timm model name or offline backbone. ViTs use last-block attention keys (best: vit_small_patch16_224.dino or vit_small_patch8_224.dino, downloaded once from the Hugging Face hub); CNNs their stride-16 map.",
-)
-@click.option(
-    "--weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained.",
-)
-@click.option(
-    "--pretrained/--no-pretrained",
-    default=True,
-    show_default=True,
-    help="Load pretrained weights; --no-pretrained gives random weights (for tests only: they find nothing meaningful).",
+@model_options(
+    model_help="timm model name or offline backbone. ViTs use last-block attention keys (best: vit_small_patch16_224.dino or vit_small_patch8_224.dino, downloaded once from the Hugging Face hub); CNNs their stride-16 map.",
+    pretrained_help="Load pretrained weights; --no-pretrained gives random weights (for tests only: they find nothing meaningful).",
 )
 @click.option(
     "--objects",
@@ -89,26 +79,17 @@ DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
     type=click.IntRange(min=0),
     help="How many overlays to write with --overlay-dir.",
 )
-@click.option(
-    "--on-corrupt",
-    type=click.Choice(["skip", "fail"]),
-    default="skip",
-    show_default=True,
-    help="Unreadable or too-small images: skip them with a warning listing the files, or stop with an error.",
+@on_corrupt_option(
+    "Unreadable or too-small images: skip them with a warning listing the files, or stop with an error."
 )
-@click.option(
-    "--device",
-    default="cpu",
-    show_default=True,
-    help="cpu, cuda, cuda:1, or auto (the eigen-solve always runs on the CPU).",
-)
+@device_option("cpu, cuda, cuda:1, or auto (the eigen-solve always runs on the CPU).")
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print the evaluation (when DATA has boxes) as JSON instead of a table.",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_option()
 def discover(
     data: Path,
     out: Path,

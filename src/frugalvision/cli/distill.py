@@ -9,6 +9,10 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._options import config_option, lightning_run_options, workers_option
+
+#: The configuration whose field defaults the help text shows (imported only when help is shown).
+DISTILL = "frugalvision.distill.config:DistillConfig"
 
 # flag name -> DistillConfig field; a flag left out keeps the default (or, with --resume, the run's config.yaml).
 _FLAGS = (
@@ -21,6 +25,10 @@ _FLAGS = (
 _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", "val_data")
 
 
+#: ``click.option`` for a flag of this command: default None, help ending in the configuration's default.
+option = config_option(DISTILL, None)
+
+
 @cli.command()
 @click.option(
     "--data",
@@ -28,18 +36,16 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
     default=None,
     help="Images to distil on: a folder of photos (labels not needed), a class-per-folder tree or a manifest.",
 )
-@click.option(
+@option(
     "--teacher",
     "-t",
-    default=None,
     help="Teacher: a timm/offline/open_clip:ARCH/TAG model name, a model bundle folder, or an embedding store of "
-    "the teacher's embeddings of these images (from `frugalvision embed`) [default: tf_efficientnet_lite0.in1k_offline].",
+    "the teacher's embeddings of these images (from `frugalvision embed`).",
 )
-@click.option(
+@option(
     "--student",
     "-s",
-    default=None,
-    help="Student: a timm model name; its head maps to the teacher's dimension [default: mobilenetv3_small_100].",
+    help="Student: a timm model name; its head maps to the teacher's dimension.",
 )
 @click.option(
     "--out",
@@ -54,10 +60,9 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
     default=None,
     help="Local .safetensors/.pth weights for a teacher model name.",
 )
-@click.option(
+@option(
     "--teacher-pretrained/--no-teacher-pretrained",
-    default=None,
-    help="Load the teacher model's pretrained weights [default: yes].",
+    help="Load the teacher model's pretrained weights.",
 )
 @click.option(
     "--teacher-input-size",
@@ -71,10 +76,9 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
     default=None,
     help="Folder for the teacher's cached embeddings, shareable between runs [default: OUT/teacher_cache].",
 )
-@click.option(
+@option(
     "--student-pretrained/--no-student-pretrained",
-    default=None,
-    help="Start the student from pretrained weights [default: no, from scratch (offline)].",
+    help="Start the student from pretrained weights (--no-student-pretrained: from scratch, offline).",
 )
 @click.option(
     "--student-weights",
@@ -88,95 +92,81 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
     default=None,
     help="Student resolution in pixels, e.g. 128 or 160 for a fast CPU model [default: the student's own].",
 )
-@click.option(
+@option(
     "--pooling",
     type=click.Choice(["auto", "native", "avg", "gem", "max"]),
-    default=None,
-    help="Student pooling; auto = the model's pre-logits, or average pooling where they do not fit [default: auto].",
+    help="Student pooling; auto = the model's pre-logits, or average pooling where they do not fit.",
 )
-@click.option(
+@option(
     "--drop-path-rate",
     type=click.FloatRange(min=0, max=1, max_open=True),
-    default=None,
-    help="Stochastic depth of the student (timm's drop_path_rate) [default: 0].",
+    help="Stochastic depth of the student (timm's drop_path_rate).",
 )
-@click.option(
+@option(
     "--temperature",
     type=click.FloatRange(min=0.01),
-    default=None,
-    help="InfoNCE temperature tau [default: 0.07].",
+    help="InfoNCE temperature tau.",
 )
-@click.option(
+@option(
     "--learnable-temperature/--fixed-temperature",
-    default=None,
-    help="Learn the temperature as CLIP learns its logit scale [default: fixed].",
+    help="Learn the temperature as CLIP learns its logit scale.",
 )
-@click.option(
+@option(
     "--mse-weight",
     type=click.FloatRange(min=0),
-    default=None,
-    help="Weight of the squared error between normalised embeddings [default: 1].",
+    help="Weight of the squared error between normalised embeddings.",
 )
-@click.option(
+@option(
     "--contrastive-weight",
     type=click.FloatRange(min=0),
-    default=None,
-    help="Weight of the InfoNCE term [default: 1].",
+    help="Weight of the InfoNCE term.",
 )
-@click.option(
+@option(
     "--symmetric/--one-sided",
-    default=None,
-    help="Symmetric InfoNCE (student->teacher and teacher->student) or student->teacher only [default: symmetric].",
+    help="Symmetric InfoNCE (student->teacher and teacher->student) or student->teacher only.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 30].")
-@click.option(
+@option(
     "--batch-size",
     "-b",
     type=click.IntRange(min=2),
-    default=None,
-    help="Images per batch and device; the other images of a batch are InfoNCE's negatives [default: 64].",
+    help="Images per batch and device; the other images of a batch are InfoNCE's negatives.",
 )
-@click.option(
+@option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="AdamW learning rate [default: 1e-3].",
+    help="AdamW learning rate.",
 )
-@click.option(
-    "--weight-decay", type=click.FloatRange(min=0), default=None, help="AdamW weight decay [default: 0.05]."
+@option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    help="AdamW weight decay.",
 )
-@click.option(
+@option(
     "--warmup-epochs",
     type=click.FloatRange(min=0),
-    default=None,
-    help="Linear warm-up before the cosine decay [default: 1].",
+    help="Linear warm-up before the cosine decay.",
 )
-@click.option(
+@option(
     "--head-only-epochs",
     type=click.IntRange(min=0),
-    default=None,
     help="Train only the student's head for this many epochs first (linear probing, then fine-tuning): for "
-    "pretrained students [default: 0].",
+    "pretrained students.",
 )
-@click.option(
+@option(
     "--recipe",
     type=click.Choice(["none", "light", "medium", "strong"]),
-    default=None,
     help="Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean "
-    "images [default: light].",
+    "images.",
 )
-@click.option(
+@option(
     "--val-split",
     type=click.Choice(["images", "classes", "none"]),
-    default=None,
-    help="Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none "
-    "[default: images].",
+    help="Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none.",
 )
-@click.option(
+@option(
     "--val-fraction",
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    default=None,
-    help="Share of images (or classes) held out [default: 0.2].",
+    help="Share of images (or classes) held out.",
 )
 @click.option(
     "--val-data",
@@ -184,42 +174,13 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
     default=None,
     help="A separate held-out data set (wins over --val-split).",
 )
-@click.option(
+@option(
     "--eval-every",
     type=click.IntRange(min=1),
-    default=None,
-    help="Epochs between held-out evaluations; the last epoch is always evaluated [default: 1].",
+    help="Epochs between held-out evaluations; the last epoch is always evaluated.",
 )
-@click.option(
-    "--workers",
-    "-j",
-    "num_workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Data-loading processes [default: one per core, at most 8].",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=None,
-    help="Random seed: split, batches, augmentation, initialisation [default: 0].",
-)
-@click.option("--accelerator", default=None, help="cpu, gpu, or auto [default: auto].")
-@click.option(
-    "--devices", default=None, help="Devices: 1, 2, ... or auto (with --strategy ddp) [default: 1]."
-)
-@click.option("--strategy", default=None, help="Lightning strategy: auto, ddp, ... [default: auto].")
-@click.option(
-    "--precision",
-    default=None,
-    help="32-true, bf16-mixed, 16-mixed, or auto (bf16-mixed on GPUs that support it) [default: auto].",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the run in --out from its last checkpoint (its config.yaml is reused; flags still override).",
-)
-@click.option("--progress/--no-progress", default=None, help="Show progress bars [default: yes].")
+@workers_option(dest="num_workers")
+@lightning_run_options(option)
 def distill(resume: bool, **flags: Any) -> None:
     """Distil a large teacher into a small student that runs cheaply on a CPU.
 

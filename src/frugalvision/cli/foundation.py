@@ -4,67 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._options import model_options, run_options
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
-DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
-
-
-def model_options(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--model/--weights/--pretrained`` options shared by the foundation commands."""
-
-    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
-        f = click.option(
-            "--pretrained/--no-pretrained",
-            default=True,
-            show_default=True,
-            help="Load pretrained weights (hub, cache or offline package); --no-pretrained gives random weights.",
-        )(f)
-        f = click.option(
-            "--weights",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Local .safetensors/.pth weights for --model. Wins over --pretrained.",
-        )(f)
-        f = click.option(
-            "--model",
-            "-m",
-            default=default,
-            show_default=True,
-            help="timm name, offline backbone name, or open_clip:ARCH/TAG.",
-        )(f)
-        return f
-
-    return wrap
-
-
-def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--batch-size/--workers/--device/--progress`` options."""
-    f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(
-        f
-    )
-    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto.")(f)
-    f = click.option(
-        "--workers",
-        "-j",
-        default=None,
-        type=click.IntRange(min=0),
-        help="Data-loading processes [default: one per core, at most 8].",
-    )(f)
-    f = click.option(
-        "--batch-size",
-        "-b",
-        default=64,
-        show_default=True,
-        type=click.IntRange(min=1),
-        help="Images per forward pass.",
-    )(f)
-    return f
 
 
 def load_store(

@@ -10,8 +10,8 @@ from typing import Any
 import click
 import numpy as np
 
-from frugalvision.cli._app import cli
-from frugalvision.cli.foundation import DEFAULT_MODEL, data_warnings, model_options, run_options
+from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._options import model_options, run_options
 
 
 @cli.group()
@@ -98,7 +98,7 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of the detector to write.",
 )
-@model_options(DEFAULT_MODEL)
+@model_options()
 @click.option(
     "--num-classes",
     type=click.IntRange(min=0),

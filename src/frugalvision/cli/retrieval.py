@@ -11,9 +11,15 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._options import (
+    batch_size_option,
+    device_option,
+    model_options,
+    on_corrupt_option,
+    progress_option,
+    workers_option,
+)
 from frugalvision.errors import StoreError
-
-DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
 
 
 def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) -> Any:
@@ -43,23 +49,8 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
     type=click.Path(path_type=Path),
     help="Folder of the embedding store to write (created; resumed if it exists).",
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="timm model name (with optional pretrained tag), an offline backbone name, or a model bundle folder from `frugalvision train`.",
-)
-@click.option(
-    "--weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained.",
-)
-@click.option(
-    "--pretrained/--no-pretrained",
-    default=True,
-    show_default=True,
-    help="Load pretrained weights (hub, cache or offline package). --no-pretrained gives random weights.",
+@model_options(
+    model_help="timm model name (with optional pretrained tag), an offline backbone name, or a model bundle folder from `frugalvision train`."
 )
 @click.option(
     "--format",
@@ -69,35 +60,16 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
     show_default=True,
     help="How to read DATA: class-per-folder tree, CSV/JSONL manifest, COCO JSON, YOLO folder.",
 )
-@click.option(
-    "--batch-size",
-    "-b",
-    default=64,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Images per forward pass.",
-)
-@click.option(
-    "--workers",
-    "-j",
-    default=None,
-    type=click.IntRange(min=0),
-    help="Data-loading processes [default: one per core, at most 8].",
-)
+@batch_size_option()
+@workers_option()
 @click.option(
     "--normalize/--no-normalize",
     default=True,
     show_default=True,
     help="L2-normalise the vectors (inner product = cosine similarity).",
 )
-@click.option(
-    "--on-corrupt",
-    type=click.Choice(["skip", "fail"]),
-    default="skip",
-    show_default=True,
-    help="Unreadable images: skip them with a warning listing the files, or stop with an error.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@on_corrupt_option()
+@device_option()
 @click.option(
     "--shard-size",
     default=None,
@@ -112,7 +84,7 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
     help="Also save them once this many seconds passed since the last save [default: 60].",
 )
 @click.option("--overwrite", is_flag=True, help="Discard an existing store in --out instead of resuming it.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_option()
 def embed(
     data: Path,
     out: Path,
@@ -230,7 +202,7 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
     default=None,
     help="Also save a PNG grid of each query and its results.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, or auto.")
+@device_option()
 def search(
     index_dir: Path,
     images: tuple[Path, ...],
@@ -318,16 +290,8 @@ def search(
 )
 @click.option("--no-nmi", is_flag=True, help="Skip NMI (its k-means is the slow part on big stores).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--workers",
-    "-j",
-    default=None,
-    type=click.IntRange(min=0),
-    help="With --data: data-loading processes [default: one per core, at most 8].",
-)
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="With --data: show a progress bar."
-)
+@workers_option("With --data: data-loading processes [default: one per core, at most 8].")
+@progress_option("With --data: show a progress bar.")
 def evaluate(
     store_dir: Path,
     data: Path | None,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from frugalvision.cli._app import cli
+from frugalvision.cli._options import threads_option
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
 MAX_HEADER_BYTES = 16 * 1024
+F = TypeVar("F", bound=Callable[..., Any])
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
@@ -43,6 +46,70 @@ def uvicorn_options(
     }
 
 
+#: The service's numeric limits: (flag, type, default, help), declared as one block of options.
+_LIMIT_OPTIONS: tuple[tuple[str, click.ParamType, float, str], ...] = (
+    (
+        "--max-batch",
+        click.IntRange(min=1),
+        32,
+        "Most images per model call (concurrent requests are batched together).",
+    ),
+    (
+        "--max-wait-ms",
+        click.FloatRange(min=0),
+        5.0,
+        "How long a lone request waits for others to share its model call.",
+    ),
+    ("--max-upload-mb", click.FloatRange(min=0, min_open=True), 10.0, "Largest request body (413 above)."),
+    (
+        "--max-pixels",
+        click.IntRange(min=1),
+        40_000_000,
+        "Largest image in pixels, read from the header before decoding (413 above).",
+    ),
+    ("--max-files", click.IntRange(min=1), 64, "Most images per request (413 above)."),
+    (
+        "--max-queue",
+        click.IntRange(min=1),
+        256,
+        "Most images decoding, waiting or running; more answer 503 (retry later), so memory stays bounded.",
+    ),
+    (
+        "--max-queue-wait",
+        click.FloatRange(min=0, min_open=True),
+        2.0,
+        "Seconds of model work a request may find ahead of it (estimated from recent batches); more answer "
+        "503, so admitted requests stay fast under overload.",
+    ),
+    (
+        "--max-request-pixels",
+        click.IntRange(min=1),
+        100_000_000,
+        "Most pixels of all the images of one request together, read from the headers before decoding (413).",
+    ),
+    (
+        "--read-timeout",
+        click.FloatRange(min=0, min_open=True),
+        60.0,
+        "Seconds for a request body to arrive (408 above).",
+    ),
+    ("--keep-alive", click.IntRange(min=1), 5, "Seconds an idle keep-alive connection stays open."),
+    (
+        "--max-connections",
+        click.IntRange(min=1),
+        100,
+        "Most open connections / requests at once; more get 503 at once.",
+    ),
+)
+
+
+def _limit_options(f: F) -> F:
+    """The options of :data:`_LIMIT_OPTIONS`, in that order."""
+    for name, kind, default, text in reversed(_LIMIT_OPTIONS):
+        f = click.option(name, type=kind, default=default, show_default=True, help=text)(f)
+    return f
+
+
 @cli.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -66,96 +133,14 @@ def uvicorn_options(
     show_default=True,
     help="Which model of the deploy bundle to run.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="ONNX Runtime threads [default: one per physical core].",
-)
+@threads_option()
 @click.option(
     "--spin/--no-spin",
     default=True,
     show_default=True,
     help="Let idle ONNX Runtime threads spin (lower latency; --no-spin frees the CPU for other processes).",
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Most images per model call (concurrent requests are batched together).",
-)
-@click.option(
-    "--max-wait-ms",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    help="How long a lone request waits for others to share its model call.",
-)
-@click.option(
-    "--max-upload-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Largest request body (413 above).",
-)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=40_000_000,
-    show_default=True,
-    help="Largest image in pixels, read from the header before decoding (413 above).",
-)
-@click.option(
-    "--max-files",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Most images per request (413 above).",
-)
-@click.option(
-    "--max-queue",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Most images decoding, waiting or running; more answer 503 (retry later), so memory stays bounded.",
-)
-@click.option(
-    "--max-queue-wait",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="Seconds of model work a request may find ahead of it (estimated from recent batches); more answer "
-    "503, so admitted requests stay fast under overload.",
-)
-@click.option(
-    "--max-request-pixels",
-    type=click.IntRange(min=1),
-    default=100_000_000,
-    show_default=True,
-    help="Most pixels of all the images of one request together, read from the headers before decoding (413).",
-)
-@click.option(
-    "--read-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="Seconds for a request body to arrive (408 above).",
-)
-@click.option(
-    "--keep-alive",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Seconds an idle keep-alive connection stays open.",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Most open connections / requests at once; more get 503 at once.",
-)
+@_limit_options
 @click.option(
     "--paths",
     "path_mode",

@@ -9,6 +9,10 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._options import LazyChoice, config_option, lightning_run_options, workers_option
+
+#: The configuration whose field defaults the help text shows (imported only when help is shown).
+TRAIN = "frugalvision.train.config:TrainConfig"
 
 # flag name -> dotted config key; a flag left out keeps the value from --config / the defaults.
 _FLAG_KEYS = {
@@ -38,12 +42,22 @@ _FLAG_KEYS = {
 }
 
 
+def _task_names() -> list[str]:
+    """The training tasks registered with :func:`frugalvision.train.register_task` (imports torch)."""
+    from frugalvision.train import list_tasks
+
+    return list(list_tasks())
+
+
+#: ``click.option`` for a flag of this command: default None, help ending in the configuration's default.
+option = config_option(TRAIN, _FLAG_KEYS)
+
+
 @cli.command()
-@click.option(
+@option(
     "--task",
-    type=click.Choice(["embedding", "multilabel"]),
-    default=None,
-    help="What to train: embedding = an image-retrieval embedding (metric learning); multilabel = a tagger that gives each image any number of labels [default: embedding].",
+    type=LazyChoice(_task_names),
+    help="What to train: embedding = an image-retrieval embedding (metric learning); multilabel = a tagger that gives each image any number of labels.",
 )
 @click.option(
     "--data",
@@ -78,61 +92,52 @@ _FLAG_KEYS = {
     default=None,
     help="Loss. Embedding: proxynca++ [default], triplet, arcface, hyperbolic_pce, ...; multilabel: asl [default], bce, focal, db (see frugalvision.losses.list_losses(task=...)).",
 )
-@click.option(
+@option(
     "--model",
     "-m",
     "model",
-    default=None,
-    help="timm backbone name or offline backbone [default: tf_efficientnet_lite0.in1k_offline].",
+    help="timm backbone name or offline backbone.",
 )
-@click.option(
+@option(
     "--pretrained/--no-pretrained",
-    default=None,
-    help="Start from pretrained weights [default: yes]; --no-pretrained for random weights.",
+    help="Start from pretrained weights; --no-pretrained for random weights.",
 )
-@click.option(
+@option(
     "--freeze-backbone/--fine-tune",
     "freeze_backbone",
-    default=None,
-    help="--freeze-backbone: compute pooled features once, cache them and train only the head (seconds on a CPU); --fine-tune: train the whole network [default].",
+    help="--freeze-backbone: compute pooled features once, cache them and train only the head (seconds on a CPU); --fine-tune: train the whole network.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 10].")
-@click.option(
+@option(
     "--batch-size",
     "-b",
     type=click.IntRange(min=2),
-    default=None,
-    help="Images per batch and device, a multiple of --m-per-class [default: 32].",
+    help="Images per batch and device, a multiple of --m-per-class.",
 )
-@click.option(
+@option(
     "--m-per-class",
     type=click.IntRange(min=2),
-    default=None,
-    help="Embedding task: images of each class in a batch [default: 4].",
+    help="Embedding task: images of each class in a batch.",
 )
-@click.option(
+@option(
     "--lr",
     type=float,
-    default=None,
-    help="Backbone learning rate; the head gets 10x, a loss's proxies their own multiple [default: 1e-4].",
+    help="Backbone learning rate; the head gets 10x, a loss's proxies their own multiple.",
 )
-@click.option(
+@option(
     "--recipe",
     type=click.Choice(["none", "light", "medium", "strong"]),
-    default=None,
-    help="Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes) [default: light].",
+    help="Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes).",
 )
-@click.option(
+@option(
     "--val-split",
     type=click.Choice(["auto", "classes", "images", "none"]),
-    default=None,
-    help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, or none [default: auto = classes for embedding, images for multilabel].",
+    help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, or none.",
+    note=" = classes for embedding, images for multilabel",
 )
-@click.option(
+@option(
     "--val-fraction",
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    default=None,
-    help="Share of classes or images held out for validation [default: 0.2].",
+    help="Share of classes or images held out for validation.",
 )
 @click.option(
     "--val-data",
@@ -140,47 +145,13 @@ _FLAG_KEYS = {
     default=None,
     help="A separate validation data set (wins over --val-split).",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=None,
-    help="Random seed: splits, batches, augmentation, initialisation [default: 0].",
-)
-@click.option(
-    "--workers",
-    "-j",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Data-loading processes [default: one per core, at most 8].",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the run in --out from its last checkpoint (its config.yaml is reused; flags still override).",
-)
-@click.option(
-    "--devices",
-    default=None,
-    help="Devices per node: 1, 2, ... or auto (with --strategy ddp, one process per device) [default: 1].",
-)
-@click.option(
-    "--strategy",
-    default=None,
-    help="Lightning strategy: auto, ddp (several GPUs or CPU processes), ... [default: auto].",
-)
-@click.option("--accelerator", default=None, help="cpu, gpu, or auto [default: auto].")
-@click.option(
-    "--precision",
-    default=None,
-    help="32-true, bf16-mixed, 16-mixed, or auto (bf16-mixed on GPUs that support it, else 32-true) [default: auto].",
-)
-@click.option(
+@workers_option()
+@option(
     "--partial",
     type=click.Choice(["ignore", "negative", "selective"]),
-    default=None,
-    help="Multilabel: what unknown (unannotated) labels mean: ignore them, take them as absent, or selective (class-aware selective loss: ignored for likely-present classes) [default: ignore].",
+    help="Multilabel: what unknown (unannotated) labels mean: ignore them, take them as absent, or selective (class-aware selective loss: ignored for likely-present classes).",
 )
-@click.option("--progress/--no-progress", default=None, help="Show progress bars [default: yes].")
+@lightning_run_options(option)
 def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **flags: Any) -> None:
     """Train an embedding model (or, with --task multilabel, a tagger) on labelled images and save it as a
     model bundle.

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from frugalvision._config import ConfigError, Settings
+from frugalvision._defaults import DEFAULT_MODEL
 from frugalvision._fields import MAX_INPUT_SIDE
 
 __all__ = ["DEFAULT_STUDENT", "DEFAULT_TEACHER", "DistillConfig"]
 
-DEFAULT_TEACHER = "tf_efficientnet_lite0.in1k_offline"
+DEFAULT_TEACHER = DEFAULT_MODEL
 DEFAULT_STUDENT = "mobilenetv3_small_100"
 
 

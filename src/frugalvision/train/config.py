@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from frugalvision._config import ConfigError, Settings, coerce_value, parse_override, read_yaml
+from frugalvision._defaults import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_LOSSES",
@@ -36,8 +37,6 @@ __all__ = [
     "parse_override",
     "read_yaml",
 ]
-
-DEFAULT_MODEL = "tf_efficientnet_lite0.in1k_offline"
 
 
 @dataclass(frozen=True)

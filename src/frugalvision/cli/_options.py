@@ -1,0 +1,257 @@
+"""Option declarations shared by the commands, each written once.
+
+The options every command that embeds images takes (``--model/--weights/--pretrained``, ``--batch-size``,
+``--workers``, ``--device``, ``--on-corrupt``, ``--progress``), the ONNX Runtime ``--threads``, and for the run
+commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read from the
+configuration dataclass when help is shown (so help text cannot drift from the configuration),
+:func:`lightning_run_options`, the flags both runs take, and :class:`LazyChoice`, a choice whose values come from
+a registry when a value is checked (``train --task``).
+
+Importing this module imports neither torch nor the configurations: the command line starts fast. Showing
+``train --help`` or ``distill --help`` imports the configuration's package (and with it torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from frugalvision._defaults import DEFAULT_MODEL
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ConfigDefaultOption",
+    "LazyChoice",
+    "batch_size_option",
+    "config_default",
+    "config_option",
+    "device_option",
+    "lightning_run_options",
+    "model_options",
+    "on_corrupt_option",
+    "progress_option",
+    "run_options",
+    "threads_option",
+    "weights_option",
+    "workers_option",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MODEL_HELP = "timm name, offline backbone name, or open_clip:ARCH/TAG."
+_WEIGHTS_HELP = "Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained."
+_PRETRAINED_HELP = (
+    "Load pretrained weights (hub, cache or offline package); --no-pretrained gives random weights."
+)
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` as if written above the function in this order (first on top)."""
+
+    def wrap(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return wrap
+
+
+def model_options(
+    default: str = DEFAULT_MODEL,
+    *,
+    model_help: str = _MODEL_HELP,
+    weights_help: str = _WEIGHTS_HELP,
+    pretrained_help: str = _PRETRAINED_HELP,
+) -> Callable[[F], F]:
+    """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with."""
+    return _stack(
+        click.option("--model", "-m", default=default, show_default=True, help=model_help),
+        weights_option(weights_help),
+        click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=pretrained_help),
+    )
+
+
+def weights_option(help: str = _WEIGHTS_HELP) -> Callable[[F], F]:
+    """``--weights FILE``: local weights for a backbone name."""
+    return click.option(
+        "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
+    )
+
+
+def batch_size_option(default: int = 64, help: str = "Images per forward pass.") -> Callable[[F], F]:
+    """``--batch-size/-b N`` (N >= 1)."""
+    return click.option(
+        "--batch-size", "-b", default=default, show_default=True, type=click.IntRange(min=1), help=help
+    )
+
+
+def workers_option(
+    help: str = "Data-loading processes [default: one per core, at most 8].", dest: str = "workers"
+) -> Callable[[F], F]:
+    """``--workers/-j N``: data-loading processes, ``None`` = one per core (at most 8); ``dest`` names the
+    parameter."""
+    return click.option("--workers", "-j", dest, default=None, type=click.IntRange(min=0), help=help)
+
+
+def device_option(help: str = "cpu, cuda, cuda:1, or auto.") -> Callable[[F], F]:
+    """``--device``: where the model runs (default cpu)."""
+    return click.option("--device", default="cpu", show_default=True, help=help)
+
+
+def progress_option(help: str = "Show a progress bar.") -> Callable[[F], F]:
+    """``--progress/--no-progress`` (default on)."""
+    return click.option("--progress/--no-progress", default=True, show_default=True, help=help)
+
+
+def on_corrupt_option(
+    help: str = "Unreadable images: skip them with a warning listing the files, or stop with an error.",
+) -> Callable[[F], F]:
+    """``--on-corrupt skip|fail``."""
+    return click.option(
+        "--on-corrupt", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help=help
+    )
+
+
+def threads_option(help: str = "ONNX Runtime threads [default: one per physical core].") -> Callable[[F], F]:
+    """``--threads N``: ONNX Runtime threads, ``None`` = its own choice."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def run_options(f: F) -> F:
+    """``--batch-size/--workers/--device/--progress`` as the foundation-model commands take them."""
+    return _stack(
+        batch_size_option(), workers_option(), device_option(), progress_option("Show progress bars.")
+    )(f)
+
+
+def config_default(config: str, key: str) -> Any:
+    """The default of the dotted field ``key`` of the dataclass ``config`` (``"module:Class"``), e.g.
+    ``config_default("frugalvision.train.config:TrainConfig", "trainer.epochs")`` -> ``10``."""
+    module, _, name = config.partition(":")
+    cls: Any = getattr(importlib.import_module(module), name)
+    *sections, leaf = key.split(".")
+    for section in sections:
+        cls = _field_default(cls, section)
+    value = _field_default(cls, leaf)
+    return value
+
+
+def _field_default(cls: Any, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class ConfigDefaultOption(click.Option):
+    """An option whose help ends in ``[default: X]``, X read from a configuration dataclass when help is shown.
+
+    ``keys`` maps the option's parameter name to its dotted configuration key (a name not in it is the key
+    itself). The option's own default stays ``None`` (a flag left out keeps the value of ``--config`` / the
+    defaults); the configuration is imported only to print help, so the command line still starts without it.
+    Declare such options with :func:`config_option`.
+    """
+
+    def __init__(
+        self, *args: Any, config: str, keys: Mapping[str, str] | None = None, note: str = "", **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.config, self.keys, self.note = config, keys or {}, note
+
+    @property
+    def key(self) -> str:
+        """The dotted configuration key whose default the help shows."""
+        return self.keys.get(self.name or "", self.name or "")
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        value = config_default(self.config, self.key)
+        if self.is_bool_flag and self.secondary_opts:  # shown as click shows a flag's default: its name
+            shown = (self.opts if value else self.secondary_opts)[0].lstrip("-")
+        else:
+            shown = _shown(value)
+        return record[0], f"{record[1]} [default: {shown}{self.note}]".lstrip()
+
+
+def config_option(config: str, keys: Mapping[str, str] | None = None) -> Callable[..., Callable[[F], F]]:
+    """``click.option`` for the flags of a run command over the configuration ``config`` (``"module:Class"``):
+    default ``None`` (not given), help ending in the configuration's default (:class:`ConfigDefaultOption`)::
+
+        option = config_option("frugalvision.train.config:TrainConfig", {"epochs": "trainer.epochs"})
+
+        @option("--epochs", type=click.IntRange(min=1), help="Training epochs.")   # ... [default: 10]
+    """
+
+    def option(*names: str, note: str = "", **kwargs: Any) -> Callable[[F], F]:
+        return click.option(
+            *names, cls=ConfigDefaultOption, config=config, keys=keys, note=note, default=None, **kwargs
+        )
+
+    return option
+
+
+def lightning_run_options(option: Callable[..., Callable[[F], F]]) -> Callable[[F], F]:
+    """The options ``train`` and ``distill`` share: ``--epochs --seed --accelerator --devices --strategy
+    --precision --resume --progress``; ``option`` is the command's :func:`config_option`."""
+    return _stack(
+        option("--epochs", type=click.IntRange(min=1), help="Training epochs."),
+        option("--seed", type=int, help="Random seed: splits, batches, augmentation, initialisation."),
+        option("--accelerator", help="cpu, gpu, or auto."),
+        option(
+            "--devices",
+            help="Devices per node: 1, 2, ... or auto (with --strategy ddp, one process per device).",
+        ),
+        option("--strategy", help="Lightning strategy (auto, ddp for several GPUs or CPU processes, ...)."),
+        option(
+            "--precision",
+            help="32-true, bf16-mixed, 16-mixed, or auto (bf16-mixed on GPUs that support it, else 32-true).",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue the run in --out from its last checkpoint (its config.yaml is reused; flags still "
+            "override).",
+        ),
+        option("--progress/--no-progress", help="Show progress bars."),
+    )
+
+
+class LazyChoice(click.ParamType):
+    """A choice among the names ``values()`` returns, called only when a value is checked, completed or help is
+    shown, so the registry behind it is not imported when the command line starts."""
+
+    name = "choice"
+
+    def __init__(self, values: Callable[[], Sequence[str]]) -> None:
+        self.values = values
+
+    def _choice(self) -> click.Choice:
+        return click.Choice(list(self.values()))
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return self._choice().get_metavar(param, ctx)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return self._choice().convert(value, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return self._choice().shell_complete(ctx, param, incomplete)
