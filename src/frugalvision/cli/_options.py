@@ -236,19 +236,21 @@ def lightning_run_options(option: Callable[..., Callable[[F], F]]) -> Callable[[
 
 
 class LazyChoice(click.ParamType):
-    """A choice among the names ``values()`` returns, called only when a value is checked, completed or help is
-    shown, so the registry behind it is not imported when the command line starts."""
+    """A choice among the names ``values()`` returns, called only when a value is checked or completed, so the
+    registry behind it (which may import torch) is not imported when the command line starts or shows its help;
+    help shows ``metavar`` (e.g. the built-in names followed by ``...``)."""
 
     name = "choice"
 
-    def __init__(self, values: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, values: Callable[[], Sequence[str]], metavar: str) -> None:
         self.values = values
+        self.metavar = metavar
 
     def _choice(self) -> click.Choice:
         return click.Choice(list(self.values()))
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
-        return self._choice().get_metavar(param, ctx)
+        return self.metavar
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         return self._choice().convert(value, param, ctx)

@@ -56,8 +56,8 @@ option = config_option(TRAIN, _FLAG_KEYS)
 @cli.command()
 @option(
     "--task",
-    type=LazyChoice(_task_names),
-    help="What to train: embedding = an image-retrieval embedding (metric learning); multilabel = a tagger that gives each image any number of labels.",
+    type=LazyChoice(_task_names, metavar="[embedding|multilabel|...]"),
+    help="What to train: embedding = an image-retrieval embedding (metric learning); multilabel = a tagger that gives each image any number of labels; or any task registered with frugalvision.train.register_task.",
 )
 @click.option(
     "--data",

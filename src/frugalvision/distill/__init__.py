@@ -35,12 +35,39 @@ task): the ``Trainer``, per-epoch re-seeding, atomic checkpoints, resume checks,
 engine's data module (shuffle sampler), cache extraction by rank 0 and gathering across processes.
 """
 
-from frugalvision.distill.config import DEFAULT_STUDENT, DEFAULT_TEACHER, DistillConfig
-from frugalvision.distill.data import holdout_split
-from frugalvision.distill.run import DistillResult, DistillRun, distill
-from frugalvision.distill.student import build_student, freeze_unused, trainable_parameters
-from frugalvision.distill.task import DistillTask, heldout_metrics, nearest_neighbours
-from frugalvision.distill.teacher import Teacher, resolve_teacher, teacher_embeddings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (PEP 562)
+    from frugalvision.distill.config import DEFAULT_STUDENT, DEFAULT_TEACHER, DistillConfig
+    from frugalvision.distill.data import holdout_split
+    from frugalvision.distill.run import DistillResult, DistillRun, distill
+    from frugalvision.distill.student import build_student, freeze_unused, trainable_parameters
+    from frugalvision.distill.task import DistillTask, heldout_metrics, nearest_neighbours
+    from frugalvision.distill.teacher import Teacher, resolve_teacher, teacher_embeddings
+
+#: Where each public name lives: importing the package (e.g. for its torch-free ``config`` module) loads no
+#: torch; ``from frugalvision.X import name`` imports the one module that defines it.
+_MODULES = {
+    "DEFAULT_STUDENT": "frugalvision.distill.config",
+    "DEFAULT_TEACHER": "frugalvision.distill.config",
+    "DistillConfig": "frugalvision.distill.config",
+    "holdout_split": "frugalvision.distill.data",
+    "DistillResult": "frugalvision.distill.run",
+    "DistillRun": "frugalvision.distill.run",
+    "distill": "frugalvision.distill.run",
+    "build_student": "frugalvision.distill.student",
+    "freeze_unused": "frugalvision.distill.student",
+    "trainable_parameters": "frugalvision.distill.student",
+    "DistillTask": "frugalvision.distill.task",
+    "heldout_metrics": "frugalvision.distill.task",
+    "nearest_neighbours": "frugalvision.distill.task",
+    "Teacher": "frugalvision.distill.teacher",
+    "resolve_teacher": "frugalvision.distill.teacher",
+    "teacher_embeddings": "frugalvision.distill.teacher",
+}
 
 __all__ = [
     "DEFAULT_STUDENT",
@@ -60,3 +87,15 @@ __all__ = [
     "teacher_embeddings",
     "trainable_parameters",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = getattr(importlib.import_module(_MODULES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULES))

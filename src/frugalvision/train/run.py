@@ -23,7 +23,9 @@ quiet. A task brings what differs, as a :class:`TaskRun`: its data, model and lo
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import random
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -298,6 +300,18 @@ class TaskSpec:
 
 _TASKS: dict[str, TaskSpec] = {}
 
+#: The modules that register the built-in tasks when imported (``embedding`` and ``multilabel``). They are
+#: imported on the first look-up of the registry -- by name, as plug-ins are -- so that the torch-free parts of
+#: :mod:`frugalvision.train` (its ``config``) can be imported without them.
+BUILTIN_TASK_MODULES = ("frugalvision.train.engine",)
+
+
+def _tasks() -> dict[str, TaskSpec]:
+    for module in BUILTIN_TASK_MODULES:
+        if module not in sys.modules:
+            importlib.import_module(module)
+    return _TASKS
+
 
 def register_task(spec: TaskSpec) -> TaskSpec:
     """Add (or replace) the task ``spec.name``."""
@@ -307,11 +321,12 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 def list_tasks() -> list[str]:
     """The registered task names."""
-    return list(_TASKS)
+    return list(_tasks())
 
 
 def task_spec(name: str) -> TaskSpec:
     """The registry entry of task ``name``; raises :class:`ConfigError` for an unknown one."""
-    if name not in _TASKS:
-        raise ConfigError(f"task must be one of {' | '.join(map(repr, _TASKS))}; got {name!r}")
-    return _TASKS[name]
+    tasks = _tasks()
+    if name not in tasks:
+        raise ConfigError(f"task must be one of {' | '.join(map(repr, tasks))}; got {name!r}")
+    return tasks[name]
