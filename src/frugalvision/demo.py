@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from frugalvision._defaults import DEFAULT_MODEL
+
 __all__ = ["DEMO_PHOTOS", "DemoResult", "make_demo_dataset", "run_demo"]
 
 #: scikit-image sample photos used as classes (all ship with scikit-image, no download).
@@ -105,7 +107,7 @@ class DemoResult:
 def run_demo(
     out: str | os.PathLike[str] = "frugalvision-demo",
     *,
-    model: str = "tf_efficientnet_lite0.in1k_offline",
+    model: str = DEFAULT_MODEL,
     views_per_photo: int = 16,
     seed: int = 0,
     num_queries: int = 6,
