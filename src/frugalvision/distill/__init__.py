@@ -37,8 +37,9 @@ engine's data module (shuffle sampler), cache extraction by rank 0 and gathering
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from frugalvision._lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (PEP 562)
     from frugalvision.distill.config import DEFAULT_STUDENT, DEFAULT_TEACHER, DistillConfig
@@ -89,13 +90,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        value = getattr(importlib.import_module(_MODULES[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULES))
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

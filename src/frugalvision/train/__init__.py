@@ -11,8 +11,9 @@ See :mod:`frugalvision.train.engine` for what a run writes, resuming and multi-G
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from frugalvision._lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (PEP 562)
     from frugalvision.train.config import (
@@ -99,13 +100,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        value = getattr(importlib.import_module(_MODULES[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULES))
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)
