@@ -5,7 +5,8 @@ Inputs are ``logits (N, C)`` or ``probs (N, C)`` (one row per image, one column 
 (integer class indices in ``[0, C)``) and, for the count-based metrics, ``preds`` either as ``(N,)`` predicted
 indices or as ``(N, C)`` scores whose row-wise argmax is the prediction.
 
-Numpy only (torch tensors are accepted and copied to numpy), so the metrics also run where torch is absent.
+Numpy only (torch tensors are accepted and copied to numpy), so the metrics also run where torch is absent;
+:func:`fit_temperature` also needs scipy (imported when called).
 Everything is vectorised, with no Python loop over images, classes or bins; memory is ``O(N C + C^2)``.
 
 Conventions (stated once, used everywhere):
@@ -35,7 +36,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 __all__ = [
     "balanced_accuracy",
@@ -333,6 +333,8 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     keeps falling as ``T → 0``), the nearer bound is returned. Dividing by ``T > 0`` never changes the argmax.
     ``logits (N, C)``, ``labels (N,)``.
     """
+    from scipy.optimize import minimize_scalar  # here, so the other metrics need numpy only
+
     z = _scores(logits, "logits")
     y = _indices(labels, "labels", z.shape[0], z.shape[1])
     res = minimize_scalar(
