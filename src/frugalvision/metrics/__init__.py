@@ -2,9 +2,22 @@
 
 Multi-label tagging metrics (per-class AP, mAP, CP/CR/CF1, OP/OR/OF1, tuned thresholds) are in
 :mod:`frugalvision.metrics.multilabel`; the transferability of frozen features to labelled data (LogME) in
-:mod:`frugalvision.metrics.transferability`.
+:mod:`frugalvision.metrics.transferability`; single-label classification metrics and calibration (top-k and
+balanced accuracy, macro-F1, confusion matrix, ECE, temperature scaling) in
+:mod:`frugalvision.metrics.classification`.
 """
 
+from frugalvision.metrics.classification import (
+    balanced_accuracy,
+    classification_report,
+    confusion_matrix,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    reliability_bins,
+    softmax,
+    topk_accuracy,
+)
 from frugalvision.metrics.knn import knn
 from frugalvision.metrics.multilabel import (
     average_precision_per_class,
@@ -25,8 +38,14 @@ from frugalvision.metrics.transferability import logme
 
 __all__ = [
     "average_precision_per_class",
+    "balanced_accuracy",
+    "classification_report",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "fit_temperature",
     "knn",
     "logme",
+    "macro_f1",
     "map_at_r",
     "mean_average_precision",
     "multilabel_metrics",
@@ -35,6 +54,9 @@ __all__ = [
     "precision_at_1",
     "r_precision",
     "recall_at_k",
+    "reliability_bins",
     "retrieval_metrics",
+    "softmax",
+    "topk_accuracy",
     "tune_thresholds",
 ]
