@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from frugalvision.metrics._arrays import to_numpy as _to_numpy
+
 __all__ = [
     "balanced_accuracy",
     "classification_report",
@@ -50,24 +52,6 @@ __all__ = [
 ]
 
 _T_MIN, _T_MAX = 1e-2, 1e2  # bounds of the fitted temperature
-
-
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    """A numpy copy of an array-like or a torch tensor (detected without importing torch)."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        t = x.detach().cpu()
-        if t.is_floating_point():
-            t = t.double()  # bfloat16 / float16 have no (exact) numpy counterpart
-        x = t.numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be an array or tensor of numbers: {err}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise ValueError(f"{name} must hold numbers, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr
 
 
 def _scores(x: Any, name: str) -> np.ndarray:
