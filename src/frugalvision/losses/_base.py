@@ -1,8 +1,11 @@
-"""Small shared pieces of the losses that hold a per-class matrix (class weights or proxies)."""
+"""Small shared pieces of the loss modules: the module form of a loss function, and the per-class matrix (class
+weights or proxies) some losses own."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,7 +17,7 @@ from frugalvision._checks import (
     check_tensor,
 )
 
-__all__ = ["ClassMatrixLoss", "check_class_matrix_inputs", "check_embeddings"]
+__all__ = ["ClassMatrixLoss", "FunctionalLoss", "check_class_matrix_inputs", "check_embeddings"]
 
 
 #: Losses validate their ``(B, D)`` input with the shared helper (one-pass finiteness test).
@@ -32,11 +35,44 @@ def check_class_matrix_inputs(
     return embeddings, labels, matrix
 
 
-class ClassMatrixLoss(nn.Module):
+class FunctionalLoss(nn.Module):
+    """The module form of a loss function, as pml and ``torch.nn`` pair them: the module holds the options.
+
+    A subclass names its function and the attributes passed to it as keywords; ``forward`` is then
+    ``function(*inputs, *self.bound_inputs(), **options, **keywords)`` and ``repr`` lists the options, so the
+    call and the printout cannot drift from each other::
+
+        class TripletMarginLoss(FunctionalLoss):
+            function = staticmethod(triplet_margin_loss)
+            options = ("margin", "mining", "distance", "normalize", "swap", "smooth", "reduction")
+
+    Attributes:
+        function: the loss function (a ``staticmethod``).
+        options: attribute names passed to :attr:`function` as keywords, in ``repr`` order.
+        shown: attribute names only ``repr`` lists (after the options).
+    """
+
+    function: ClassVar[Callable[..., Any]]
+    options: ClassVar[tuple[str, ...]] = ()
+    shown: ClassVar[tuple[str, ...]] = ()
+
+    def bound_inputs(self) -> tuple[torch.Tensor, ...]:
+        """Tensors the module owns that follow the caller's inputs positionally (e.g. a class matrix)."""
+        return ()
+
+    def forward(self, *inputs: Any, **keywords: Any) -> Any:
+        options = {name: getattr(self, name) for name in self.options}
+        return self.function(*inputs, *self.bound_inputs(), **options, **keywords)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in (*self.options, *self.shown))
+
+
+class ClassMatrixLoss(FunctionalLoss):
     """Base of losses owning one learnable ``(num_classes, embedding_size)`` matrix.
 
-    Subclasses name the parameter (``weight`` or ``proxies``) through :attr:`matrix_name`. ``lr_multiplier`` is
-    read by :func:`frugalvision.losses.loss_param_groups`.
+    Subclasses name the parameter (``weight`` or ``proxies``) through :attr:`matrix_name`; the loss function takes
+    it after ``embeddings, labels``. ``lr_multiplier`` is read by :func:`frugalvision.losses.loss_param_groups`.
     """
 
     matrix_name = "weight"
@@ -60,9 +96,15 @@ class ClassMatrixLoss(nn.Module):
         param: torch.Tensor = getattr(self, self.matrix_name)
         return param
 
+    def bound_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (self.matrix,)
+
     def reset_parameters(self) -> None:
         """Rows drawn from ``N(0, 1/D)``: unit expected norm (only directions matter to these losses)."""
         nn.init.normal_(self.matrix, std=1.0 / math.sqrt(self.embedding_size))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, embedding_size={self.embedding_size}"
+        options = super().extra_repr()
+        return f"num_classes={self.num_classes}, embedding_size={self.embedding_size}" + (
+            options and ", " + options
+        )

@@ -224,6 +224,9 @@ class ArcFaceLoss(_AngularMarginLoss):
         >>> loss = loss_fn(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]))
     """
 
+    function = staticmethod(arcface_loss)
+    options = ("scale", "margin", "easy_margin")
+
     def __init__(
         self,
         num_classes: int,
@@ -239,20 +242,6 @@ class ArcFaceLoss(_AngularMarginLoss):
         super().__init__(num_classes, embedding_size, lr_multiplier)
         self.scale, self.margin, self.easy_margin = float(scale), float(margin), bool(easy_margin)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``embeddings (B, D)``, ``labels (B,)`` -> scalar loss."""
-        return arcface_loss(
-            embeddings,
-            labels,
-            self.weight,
-            scale=self.scale,
-            margin=self.margin,
-            easy_margin=self.easy_margin,
-        )
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scale={self.scale}, margin={self.margin} rad, easy_margin={self.easy_margin}"
-
 
 @register_loss("cosface", "cos_face", "lmcl", space="sphere")
 class CosFaceLoss(_AngularMarginLoss):
@@ -262,6 +251,9 @@ class CosFaceLoss(_AngularMarginLoss):
         >>> loss_fn = CosFaceLoss(num_classes=10, embedding_size=32)
         >>> loss = loss_fn(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]))
     """
+
+    function = staticmethod(cosface_loss)
+    options = ("scale", "margin")
 
     def __init__(
         self,
@@ -275,13 +267,6 @@ class CosFaceLoss(_AngularMarginLoss):
         super().__init__(num_classes, embedding_size, lr_multiplier)
         self.scale, self.margin = float(scale), float(margin)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``embeddings (B, D)``, ``labels (B,)`` -> scalar loss."""
-        return cosface_loss(embeddings, labels, self.weight, scale=self.scale, margin=self.margin)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scale={self.scale}, margin={self.margin}"
-
 
 @register_loss("sphereface", "sphere_face", "a_softmax", space="sphere")
 class SphereFaceLoss(_AngularMarginLoss):
@@ -293,6 +278,9 @@ class SphereFaceLoss(_AngularMarginLoss):
         >>> loss_fn = SphereFaceLoss(num_classes=10, embedding_size=32, margin=4)
         >>> loss = loss_fn(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]))
     """
+
+    function = staticmethod(sphereface_loss)
+    options = ("margin", "lambda_")
 
     def __init__(
         self,
@@ -309,10 +297,3 @@ class SphereFaceLoss(_AngularMarginLoss):
         check_positive(lambda_, "lambda_", strict=False)
         super().__init__(num_classes, embedding_size, lr_multiplier)
         self.margin, self.lambda_ = margin, float(lambda_)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``embeddings (B, D)``, ``labels (B,)`` -> scalar loss."""
-        return sphereface_loss(embeddings, labels, self.weight, margin=self.margin, lambda_=self.lambda_)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, margin={self.margin}, lambda_={self.lambda_}"

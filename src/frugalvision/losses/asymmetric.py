@@ -12,8 +12,8 @@ The calling convention and reductions are those of every multi-label loss
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from frugalvision.losses._base import FunctionalLoss
 from frugalvision.losses._multilabel_base import (
     binary_targets,
     check_gamma,
@@ -90,7 +90,7 @@ def asymmetric_loss(
 
 
 @register_loss("asl", "asymmetric", task="multilabel", space="euclidean")
-class AsymmetricLoss(nn.Module):
+class AsymmetricLoss(FunctionalLoss):
     """Asymmetric Loss (ASL); see :func:`asymmetric_loss`.
 
     Args:
@@ -106,6 +106,9 @@ class AsymmetricLoss(nn.Module):
         >>> loss(torch.randn(4, 3), torch.tensor([[1, 0, -1]] * 4)).ndim
         0
     """
+
+    function = staticmethod(asymmetric_loss)
+    options = ("gamma_pos", "gamma_neg", "clip", "eps", "disable_torch_grad_focal_loss", "reduction")
 
     def __init__(
         self,
@@ -126,25 +129,3 @@ class AsymmetricLoss(nn.Module):
         self.clip, self.eps = float(clip), float(eps)
         self.disable_torch_grad_focal_loss = bool(disable_torch_grad_focal_loss)
         self.reduction = check_reduction(reduction)
-
-    def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``logits (B, C)``, ``targets (B, C)`` in ``{1, 0, -1}``, optional ``weights (B, C)``."""
-        return asymmetric_loss(
-            logits,
-            targets,
-            weights,
-            gamma_pos=self.gamma_pos,
-            gamma_neg=self.gamma_neg,
-            clip=self.clip,
-            eps=self.eps,
-            disable_torch_grad_focal_loss=self.disable_torch_grad_focal_loss,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, clip={self.clip}, eps={self.eps}, "
-            f"disable_torch_grad_focal_loss={self.disable_torch_grad_focal_loss}, reduction={self.reduction!r}"
-        )

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from frugalvision._checks import check_ndim, check_tensor
+from frugalvision.losses._base import FunctionalLoss
 from frugalvision.losses._multilabel_base import (
     binary_targets,
     check_gamma,
@@ -123,7 +123,7 @@ def distribution_balanced_loss(
 def _db_forward(
     logits: object,
     targets: object,
-    weights: object,
+    weights: object = None,
     *,
     inv_counts: torch.Tensor,
     shift: torch.Tensor,
@@ -159,7 +159,7 @@ def _db_forward(
 
 
 @register_loss("db", "distribution_balanced", task="multilabel", space="euclidean")
-class DistributionBalancedLoss(nn.Module):
+class DistributionBalancedLoss(FunctionalLoss):
     r"""Distribution-Balanced loss (Wu, Huang, Liu, Wang, Lin, ECCV 2020) for long-tailed multi-label data.
 
     **Re-balanced weighting** (paper: "re-balanced weighting after re-sampling"). Class-aware re-sampling draws an image ``x^k`` through each of its
@@ -215,6 +215,22 @@ class DistributionBalancedLoss(nn.Module):
         0
     """
 
+    function = staticmethod(_db_forward)
+    options = (
+        "inv_counts",
+        "shift",
+        "reweight",
+        "alpha",
+        "beta",
+        "mu",
+        "ntr",
+        "neg_scale",
+        "focal",
+        "focal_gamma",
+        "focal_balance",
+        "reduction",
+    )
+
     inv_counts: torch.Tensor
     shift: torch.Tensor
 
@@ -266,28 +282,6 @@ class DistributionBalancedLoss(nn.Module):
         check_ndim(targets, 2, "targets", "(B, C)")
         y = (targets == 1).to(torch.float64)
         return _rebalance_weights(y, self.inv_counts, self.alpha, self.beta, self.mu)
-
-    def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``logits (B, C)``, ``targets (B, C)`` in ``{1, 0, -1}``, optional ``weights (B, C)``."""
-        return _db_forward(
-            logits,
-            targets,
-            weights,
-            inv_counts=self.inv_counts,
-            shift=self.shift,
-            reweight=self.reweight,
-            alpha=self.alpha,
-            beta=self.beta,
-            mu=self.mu,
-            ntr=self.ntr,
-            neg_scale=self.neg_scale,
-            focal=self.focal,
-            focal_gamma=self.focal_gamma,
-            focal_balance=self.focal_balance,
-            reduction=self.reduction,
-        )
 
     def extra_repr(self) -> str:
         return (

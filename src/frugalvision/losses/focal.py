@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from frugalvision.losses._base import FunctionalLoss
 from frugalvision.losses._multilabel_base import (
     binary_targets,
     check_gamma,
@@ -67,7 +67,7 @@ def focal_loss(
 
 
 @register_loss("focal", "sigmoid_focal", task="multilabel", space="euclidean")
-class FocalLoss(nn.Module):
+class FocalLoss(FunctionalLoss):
     """Sigmoid focal loss; see :func:`focal_loss`.
 
     Args:
@@ -76,6 +76,9 @@ class FocalLoss(nn.Module):
         reduction: ``"mean"`` (over known entries), ``"sum"`` or ``"none"``.
     """
 
+    function = staticmethod(focal_loss)
+    options = ("gamma", "alpha", "reduction")
+
     def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25, reduction: str = "mean") -> None:
         super().__init__()
         self.gamma = check_gamma(gamma, "gamma")
@@ -83,14 +86,3 @@ class FocalLoss(nn.Module):
             raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha}")
         self.alpha = None if alpha is None else float(alpha)
         self.reduction = check_reduction(reduction)
-
-    def forward(
-        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``logits (B, C)``, ``targets (B, C)`` in ``{1, 0, -1}``, optional ``weights (B, C)``."""
-        return focal_loss(
-            logits, targets, weights, gamma=self.gamma, alpha=self.alpha, reduction=self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"

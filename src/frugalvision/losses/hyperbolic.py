@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from frugalvision._checks import check_class_labels, check_embedding_batch, check_positive
 from frugalvision.layers.hyperbolic import poincare_distance_matrix
+from frugalvision.losses._base import FunctionalLoss
 from frugalvision.losses._registry import register_loss
 
 __all__ = ["HyperbolicPairwiseCELoss", "hyperbolic_pairwise_ce_loss"]
@@ -116,7 +116,7 @@ def hyperbolic_pairwise_ce_loss(
 
 
 @register_loss("hyperbolic_pce", "hyperbolic", space="poincare")
-class HyperbolicPairwiseCELoss(nn.Module):
+class HyperbolicPairwiseCELoss(FunctionalLoss):
     """Module form of :func:`hyperbolic_pairwise_ce_loss` (Hyp-ViT, CVPR 2022); no learnable parameters.
 
     Args:
@@ -136,23 +136,12 @@ class HyperbolicPairwiseCELoss(nn.Module):
         0
     """
 
+    function = staticmethod(hyperbolic_pairwise_ce_loss)
+    options = ("c", "temperature")
+
     def __init__(self, c: float = 0.1, temperature: float = 0.2) -> None:
         super().__init__()
         check_positive(c, "c")
         check_positive(temperature, "temperature")
         self.c = float(c)
         self.temperature = float(temperature)
-
-    def forward(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        *,
-        other_view: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return hyperbolic_pairwise_ce_loss(
-            embeddings, labels, other_view=other_view, c=self.c, temperature=self.temperature
-        )
-
-    def extra_repr(self) -> str:
-        return f"c={self.c}, temperature={self.temperature}"

@@ -178,6 +178,10 @@ class ProxyNCAPlusPlusLoss(_ProxyLoss):
         >>> loss = loss_fn(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]))
     """
 
+    function = staticmethod(proxy_nca_plus_plus_loss)
+    options = ("temperature",)
+    shown = ("lr_multiplier",)
+
     def __init__(
         self,
         num_classes: int,
@@ -188,12 +192,3 @@ class ProxyNCAPlusPlusLoss(_ProxyLoss):
         check_positive(temperature, "temperature")
         super().__init__(num_classes, embedding_size, lr_multiplier)
         self.temperature = float(temperature)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``embeddings (B, D)``, ``labels (B,)`` -> scalar loss."""
-        return proxy_nca_plus_plus_loss(embeddings, labels, self.proxies, temperature=self.temperature)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, temperature={self.temperature:.4g}, lr_multiplier={self.lr_multiplier}"
-        )

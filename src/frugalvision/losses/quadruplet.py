@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
 
 from frugalvision._checks import check_choice, check_positive
+from frugalvision.losses._base import FunctionalLoss
 from frugalvision.losses._registry import register_loss
 from frugalvision.losses.distances import DISTANCES, DistanceName, pairwise_distance
 from frugalvision.losses.miners import positive_pairs
@@ -190,13 +190,16 @@ def quadruplet_loss(
 
 
 @register_loss("quadruplet", space="sphere")
-class QuadrupletLoss(nn.Module):
+class QuadrupletLoss(FunctionalLoss):
     """Module form of :func:`quadruplet_loss`; see there for the equation, arguments and reference.
 
     Example:
         >>> loss_fn = QuadrupletLoss(margin1=0.2, margin2=0.1)
         >>> loss = loss_fn(torch.randn(12, 16), torch.arange(4).repeat_interleave(3))
     """
+
+    function = staticmethod(quadruplet_loss)
+    options = ("margin1", "margin2", "pair_weight", "mining", "distance", "normalize", "reduction")
 
     def __init__(
         self,
@@ -216,24 +219,3 @@ class QuadrupletLoss(nn.Module):
         self.distance: DistanceName = check_choice(distance, DISTANCES, "distance")  # type: ignore[assignment]
         self.normalize = bool(normalize)
         self.reduction: Reduction = check_choice(reduction, REDUCTIONS, "reduction")  # type: ignore[assignment]
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``embeddings (B, D)``, ``labels (B,)`` -> scalar loss."""
-        return quadruplet_loss(
-            embeddings,
-            labels,
-            margin1=self.margin1,
-            margin2=self.margin2,
-            pair_weight=self.pair_weight,
-            mining=self.mining,
-            distance=self.distance,
-            normalize=self.normalize,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"margin1={self.margin1}, margin2={self.margin2}, pair_weight={self.pair_weight}, "
-            f"mining={self.mining!r}, distance={self.distance!r}, normalize={self.normalize}, "
-            f"reduction={self.reduction!r}"
-        )

@@ -6,10 +6,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from frugalvision._checks import check_choice, check_class_labels, check_positive
-from frugalvision.losses._base import check_embeddings
+from frugalvision.losses._base import FunctionalLoss, check_embeddings
 from frugalvision.losses._registry import register_loss
 from frugalvision.losses.distances import DISTANCES, DistanceName, pairwise_distance
 from frugalvision.losses.miners import _negatives_of, _semihard_mask, hard_triplets, positive_pairs
@@ -177,13 +176,16 @@ def triplet_term(
 
 
 @register_loss("triplet", "triplet_margin", space="sphere")
-class TripletMarginLoss(nn.Module):
+class TripletMarginLoss(FunctionalLoss):
     """Module form of :func:`triplet_margin_loss`; see there for the equation, arguments and references.
 
     Example:
         >>> loss_fn = TripletMarginLoss(margin=0.2, mining="semihard")
         >>> loss = loss_fn(torch.randn(8, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
     """
+
+    function = staticmethod(triplet_margin_loss)
+    options = ("margin", "mining", "distance", "normalize", "swap", "smooth", "reduction")
 
     def __init__(
         self,
@@ -204,23 +206,3 @@ class TripletMarginLoss(nn.Module):
         self.swap = bool(swap)
         self.smooth = bool(smooth)
         self.reduction: Reduction = check_choice(reduction, REDUCTIONS, "reduction")  # type: ignore[assignment]
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``embeddings (B, D)``, ``labels (B,)`` -> scalar loss."""
-        return triplet_margin_loss(
-            embeddings,
-            labels,
-            margin=self.margin,
-            mining=self.mining,
-            distance=self.distance,
-            normalize=self.normalize,
-            swap=self.swap,
-            smooth=self.smooth,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"margin={self.margin}, mining={self.mining!r}, distance={self.distance!r}, "
-            f"normalize={self.normalize}, swap={self.swap}, smooth={self.smooth}, reduction={self.reduction!r}"
-        )
