@@ -20,121 +20,10 @@ from torch.utils.data import Dataset, Sampler
 __all__ = ["ClassAwareSampler", "MPerClassSampler", "SeededItems", "ShardSampler", "ShuffleSampler"]
 
 
-class MPerClassSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of ``batch_size // m`` distinct classes with ``m`` images each (pytorch-metric-learning's scheme).
-
-    Classes are drawn from a shuffled list of all classes (reshuffled when used up), so every class is seen
-    equally often whatever its size; within a class, images come from a shuffled cycle of its images, so no
-    image repeats within a batch unless the class has fewer than ``m`` images.
-
-    Under data-parallel training every rank builds the same global sequence of ``num_batches * num_replicas``
-    batches from ``(seed, epoch)`` and keeps every ``num_replicas``-th one starting at ``rank``: the ranks get
-    disjoint slices of one epoch, each of ``num_batches`` batches.
-
-    Args:
-        labels: ``(N,)`` class of each item; negative labels (unlabeled) are never sampled.
-        m: images per class in a batch (``>= 1``).
-        batch_size: images per batch on each rank, a multiple of ``m``.
-        seed: base seed; batches depend only on ``(seed, epoch)``.
-        num_batches: batches per epoch on each rank (default: ``labelled items // (batch_size * num_replicas)``,
-            at least 1).
-        num_replicas, rank: data-parallel world size and this process's rank.
-        epoch: the first epoch (call :meth:`set_epoch` at the start of every epoch).
-
-    Yields:
-        lists of ``batch_size`` pairs ``(index, item_seed)``.
-
-    Raises:
-        ValueError: ``batch_size`` not a multiple of ``m``, fewer labelled classes than ``batch_size // m``, a bad
-            ``rank``.
-    """
-
-    def __init__(
-        self,
-        labels: Sequence[int] | np.ndarray | torch.Tensor,
-        m: int,
-        batch_size: int,
-        seed: int = 0,
-        *,
-        num_batches: int | None = None,
-        num_replicas: int = 1,
-        rank: int = 0,
-        epoch: int = 0,
-    ) -> None:
-        labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
-        if labels_np.size and not np.issubdtype(labels_np.dtype, np.integer):
-            raise TypeError(f"labels must be integers, got dtype {labels_np.dtype}")
-        if m < 1 or batch_size < 1 or batch_size % m:
-            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
-        self.m, self.batch_size, self.seed = int(m), int(batch_size), int(seed)
-        self.num_replicas, self.rank, self.epoch = int(num_replicas), int(rank), int(epoch)
-        classes = np.unique(labels_np[labels_np >= 0])
-        self.classes_per_batch = self.batch_size // self.m
-        if len(classes) < self.classes_per_batch:
-            raise ValueError(
-                f"a batch of {batch_size} with m={m} needs {self.classes_per_batch} classes, but the labels have "
-                f"{len(classes)}; lower batch_size or raise m"
-            )
-        self._members = [np.flatnonzero(labels_np == c) for c in classes]
-        labelled = int((labels_np >= 0).sum())
-        if num_batches is None:
-            num_batches = max(1, labelled // (self.batch_size * self.num_replicas))
-        if num_batches < 1:
-            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-        self.num_batches = int(num_batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose batches the next iteration yields."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def global_batches(self) -> list[list[tuple[int, int]]]:
-        """All ranks' batches of the current epoch, in order (rank ``r`` gets ``[r::num_replicas]``)."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        total = self.num_batches * self.num_replicas
-        n_classes = len(self._members)
-        class_queue: list[int] = []
-        cycles = [rng.permutation(idx) for idx in self._members]
-        cursor = [0] * n_classes
-        batches: list[list[tuple[int, int]]] = []
-        for _ in range(total):
-            chosen: list[int] = []
-            while len(chosen) < self.classes_per_batch:
-                if not class_queue:
-                    class_queue = rng.permutation(n_classes).tolist()
-                c = class_queue.pop()
-                if c in chosen:  # only possible across a reshuffle; put it back for later
-                    class_queue.insert(0, c)
-                    continue
-                chosen.append(c)
-            batch: list[int] = []
-            for c in chosen:
-                taken: list[int] = []
-                for _ in range(self.m):
-                    if cursor[c] == len(cycles[c]):  # a new cycle; this batch's images of c go last in it
-                        fresh = rng.permutation(self._members[c])
-                        cycles[c] = np.concatenate(
-                            [fresh[~np.isin(fresh, taken)], fresh[np.isin(fresh, taken)]]
-                        )
-                        cursor[c] = 0
-                    taken.append(int(cycles[c][cursor[c]]))
-                    cursor[c] += 1
-                batch.extend(taken)
-            seeds = rng.integers(0, 2**31 - 1, size=len(batch))
-            batches.append([(i, int(s)) for i, s in zip(batch, seeds, strict=True)])
-        return batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        yield from self.global_batches()[self.rank :: self.num_replicas]
-
-
 class _EpochBatches(Sampler[list[tuple[int, int]]]):
     """Shared mechanics: ``num_batches`` per rank, drawn from ``(seed, epoch)``, ranks taking disjoint slices of
-    one global sequence of batches (as :class:`MPerClassSampler`); subclasses say which indices an epoch visits."""
+    one global sequence of batches; subclasses say which indices an epoch visits (:meth:`_draw`) or build the
+    batches themselves (:meth:`global_batches`)."""
 
     def __init__(
         self,
@@ -182,6 +71,108 @@ class _EpochBatches(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         yield from self.global_batches()[self.rank :: self.num_replicas]
+
+
+class MPerClassSampler(_EpochBatches):
+    """Batches of ``batch_size // m`` distinct classes with ``m`` images each (pytorch-metric-learning's scheme).
+
+    Classes are drawn from a shuffled list of all classes (reshuffled when used up), so every class is seen
+    equally often whatever its size; within a class, images come from a shuffled cycle of its images, so no
+    image repeats within a batch unless the class has fewer than ``m`` images.
+
+    Under data-parallel training every rank builds the same global sequence of ``num_batches * num_replicas``
+    batches from ``(seed, epoch)`` and keeps every ``num_replicas``-th one starting at ``rank``: the ranks get
+    disjoint slices of one epoch, each of ``num_batches`` batches.
+
+    Args:
+        labels: ``(N,)`` class of each item; negative labels (unlabeled) are never sampled.
+        m: images per class in a batch (``>= 1``).
+        batch_size: images per batch on each rank, a multiple of ``m``.
+        seed: base seed; batches depend only on ``(seed, epoch)``.
+        num_batches: batches per epoch on each rank (default: ``labelled items // (batch_size * num_replicas)``,
+            at least 1).
+        num_replicas, rank: data-parallel world size and this process's rank.
+        epoch: the first epoch (call :meth:`set_epoch` at the start of every epoch).
+
+    Yields:
+        lists of ``batch_size`` pairs ``(index, item_seed)``.
+
+    Raises:
+        ValueError: ``batch_size`` not a multiple of ``m``, fewer labelled classes than ``batch_size // m``, a bad
+            ``rank``.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        m: int,
+        batch_size: int,
+        seed: int = 0,
+        *,
+        num_batches: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+        if labels_np.size and not np.issubdtype(labels_np.dtype, np.integer):
+            raise TypeError(f"labels must be integers, got dtype {labels_np.dtype}")
+        if m < 1 or batch_size < 1 or batch_size % m:
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
+        classes = np.unique(labels_np[labels_np >= 0])
+        if len(classes) < batch_size // m:
+            raise ValueError(
+                f"a batch of {batch_size} with m={m} needs {batch_size // m} classes, but the labels have "
+                f"{len(classes)}; lower batch_size or raise m"
+            )
+        super().__init__(
+            int((labels_np >= 0).sum()),
+            batch_size,
+            seed,
+            num_batches=num_batches,
+            num_replicas=num_replicas,
+            rank=rank,
+            epoch=epoch,
+        )
+        self.m = int(m)
+        self.classes_per_batch = self.batch_size // self.m
+        self._members = [np.flatnonzero(labels_np == c) for c in classes]
+
+    def global_batches(self) -> list[list[tuple[int, int]]]:
+        """All ranks' batches of the current epoch, in order (rank ``r`` gets ``[r::num_replicas]``)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        total = self.num_batches * self.num_replicas
+        n_classes = len(self._members)
+        class_queue: list[int] = []
+        cycles = [rng.permutation(idx) for idx in self._members]
+        cursor = [0] * n_classes
+        batches: list[list[tuple[int, int]]] = []
+        for _ in range(total):
+            chosen: list[int] = []
+            while len(chosen) < self.classes_per_batch:
+                if not class_queue:
+                    class_queue = rng.permutation(n_classes).tolist()
+                c = class_queue.pop()
+                if c in chosen:  # only possible across a reshuffle; put it back for later
+                    class_queue.insert(0, c)
+                    continue
+                chosen.append(c)
+            batch: list[int] = []
+            for c in chosen:
+                taken: list[int] = []
+                for _ in range(self.m):
+                    if cursor[c] == len(cycles[c]):  # a new cycle; this batch's images of c go last in it
+                        fresh = rng.permutation(self._members[c])
+                        cycles[c] = np.concatenate(
+                            [fresh[~np.isin(fresh, taken)], fresh[np.isin(fresh, taken)]]
+                        )
+                        cursor[c] = 0
+                    taken.append(int(cycles[c][cursor[c]]))
+                    cursor[c] += 1
+                batch.extend(taken)
+            seeds = rng.integers(0, 2**31 - 1, size=len(batch))
+            batches.append([(i, int(s)) for i, s in zip(batch, seeds, strict=True)])
+        return batches
 
 
 class ShuffleSampler(_EpochBatches):
