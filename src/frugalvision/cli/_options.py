@@ -28,12 +28,15 @@ __all__ = [
     "ConfigDefaultOption",
     "LazyChoice",
     "batch_size_option",
+    "cache_option",
     "config_default",
     "config_option",
     "device_option",
+    "json_option",
     "lightning_run_options",
     "model_options",
     "on_corrupt_option",
+    "out_option",
     "progress_option",
     "run_options",
     "threads_option",
@@ -120,6 +123,39 @@ def on_corrupt_option(
 def threads_option(help: str = "ONNX Runtime threads [default: one per physical core].") -> Callable[[F], F]:
     """``--threads N``: ONNX Runtime threads, ``None`` = its own choice."""
     return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def out_option(
+    help: str,
+    *,
+    kind: str = "folder",
+    required: bool = True,
+    default: str | None = None,
+) -> Callable[[F], F]:
+    """``--out/-o PATH``: where a command writes; ``kind`` is ``"folder"``, ``"file"`` or ``"any"``. A
+    ``default`` is shown in the help; without one the option is required unless ``required=False``."""
+    if kind not in ("folder", "file", "any"):
+        raise ValueError(f"kind must be 'folder', 'file' or 'any', got {kind!r}")
+    path = click.Path(file_okay=kind != "folder", dir_okay=kind != "file", path_type=Path)
+    return click.option(
+        "--out",
+        "-o",
+        type=path,
+        required=required and default is None,
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def cache_option(help: str) -> Callable[[F], F]:
+    """``--cache FOLDER``: keep what a command computes over a data set (a store folder, resumable)."""
+    return click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None, help=help)
+
+
+def json_option(help: str = "Print JSON instead of a table.") -> Callable[[F], F]:
+    """``--json``: machine-readable output, passed as ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 def run_options(f: F) -> F:

@@ -8,18 +8,11 @@ from pathlib import Path
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._options import DEFAULT_MODEL, progress_option
+from frugalvision.cli._options import DEFAULT_MODEL, out_option, progress_option
 
 
 @cli.command()
-@click.option(
-    "--out",
-    "-o",
-    default="frugalvision-demo",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the demo data, embeddings, index and PNG.",
-)
+@out_option("Folder for the demo data, embeddings, index and PNG.", default="frugalvision-demo")
 @click.option(
     "--views",
     default=16,

@@ -10,20 +10,18 @@ import click
 from frugalvision.cli._app import cli
 from frugalvision.cli._options import (
     device_option,
+    json_option,
     model_options,
     on_corrupt_option,
+    out_option,
     progress_option,
 )
 
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="COCO JSON file to write: images, boxes, scores and RLE masks of one 'object' category.",
+@out_option(
+    "COCO JSON file to write: images, boxes, scores and RLE masks of one 'object' category.", kind="file"
 )
 @model_options(
     model_help="timm model name or offline backbone. ViTs use last-block attention keys (best: vit_small_patch16_224.dino or vit_small_patch8_224.dino, downloaded once from the Hugging Face hub); CNNs their stride-16 map.",
@@ -83,12 +81,7 @@ from frugalvision.cli._options import (
     "Unreadable or too-small images: skip them with a warning listing the files, or stop with an error."
 )
 @device_option("cpu, cuda, cuda:1, or auto (the eigen-solve always runs on the CPU).")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the evaluation (when DATA has boxes) as JSON instead of a table.",
-)
+@json_option("Print the evaluation (when DATA has boxes) as JSON instead of a table.")
 @progress_option()
 def discover(
     data: Path,

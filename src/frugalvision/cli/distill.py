@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import config_option, lightning_run_options, workers_option
+from frugalvision.cli._options import config_option, lightning_run_options, out_option, workers_option
 
 #: The configuration whose field defaults the help text shows (imported only when help is shown).
 DISTILL = "frugalvision.distill.config:DistillConfig"
@@ -47,12 +47,9 @@ option = config_option(DISTILL, None)
     "-s",
     help="Student: a timm model name; its head maps to the teacher's dimension.",
 )
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run folder: config.yaml, teacher_cache/, checkpoints/, logs/ and the student bundle model/.",
+@out_option(
+    "Run folder: config.yaml, teacher_cache/, checkpoints/, logs/ and the student bundle model/.",
+    required=False,
 )
 @click.option(
     "--teacher-weights",

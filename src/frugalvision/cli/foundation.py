@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import model_options, run_options
+from frugalvision.cli._options import cache_option, model_options, out_option, run_options
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 
@@ -45,13 +45,7 @@ def load_store(
     default=None,
     help="Text file with one class name per line.",
 )
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Manifest CSV to write (path,label,prediction,score,margin).",
-)
+@out_option("Manifest CSV to write (path,label,prediction,score,margin).", kind="file")
 @model_options(DEFAULT_CLIP)
 @click.option(
     "--templates",
@@ -73,11 +67,8 @@ def load_store(
     type=click.FloatRange(0, 1),
     help="Leave images unlabeled when top-1 minus top-2 probability is below this.",
 )
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Keep the image features in this store folder (re-labeling with other classes is then instant).",
+@cache_option(
+    "Keep the image features in this store folder (re-labeling with other classes is then instant)."
 )
 @click.option(
     "--review/--no-review",

@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import model_options, run_options
+from frugalvision.cli._options import cache_option, json_option, model_options, out_option, run_options
 
 
 @cli.group()
@@ -91,13 +91,7 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
 
 @ood.command()
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of the detector to write.",
-)
+@out_option("Folder of the detector to write.")
 @model_options()
 @click.option(
     "--num-classes",
@@ -146,12 +140,7 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
     type=click.IntRange(min=1),
     help="Images of DATA used for NormRatio.",
 )
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Cache the model outputs for DATA in this folder (resumable).",
-)
+@cache_option("Cache the model outputs for DATA in this folder (resumable).")
 @run_options
 def fit(
     data: Path,
@@ -221,20 +210,9 @@ def fit(
     "detector_dir", metavar="DETECTOR", type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write per-image scores and OOD flags to this CSV.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print per-image scores as JSON instead of a summary.")
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Cache the model outputs for DATA in this folder.",
-)
+@out_option("Write per-image scores and OOD flags to this CSV.", kind="file", required=False)
+@json_option("Print per-image scores as JSON instead of a summary.")
+@cache_option("Cache the model outputs for DATA in this folder.")
 @run_options
 def score(
     detector_dir: Path,
@@ -287,7 +265,7 @@ def score(
 )
 @click.argument("id_data", metavar="ID_DATA", type=click.Path(exists=True, path_type=Path))
 @click.argument("ood_data", metavar="OOD_DATA", type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option("Print JSON instead of a table.")
 @run_options
 def evaluate(
     detector_dir: Path,
