@@ -21,12 +21,12 @@ def _default_out(source: str) -> Path:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     keys = [k for k in rows[0] if k != "precision"]
-    lines = ["precision  " + "  ".join(f"{k:>14}" for k in keys)]
+    lines = ["precision     " + "  ".join(f"{k:>14}" for k in keys)]
     for row in rows:
         cells = [
             f"{row[k]:>14.4f}" if isinstance(row.get(k), float) else f"{row.get(k, ''):>14}" for k in keys
         ]
-        lines.append(f"{row['precision']:<9}  " + "  ".join(cells))
+        lines.append(f"{row['precision']:<12}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
@@ -119,6 +119,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
     show_default=True,
     help="For a backbone name: L2-normalise the embeddings inside the model.",
 )
+@click.option(
+    "--optimize",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Add ONNX Runtime's transformer-fused fp32 model and a dynamic int8 model, measure every model here and "
+    "record the fastest within the accuracy budget as the one `serve` and Predictor run (auto: for transformer "
+    "graphs, e.g. ViTs; on: for any model).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_cmd(
     source: str,
@@ -138,6 +147,7 @@ def export_cmd(
     pretrained: bool,
     weights: Path | None,
     normalize: bool,
+    optimize: str,
     as_json: bool,
 ) -> None:
     """Export SOURCE (a trained model bundle folder, or a backbone name such as
@@ -149,10 +159,15 @@ def export_cmd(
     """
     from frugalvision.deploy import (
         add_bf16_fastmath,
+        add_dynamic_int8,
+        add_fused,
+        choose_model,
         compare_precisions,
         export_backbone,
         export_bundle,
         is_model_bundle,
+        is_transformer_graph,
+        list_images,
         quantize_int8,
         throughput,
     )
@@ -196,6 +211,20 @@ def export_cmd(
         click.echo(
             f"bf16 entry added: runs with ONNX Runtime's bf16 fast-math GEMMs on ARM64{here}", err=True
         )
+    if optimize == "on" or (optimize == "auto" and is_transformer_graph(result.model_path)):
+        check = calibrate if calibrate is not None else validate
+        images = list_images(check)[:32] if check is not None else None
+        add_fused(out, check_images=images)
+        add_dynamic_int8(out, check_images=images)
+        choice = choose_model(
+            out, check_images=images, validate=validate, threads=threads, seconds=max(speed_seconds / 2, 0.2),
+            max_validate=max_validate,
+        )  # fmt: skip
+        report["engine"] = choice.record
+        if not as_json:
+            click.echo(_table(choice.rows))
+        click.echo(f"chosen: {choice.precision} (fastest here within the accuracy budget; recorded in deploy.json)",
+                   err=True)  # fmt: skip
     if validate is not None:
         rows = compare_precisions(
             out, validate, threads=threads, max_images=max_validate, speed_seconds=speed_seconds

@@ -5,6 +5,9 @@
   with ``onnx.checker`` and against PyTorch (per-row cosine >= 0.9999).
 - :func:`quantize_int8` adds ``model.int8.onnx`` (ONNX Runtime static quantisation, QDQ, per-channel), calibrated
   on the user's images through the runtime's own preprocessing.
+- :func:`add_fused` (ONNX Runtime's transformer fusions) and :func:`add_dynamic_int8` (int8 matrix products, no
+  calibration) add faster models for transformers; :func:`choose_model` measures every model of a bundle on this
+  machine and records the fastest within the accuracy budget, which the runtime then runs by default.
 - :func:`compare_precisions` reports accuracy (Recall@1 / MAP@R, accuracy or mAP) next to speed per precision.
 
 Needs torch (``frugalvision[full]``); the exported bundle runs with :class:`frugalvision.runtime.Predictor` alone.
@@ -30,20 +33,32 @@ from frugalvision.deploy.quantize import (
     list_images,
     quantize_int8,
 )
+from frugalvision.deploy.transformer import (
+    EngineChoice,
+    add_dynamic_int8,
+    add_fused,
+    choose_model,
+    is_transformer_graph,
+)
 
 __all__ = [
     "CALIBRATION_METHODS",
     "EXPORTERS",
+    "EngineChoice",
     "ExportError",
     "ExportResult",
     "ImageCalibrationReader",
     "QuantizeResult",
     "add_bf16_fastmath",
+    "add_dynamic_int8",
+    "add_fused",
+    "choose_model",
     "compare_precisions",
     "export_backbone",
     "export_bundle",
     "export_onnx",
     "is_model_bundle",
+    "is_transformer_graph",
     "list_images",
     "mean_average_precision",
     "output_agreement",

@@ -130,6 +130,14 @@ class DeployConfig:
             check_relative_file(record["file"], origin, f"models.{precision}.file")
 
     # -- (de)serialisation ----------------------------------------------------------------------------------
+    @property
+    def chosen_precision(self) -> str:
+        """The model ``precision="auto"`` runs: ``engine.precision`` when ``deploy.json`` records a measured choice
+        (:func:`frugalvision.deploy.choose_model`) naming one of ``models``, else ``"fp32"``."""
+        engine = self.extra.get("engine")
+        chosen = engine.get("precision") if isinstance(engine, Mapping) else None
+        return chosen if isinstance(chosen, str) and chosen in self.models else "fp32"
+
     def essentials(self) -> dict[str, Any]:
         """The fields stored in each ONNX file's metadata (enough to run a lone ``.onnx`` file)."""
         return {

@@ -28,8 +28,10 @@ from frugalvision.runtime.preprocess import Preprocessor
 
 __all__ = ["PRECISIONS", "Prediction", "Predictor", "bf16_fastmath_available"]
 
-#: Model variants a deploy bundle may hold.
-PRECISIONS: tuple[str, ...] = ("fp32", "int8", "bf16")
+#: Model variants a deploy bundle may hold: fp32, its transformer-fused form, static (calibrated QDQ) and dynamic
+#: int8, and bf16 fast-math (ARM64). ``"auto"`` asks for the one ``deploy.json`` records as fastest within the
+#: accuracy budget on the machine that exported it (``frugalvision.deploy.choose_model``), else fp32.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp32-fused", "int8", "int8-dynamic", "bf16")
 #: ONNX Runtime's session option for bfloat16 fast-math GEMMs; only ARM64 builds implement it.
 BF16_FASTMATH_KEY = "mlas.enable_gemm_fastmath_arm64_bfloat16"
 
@@ -83,7 +85,8 @@ class Predictor:
     Args:
         path: deploy bundle folder (``deploy.json`` + models) or an ``.onnx`` file written by
             :func:`frugalvision.deploy.export_onnx`.
-        precision: which model of the bundle: ``"fp32"``, ``"int8"`` or ``"bf16"`` (ARM64 only, see
+        precision: which model of the bundle: ``"auto"`` (default: the one ``deploy.json``'s ``engine`` record
+            chose, else ``"fp32"``), or one of :data:`PRECISIONS` (``"bf16"``: ARM64 only, see
             :func:`bf16_fastmath_available`). Ignored for a lone ``.onnx`` file.
         threads: ONNX Runtime intra-op threads (``None``: its default, one per physical core). In a service
             sharing the machine, set it to the cores you can give.
@@ -100,7 +103,7 @@ class Predictor:
         self,
         path: str | os.PathLike[str],
         *,
-        precision: str = "fp32",
+        precision: str = "auto",
         threads: int | None = None,
         batch_size: int = 32,
         spin: bool = True,
@@ -110,11 +113,13 @@ class Predictor:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'auto' or one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.config: DeployConfig = read_deploy_config(path)
         if Path(path).is_file():
             precision = next(iter(self.config.models))
+        elif precision == "auto":
+            precision = self.config.chosen_precision
         record = self.config.models.get(precision)
         if record is None:
             raise StoreError(
