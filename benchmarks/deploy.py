@@ -5,15 +5,19 @@ Usage::
     python benchmarks/deploy.py                          # all three models, speed + int8 accuracy check
     python benchmarks/deploy.py --models lite0 --seconds 1 --skip-accuracy
 
-Part 1 (speed). For EfficientNet-Lite0 (real offline weights), ResNet-50 and ViT-S/16 (random init: speed does not
-depend on the weights), at batch 1 and 32, images per second of the model alone (preprocessed input, no decoding):
+Part 1 (speed). For EfficientNet-Lite0 (real offline weights), ResNet-50, ViT-S/16 and the hybrid CoAtNet-nano
+(random init: speed does not depend on the weights), at batch 1 and 32, images per second of the model alone
+(preprocessed input, no decoding):
 
 * ``torch eager``: ``model(x)`` under ``torch.inference_mode``, ``torch.set_num_threads(threads)``;
 * ``torch eager CL``: the same with the model and input in channels-last memory format (CNNs);
 * ``torch bf16``: ``torch.autocast("cpu", torch.bfloat16)`` (oneDNN uses AVX-512 BF16 where the CPU has it);
 * ``ORT fp32`` / ``ORT int8``: :class:`frugalvision.runtime.Predictor` on the exported deploy bundle (int8:
   static QDQ quantisation calibrated on 64 images); ``ORT bf16``: reported as not available on x86 (ONNX Runtime's
-  CPU execution provider has no bf16 Conv/MatMul kernels there; its bf16 fast-math GEMMs are ARM64-only).
+  CPU execution provider has no bf16 Conv/MatMul kernels there; its bf16 fast-math GEMMs are ARM64-only);
+* for transformer graphs (ViT, CoAtNet), what ``frugalvision export`` adds: ``ORT fp32-fused`` (ONNX Runtime's
+  transformer fusions) and ``ORT int8-dynamic`` (int8 matrix products, activations quantised per batch), and the
+  model ``export`` would choose here (:func:`frugalvision.deploy.choose_model`).
 
 The engines of one cell are measured in interleaved rounds (each engine a short window per round, the median
 rate reported), so that background load on a shared machine hits them alike. torch and ONNX Runtime run in two
@@ -22,8 +26,9 @@ worker processes that compute only when asked: thread pools of both frameworks i
 ONNX Runtime's threads do not spin between calls (``spin=False``; slightly slower for it, fairer to torch). Each row gives the ratio to ``torch eager`` measured in the same run, and the achieved GFLOP/s (FLOPs of one
 image counted once with ``torch.utils.flop_counter.FlopCounterMode``, multiply-add = 2 FLOPs) as a share of the
 fp32 peak: a 2048 x 2048 fp32 matrix product in ONNX Runtime (its MLAS GEMM, the fastest of numpy, torch and ORT
-here), measured with the same threads in the same interleaved rounds as the cell. int8 (VNNI) and bf16
-(AVX-512 BF16) arithmetic is faster than fp32, so they can exceed 100%.
+here), measured with the same threads in the same interleaved rounds as the cell, and for int8 rows also as a share
+of the int8 peak: a 2048 x 2048 uint8 x int8 ``MatMulInteger`` in ONNX Runtime, measured alongside. int8 and bf16
+arithmetic is faster than fp32, so those rows can exceed 100% of the fp32 peak.
 
 Part 2 (accuracy, Lite0 with real weights): Recall@1 and MAP@R of fp32 and int8 embeddings of 25 Caltech-101 classes
 held out of calibration (``../shared/data/caltech101-dev``; calibration uses 200 images of the other 26 classes).
@@ -48,7 +53,15 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from frugalvision.deploy import compare_precisions, export_onnx, quantize_int8
+from frugalvision.deploy import (
+    add_dynamic_int8,
+    add_fused,
+    choose_model,
+    compare_precisions,
+    export_onnx,
+    is_transformer_graph,
+    quantize_int8,
+)
 from frugalvision.models import create_backbone
 from frugalvision.runtime import Predictor, bf16_fastmath_available
 
@@ -58,6 +71,7 @@ MODELS = {
     "lite0": ("EfficientNet-Lite0", "tf_efficientnet_lite0.in1k_offline", True),
     "resnet50": ("ResNet-50", "resnet50", False),
     "vits16": ("ViT-S/16", "vit_small_patch16_224", False),
+    "coatnet": ("CoAtNet-nano", "coatnet_nano_rw_224", False),  # a hybrid: conv stages, then attention
 }
 
 
@@ -116,6 +130,27 @@ def _ort_matmul(n: int, threads: int) -> Any:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _ort_matmul_int8(n: int, threads: int) -> Any:
+    """An ONNX Runtime session computing one ``(n, n) @ (n, n)`` uint8 x int8 -> int32 product (``MatMulInteger``,
+    the kernel of dynamic int8 models): the low-precision peak."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "matmul_int8",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def flops_per_image(model: torch.nn.Module, size: tuple[int, int, int]) -> float:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.zeros(1, *size))
@@ -146,7 +181,7 @@ def _torch_engines(
     x = torch.randn(batch, *size)
     engines: dict[str, Callable[[], object]] = {"torch eager": lambda: backbone(x)}
     fast = backbone
-    if not name.startswith("vit"):
+    if not name.startswith(("vit", "coatnet")):
         fast = create_backbone(name, pretrained=pretrained).eval().to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         engines["torch eager CL"] = lambda: fast(x_cl)
@@ -165,13 +200,21 @@ def _ort_engines(
 ) -> dict[str, Callable[[], object]]:
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
     engines: dict[str, Callable[[], object]] = {}
-    for precision in ("fp32", "int8"):
+    import json
+
+    for precision in json.loads((folder / "deploy.json").read_text())["models"]:
+        if precision == "bf16":
+            continue
         p = Predictor(folder, precision=precision, threads=threads, spin=False)
         engines[f"ORT {precision}"] = lambda p=p: p.run(x)
     session = _ort_matmul(MATMUL_N, threads)
     rng = np.random.default_rng(0)
     feeds = {k: rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32) for k in "ab"}
     engines["fp32 matmul"] = lambda: session.run(None, feeds)
+    session8 = _ort_matmul_int8(MATMUL_N, threads)
+    feeds8 = {"a": rng.integers(0, 255, (MATMUL_N, MATMUL_N), dtype=np.uint8),
+              "b": rng.integers(-127, 127, (MATMUL_N, MATMUL_N), dtype=np.int8)}  # fmt: skip
+    engines["int8 matmul"] = lambda: session8.run(None, feeds8)
     return engines
 
 
@@ -201,6 +244,11 @@ def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) 
         warnings.simplefilter("ignore")
         result = export_onnx(backbone, tmp / key, data_config=backbone.data_config)
     quantize_int8(tmp / key, _calibration_images(64), max_images=64, check_images=0)
+    choice = None
+    if is_transformer_graph(tmp / key / "model.onnx"):  # what `frugalvision export` adds for transformers
+        add_fused(tmp / key)
+        add_dynamic_int8(tmp / key)
+        choice = choose_model(tmp / key, check_images=_calibration_images(32), threads=threads, seconds=1.0)
     ctx = mp.get_context("spawn")
     rows: list[dict] = []
     for batch in (1, 32):
@@ -229,11 +277,15 @@ def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) 
                     proc.kill()
         rate = {engine: float(np.median(v)) for engine, v in samples.items()}
         peak = rate.pop("fp32 matmul") * 2 * MATMUL_N**3 / 1e9 / batch
-        print(f"|   (fp32 matmul peak measured alongside: {peak:.0f} GFLOP/s) | | | | | | |", flush=True)
+        peak8 = rate.pop("int8 matmul") * 2 * MATMUL_N**3 / 1e9 / batch
+        print(f"|   (matmul peaks measured alongside: fp32 {peak:.0f}, int8 {peak8:.0f} GOP/s) | | | | | | | |",
+              flush=True)  # fmt: skip
         for engine, r in rate.items():
             gflops = r * flops / 1e9
+            low = "int8" in engine
             rows.append({"model": label, "batch": batch, "engine": engine, "img/s": r,
-                         "x eager": r / rate["torch eager"], "GFLOP/s": gflops, "% peak": 100 * gflops / peak})  # fmt: skip
+                         "x eager": r / rate["torch eager"], "GFLOP/s": gflops, "% peak": 100 * gflops / peak,
+                         "% low peak": 100 * gflops / peak8 if low else None})  # fmt: skip
             print(_fmt(rows[-1]), flush=True)
         note = (
             "n/a: no bf16 kernels in ORT's CPU EP on x86" if not bf16_fastmath_available() else "not measured"
@@ -242,6 +294,11 @@ def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) 
         print(_fmt(rows[-1]), flush=True)
     print(f"  ({label}: {flops / 1e9:.2f} GFLOP/image, export {result.exporter}, parity min cos "
           f"{result.parity['min_cosine']:.7f})", flush=True)  # fmt: skip
+    if choice is not None:
+        print(f"  (export's choice on this machine: {choice.precision}; measured "
+              + "; ".join(f"{r['precision']} {r['score']:.1f} img/s geo-mean, cos {r['mean_cosine']:.4f}"
+                          f"{'' if r['within_budget'] else ' (over budget)'}" for r in choice.rows) + ")",
+              flush=True)  # fmt: skip
     return rows
 
 
@@ -250,7 +307,8 @@ def _fmt(row: dict) -> str:
         return f"| {row['model']:<18} | {row['batch']:>5} | {row['engine']:<14} | {row['note']} |"
     return (
         f"| {row['model']:<18} | {row['batch']:>5} | {row['engine']:<14} | {row['img/s']:>8.1f} | "
-        f"{row['x eager']:>6.2f}x | {row['GFLOP/s']:>7.1f} | {row['% peak']:>5.1f}% |"
+        f"{row['x eager']:>6.2f}x | {row['GFLOP/s']:>7.1f} | {row['% peak']:>5.1f}% | "
+        + (f"{row['% low peak']:>5.1f}% |" if row.get("% low peak") is not None else "- |")
     )
 
 
@@ -317,7 +375,8 @@ def main() -> None:
     peak, how = matmul_peak(args.threads)
     print(f"matmul peak at the start: {peak:.0f} GFLOP/s ({how}; best of 5 windows); the tables use the ONNX Runtime "
           "matmul measured in the same rounds as each cell\n")  # fmt: skip
-    print("| model | batch | engine | img/s | vs eager | GFLOP/s | of peak |\n|---|---|---|---|---|---|---|")
+    print("| model | batch | engine | img/s | vs eager | GFLOP/s | of fp32 peak | of int8 peak |\n"
+          "|---|---|---|---|---|---|---|---|")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             bench_model(key, args.threads, args.seconds, args.rounds, Path(tmp))

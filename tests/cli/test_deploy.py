@@ -58,3 +58,37 @@ def test_usage_errors(tmp_path: Path) -> None:
     for command in ("export", "serve"):
         help_text = runner.invoke(cli, [command, "--help"]).output
         assert "Show this message" in help_text
+
+
+def test_export_transformer_records_the_fastest_model(tmp_path: Path, labelled: Path) -> None:
+    """A ViT gets the fused and dynamic-int8 models, a measured choice in deploy.json, and serve runs it."""
+    _register()
+    out = tmp_path / "vit"
+    args = ["export", "test_vit", "--no-pretrained", "--exporter", "torchscript", "--out", str(out),
+            "--validate", str(labelled), "--speed-seconds", "0.1", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    deploy = json.loads((out / "deploy.json").read_text())
+    assert set(deploy["models"]) == {"fp32", "fp32-fused", "int8-dynamic"}
+    engine = deploy["engine"]
+    assert engine == report["engine"] and engine["precision"] in deploy["models"]
+    assert {r["precision"] for r in engine["measured"]} == set(deploy["models"])
+    assert engine["budget"]["max_accuracy_drop"] == 0.01  # --validate: the budget is accuracy, not cosine
+    assert all("accuracy" in r for r in engine["measured"])
+
+    from frugalvision.runtime import Predictor
+    from frugalvision.serve import create_app
+
+    app = create_app(Predictor(out, threads=1))
+    assert engine["precision"] in app.description
+
+
+def test_export_cnn_skips_transformer_paths(tmp_path: Path) -> None:
+    _register()
+    out = tmp_path / "cnn"
+    args = ["export", "test_efficientnet", "--no-pretrained", "--exporter", "torchscript", "--out", str(out)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    deploy = json.loads((out / "deploy.json").read_text())
+    assert set(deploy["models"]) == {"fp32"} and "engine" not in deploy
