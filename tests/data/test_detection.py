@@ -360,3 +360,24 @@ def test_real_coco128_boxes_stay_valid() -> None:
                 torch.testing.assert_close(
                     back, torch.from_numpy(np.array(data.samples[i].boxes)), atol=1e-2, rtol=0
                 )
+
+
+BCCD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "bccd"
+
+
+@pytest.mark.skipif(not BCCD.is_dir(), reason="real data ../shared/data/bccd is absent")
+def test_real_bccd_voc_through_the_dataset() -> None:
+    from frugalvision.discover.voc import read_voc
+
+    data = read_voc(BCCD, "val").subset(range(6))
+    ds = DetectionDataset(data, 416, **RAW)
+    train = DetectionDataset(data, 416, train=True, augment=DetectionAugment(mixup=0.5))
+    for i in range(len(ds)):
+        image, target, meta = ds[i]
+        assert image is not None and target is not None
+        assert meta["orig_size"] == (480, 640) and meta["pad"] == (0, 52)
+        back = boxes_to_original(target["boxes"], meta["scale"], meta["pad"], meta["orig_size"])
+        torch.testing.assert_close(back, torch.from_numpy(np.array(data.samples[i].boxes)), atol=1e-3, rtol=0)
+        image, target, _ = train[i]
+        assert image is not None and target is not None and image.shape == (3, 416, 416)
+        assert len(target["boxes"]) > 0 and (target["boxes"][:, 2:] - target["boxes"][:, :2] >= 2).all()

@@ -51,7 +51,11 @@ def _fixed_case(seed: int = 0, images: int = 30) -> tuple[list[dict[str, Any]], 
 
 
 def _pycocotools_reference(
-    preds: list[dict[str, Any]], gts: list[dict[str, Any]], tmp_path: Path, cat_ids: list[int] | None = None
+    preds: list[dict[str, Any]],
+    gts: list[dict[str, Any]],
+    tmp_path: Path,
+    cat_ids: list[int] | None = None,
+    classes: list[str] = CLASSES,
 ) -> np.ndarray:
     """COCOeval's 12 ``stats``, from a ground-truth JSON file and a result list (``loadRes``) built here."""
     from pycocotools.coco import COCO
@@ -68,7 +72,7 @@ def _pycocotools_reference(
         for (x0, y0, x1, y1), s, c in zip(p["boxes"], p["scores"], p["labels"], strict=True):
             results.append({"image_id": 100 + i, "category_id": 10 * (int(c) + 1),
                             "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})  # fmt: skip
-    categories = [{"id": 10 * (k + 1), "name": name} for k, name in enumerate(CLASSES)]
+    categories = [{"id": 10 * (k + 1), "name": name} for k, name in enumerate(classes)]
     gt_file = tmp_path / "gt.json"
     gt_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -236,3 +240,42 @@ def test_detection_plots(tmp_path: Path) -> None:
     assert tuple(pixels[70, 50]) == tuple(colour)  # the bottom edge too, in the class colour
     assert np.asarray(photo).min() == 255  # the input is left untouched
     assert (tmp_path / "drawn.png").is_file()
+
+
+BCCD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "bccd"
+
+
+@pytest.mark.skipif(not BCCD.is_dir(), reason="real data ../shared/data/bccd is absent")
+def test_real_bccd_boxes_both_backends(tmp_path: Path) -> None:
+    """BCCD's validation boxes (87 images, real crowding of overlapping cells), detections = the boxes jittered, some
+    dropped, some labels swapped, plus false positives: both backends equal pycocotools run directly."""
+    pytest.importorskip("faster_coco_eval")
+    from frugalvision.discover.voc import read_voc
+
+    data = read_voc(BCCD, "val")
+    assert data.classes == ["Platelets", "RBC", "WBC"]
+    rng = np.random.default_rng(7)
+    gts, preds = [], []
+    for s in data.samples:
+        assert s.boxes is not None and s.box_labels is not None
+        boxes, labels = np.asarray(s.boxes, dtype=np.float64), np.asarray(s.box_labels)
+        gts.append({"boxes": boxes, "labels": labels})
+        keep = rng.random(len(boxes)) < 0.85
+        noisy = boxes[keep] + rng.normal(0, 5, (int(keep.sum()), 4))
+        noisy[:, 2:] = np.maximum(noisy[:, 2:], noisy[:, :2] + 1)
+        swapped = np.where(rng.random(len(noisy)) < 0.1, rng.integers(0, 3, len(noisy)), labels[keep])
+        false = rng.uniform(0, 560, (3, 2))
+        noisy = np.concatenate([noisy, np.concatenate([false, false + 60], axis=1)])
+        preds.append(
+            {
+                "boxes": noisy,
+                "scores": rng.uniform(0, 1, len(noisy)),
+                "labels": np.r_[swapped, rng.integers(0, 3, 3)],
+            }
+        )
+    ours = coco_evaluate(preds, gts, data.classes)
+    fast = coco_evaluate(preds, gts, data.classes, backend="faster-coco-eval")
+    ref = _pycocotools_reference(preds, gts, tmp_path, classes=data.classes)
+    np.testing.assert_allclose(list(ours.summary().values()), ref[:9], atol=1e-12)
+    np.testing.assert_allclose(list(fast.summary().values()), ref[:9], atol=1e-6)
+    assert 0.1 < ours.map < 0.9, ours  # neither trivial nor hopeless

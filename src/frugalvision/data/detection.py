@@ -268,7 +268,7 @@ def _empty_boxes() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros((0, 4), dtype=torch.float32), torch.zeros((0,), dtype=torch.int64)
 
 
-@dataclass
+@dataclass(eq=False)
 class DetectionDataset(Dataset):
     """Letterboxed (and, with ``train=True``, augmented) detection samples of an :class:`ImageDataset` with boxes.
 
