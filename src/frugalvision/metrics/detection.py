@@ -228,50 +228,46 @@ def _read(
 
 
 # --- COCO evaluation -----------------------------------------------------------------------------------------
-def _xywh(box: np.ndarray) -> list[float]:
-    return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
+def _annotations(images: list[_Image], start_id: int = 1) -> list[dict[str, Any]]:
+    """COCO annotations of every box of ``images`` (image ``i`` has COCO id ``i + 1``), ids from ``start_id``."""
+    anns: list[dict[str, Any]] = []
+    for i, im in enumerate(images):
+        if not len(im.boxes):
+            continue
+        xywh = np.concatenate([im.boxes[:, :2], im.boxes[:, 2:] - im.boxes[:, :2]], axis=1)
+        box_area = xywh[:, 2] * xywh[:, 3]
+        area = (box_area if im.area is None else im.area).tolist()
+        crowd = (
+            np.zeros(len(xywh), dtype=np.int64) if im.crowd is None else im.crowd.astype(np.int64)
+        ).tolist()
+        categories = (im.labels + 1).tolist()
+        first = start_id + len(anns)
+        for j, bbox in enumerate(xywh.tolist()):
+            anns.append(
+                {
+                    "id": first + j,
+                    "image_id": i + 1,
+                    "category_id": categories[j],
+                    "bbox": bbox,
+                    "area": area[j],
+                    "iscrowd": crowd[j],
+                }
+            )
+        if im.scores is not None:
+            for ann, score in zip(anns[first - start_id :], im.scores.tolist(), strict=True):
+                ann["score"] = score
+    return anns
 
 
 def _coco_dicts(
     preds: list[_Image], gts: list[_Image], class_names: Sequence[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ground truth and detections as COCO data sets (ids from 1: COCOeval treats a match id of 0 as no match)."""
+    """Ground truth and detections as COCO data sets (ids from 1: COCOeval treats a match id of 0 as no match).
+    A detection's area is its box's, as ``COCO.loadRes`` sets it."""
     images = [{"id": i + 1} for i in range(len(gts))]
     categories = [{"id": k + 1, "name": str(name)} for k, name in enumerate(class_names)]
-    gt_anns: list[dict[str, Any]] = []
-    dt_anns: list[dict[str, Any]] = []
-    for i, g in enumerate(gts):
-        for j, box in enumerate(g.boxes):
-            bbox = _xywh(box)
-            area = bbox[2] * bbox[3] if g.area is None else float(g.area[j])
-            crowd = int(g.crowd[j]) if g.crowd is not None else 0
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": int(g.labels[j]) + 1,
-                    "bbox": bbox,
-                    "area": area,
-                    "iscrowd": crowd,
-                }
-            )
-    for i, p in enumerate(preds):
-        assert p.scores is not None
-        for j, box in enumerate(p.boxes):
-            bbox = _xywh(box)
-            dt_anns.append(
-                {
-                    "id": len(dt_anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": int(p.labels[j]) + 1,
-                    "bbox": bbox,
-                    "area": bbox[2] * bbox[3],
-                    "iscrowd": 0,
-                    "score": float(p.scores[j]),
-                }
-            )
-    gt = {"images": images, "categories": categories, "annotations": gt_anns}
-    dt = {"images": images, "categories": categories, "annotations": dt_anns}
+    gt = {"images": images, "categories": categories, "annotations": _annotations(gts)}
+    dt = {"images": images, "categories": categories, "annotations": _annotations(preds)}
     return gt, dt
 
 
