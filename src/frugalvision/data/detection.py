@@ -21,19 +21,19 @@ as ``(box - [pad_x, pad_y, pad_x, pad_y]) / scale`` clipped to the image (:func:
 1. *mosaic* (YOLOv4, Bochkovskiy et al. 2020, https://arxiv.org/abs/2004.10934; the YOLOX variant, Ge et al. 2021,
    https://arxiv.org/abs/2107.08430): four images, each resized to longer side ``S``, meet at a random centre
    ``(x_c, y_c) ~ U[S/2, 3S/2]^2`` of a ``2S x 2S`` canvas; else the letterbox;
-2. *random affine* (torchvision ``transforms.v2.functional.affine`` on the image and on a
-   ``tv_tensors.BoundingBoxes``): scale ``s ~ U[scale]``, translation ``U[-t, t]`` of the side, rotation
-   ``U[-degrees, degrees]``, shear ``U[-shear, shear]``, about the canvas centre; the mosaic canvas is then
-   centre-cropped to ``S x S``;
+2. *random affine* to the ``S x S`` input: scale ``s ~ U[scale]``, translation ``U[-t, t]`` of ``S``, rotation
+   ``U[-degrees, degrees]``, shear ``U[-shear, shear]``, about the canvas centre (for the mosaic this includes the
+   crop of its centre); one matrix moves the pixels and the corners of the boxes;
 3. *mixup* (Zhang et al. 2018, https://arxiv.org/abs/1710.09412): with probability ``mixup`` the result is blended
    ``r x + (1 - r) x'`` with another augmented image, ``r ~ Beta(32, 32)``, and the two box sets are joined;
 4. *HSV jitter*: hue shift ``h U[-1, 1]`` (of a turn), saturation and value factors ``1 + s U[-1, 1]``,
    ``1 + v U[-1, 1]``;
-5. *horizontal flip* with probability ``flip``.
+5. *horizontal flip* with probability ``flip`` (torchvision ``transforms.v2`` on the image and a
+   ``tv_tensors.BoundingBoxes``).
 
-Boxes are clipped to the image; a box is then dropped when a side is under ``min_box_size`` pixels or less than
-``min_area_ratio`` of its area survived (``area_out < ratio * area_in * scale_total^2``: an object cut off by the
-crop). All randomness comes from ``numpy.random.default_rng((seed, epoch, index))``, so an item depends only on
+Boxes are clipped to the image (``clamp_bounding_boxes``); a box is then dropped when less than ``min_area_ratio``
+of its area survived (``area_out < ratio * area_in * scale_total^2``: an object cut off by the crop) or a side is
+under ``min_box_size`` pixels (``SanitizeBoundingBoxes``). All randomness comes from ``numpy.random.default_rng((seed, epoch, index))``, so an item depends only on
 the seed, the epoch and its index -- not on the worker that loads it.
 
 **Mosaic off for the last epochs**: :meth:`DetectionDataset.set_epoch` switches mosaic (and mixup) off from
@@ -54,12 +54,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -439,7 +441,7 @@ class DetectionDataset(Dataset):
     def _geometric(
         self, index: int, raw: _Raw | None, rng: np.random.Generator, mosaic: bool, skipped: list[str]
     ) -> _Item:
-        """Mosaic or letterbox, then the random affine (and the mosaic's centre crop), then the box filter.
+        """Mosaic or letterbox, then the random affine to ``S x S``, then the box filter.
         ``raw``: image ``index`` already loaded, or ``None`` to load it (a corrupt one becomes a grey tile)."""
         size = self.image_size
         if raw is None:
@@ -452,11 +454,7 @@ class DetectionDataset(Dataset):
             canvas, scale, pad = letterbox(image, size)
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * scale**2
             item = _Item(canvas, boxes_to_input(boxes, scale, pad).float(), labels, area.float())
-        item = self._affine(item, rng)
-        if mosaic:
-            boxes = _plain(F.center_crop(_bb(item.boxes, item.image), [size, size]))
-            item = _Item(F.center_crop(item.image, [size, size]), boxes, item.labels, item.full_area)
-        return self._filter(item)
+        return self._filter(self._affine(item, rng))
 
     def _mosaic(self, parts: list[_Raw], rng: np.random.Generator) -> _Item:
         """Four images, each resized to longer side ``S``, around a random centre of a ``2S x 2S`` grey canvas:
@@ -491,33 +489,42 @@ class DetectionDataset(Dataset):
         return _Item(canvas, torch.cat(all_boxes), torch.cat(all_labels), torch.cat(all_area))
 
     def _affine(self, item: _Item, rng: np.random.Generator) -> _Item:
+        """The random affine of an ``H x W`` canvas to the ``S x S`` input: ``q = A (p - c_in) + c_out + t`` with
+        ``A = s R(angle) Sh(shear_x, shear_y)``, ``c_in`` the canvas centre, ``c_out = (S/2, S/2)`` and ``t`` the
+        translation in pixels (for a ``2S`` mosaic canvas this is the affine about its centre followed by the
+        centre crop). One matrix moves the pixels (Pillow's C ``Image.transform``, bilinear: 5x faster than
+        ``transforms.v2.functional.affine`` on a ``2S`` canvas, measured) and the four corners of every box (the
+        enclosing box of the moved corners), so they cannot disagree."""
         aug = self.augment
         assert aug is not None
-        angle = float(rng.uniform(-aug.degrees, aug.degrees))
+        size = self.image_size
+        angle = math.radians(float(rng.uniform(-aug.degrees, aug.degrees)))
         scale = float(rng.uniform(*aug.scale))
-        tx, ty = (float(v) for v in rng.uniform(-aug.translate, aug.translate, size=2))
-        shear = [float(v) for v in rng.uniform(-aug.shear, aug.shear, size=2)]
-        if angle == 0 and scale == 1 and tx == 0 and ty == 0 and shear == [0.0, 0.0]:
+        tx, ty = (float(v) * size for v in rng.uniform(-aug.translate, aug.translate, size=2))
+        shx, shy = (math.radians(float(v)) for v in rng.uniform(-aug.shear, aug.shear, size=2))
+        _, h, w = item.image.shape
+        if (h, w) == (size, size) and angle == shx == shy == tx == ty == 0 and scale == 1:
             return item
-        # Translation in pixels of the network input (side S), whether the canvas is S or 2S.
-        translate = [tx * self.image_size, ty * self.image_size]
-        image = F.affine(
-            item.image,
-            angle=angle,
-            translate=translate,
-            scale=scale,
-            shear=shear,
-            interpolation=v2.InterpolationMode.BILINEAR,
-            fill=[float(PAD_VALUE)] * 3,
+        rotation = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
+        shear = np.array([[1.0, math.tan(shx)], [math.tan(shy), 1.0]])
+        a = scale * rotation @ shear
+        c_in, c_out = np.array([w / 2, h / 2]), np.array([size / 2 + tx, size / 2 + ty])
+        inverse = np.linalg.inv(a)
+        offset = c_in - inverse @ c_out
+        pil = Image.fromarray(item.image.permute(1, 2, 0).numpy())
+        moved = pil.transform(
+            (size, size),
+            Image.Transform.AFFINE,
+            (*inverse[0], offset[0], *inverse[1], offset[1]),
+            resample=Image.Resampling.BILINEAR,
+            fillcolor=(PAD_VALUE,) * 3,
         )
-        boxes = F.affine(
-            _bb(item.boxes, item.image),
-            angle=angle,
-            translate=translate,
-            scale=scale,
-            shear=shear,
-        )
-        return _Item(image, _plain(boxes), item.labels, item.full_area * scale**2)
+        image = torch.from_numpy(np.array(moved)).permute(2, 0, 1).contiguous()
+        boxes = item.boxes.double().numpy()
+        corners = boxes[:, [[0, 1], [2, 1], [0, 3], [2, 3]]]  # (n, 4 corners, xy)
+        corners = (corners - c_in) @ a.T + c_out
+        moved_boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).reshape(-1, 4)
+        return _Item(image, torch.from_numpy(moved_boxes).float(), item.labels, item.full_area * scale**2)
 
     def _filter(self, item: _Item) -> _Item:
         """Clip boxes to the image, then drop those with less than ``min_area_ratio`` of their scaled area left
@@ -544,15 +551,23 @@ class DetectionDataset(Dataset):
     def _hsv(
         image: torch.Tensor, rng: np.random.Generator, gains: tuple[float, float, float]
     ) -> torch.Tensor:
-        """Hue shift ``h U[-1, 1]`` turns, saturation and value factors ``1 + s U[-1, 1]``, ``1 + v U[-1, 1]``."""
+        """In HSV (Pillow's 8-bit conversion): hue shifted by ``h U[-1, 1]`` of a turn, saturation and value
+        multiplied by ``1 + s U[-1, 1]`` and ``1 + v U[-1, 1]`` (clipped to 255), through lookup tables."""
         hue, sat, val = (float(g * u) for g, u in zip(gains, rng.uniform(-1, 1, size=3), strict=True))
-        if hue:
-            image = F.adjust_hue(image, hue)
-        if sat:
-            image = F.adjust_saturation(image, 1.0 + sat)
-        if val:
-            image = F.adjust_brightness(image, 1.0 + val)
-        return image
+        if not (hue or sat or val):
+            return image
+        levels = np.arange(256, dtype=np.float64)
+        tables = [
+            (levels + round(hue * 256)) % 256,
+            np.clip(levels * (1.0 + sat), 0, 255),
+            np.clip(levels * (1.0 + val), 0, 255),
+        ]
+        channels = Image.fromarray(image.permute(1, 2, 0).numpy()).convert("HSV").split()
+        shifted = [
+            c.point(np.rint(t).astype(np.uint8).tolist()) for c, t in zip(channels, tables, strict=True)
+        ]
+        rgb = Image.merge("HSV", shifted).convert("RGB")
+        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
 def _bb(boxes: torch.Tensor, image: torch.Tensor) -> tv_tensors.BoundingBoxes:
