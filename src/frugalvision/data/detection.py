@@ -511,7 +511,7 @@ class DetectionDataset(Dataset):
         c_in, c_out = np.array([w / 2, h / 2]), np.array([size / 2 + tx, size / 2 + ty])
         inverse = np.linalg.inv(a)
         offset = c_in - inverse @ c_out
-        pil = Image.fromarray(item.image.permute(1, 2, 0).numpy())
+        pil = _to_pil(item.image)
         moved = pil.transform(
             (size, size),
             Image.Transform.AFFINE,
@@ -562,7 +562,7 @@ class DetectionDataset(Dataset):
             np.clip(levels * (1.0 + sat), 0, 255),
             np.clip(levels * (1.0 + val), 0, 255),
         ]
-        channels = Image.fromarray(image.permute(1, 2, 0).numpy()).convert("HSV").split()
+        channels = _to_pil(image).convert("HSV").split()
         shifted = [
             c.point(np.rint(t).astype(np.uint8).tolist()) for c, t in zip(channels, tables, strict=True)
         ]
@@ -575,6 +575,11 @@ def _bb(boxes: torch.Tensor, image: torch.Tensor) -> tv_tensors.BoundingBoxes:
     return tv_tensors.BoundingBoxes(
         boxes, format="XYXY", canvas_size=(int(image.shape[-2]), int(image.shape[-1]))
     )
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` uint8 to an RGB ``PIL.Image`` (made contiguous first: Pillow copies a strided array slowly)."""
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
 
 
 def _plain(boxes: torch.Tensor) -> torch.Tensor:
