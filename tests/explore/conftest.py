@@ -25,12 +25,20 @@ def run_cli(args: list[str]) -> str:
 
 @pytest.fixture(scope="session")
 def explore_data(tmp_path_factory: pytest.TempPathFactory, labelled_folder: Path) -> dict[str, Path]:
-    """40 images (8 classes x 5) embedded by a random ``test_efficientnet`` into ``store/``, indexed into
+    """40 images (8 classes x 5) embedded by a saved random ``test_efficientnet`` bundle into ``store/``, indexed into
     ``index/``, with absolute paths (so any working folder resolves them)."""
+    import torch
+
+    from frugalvision.bundle import save_bundle
+    from frugalvision.models import create_embedding_model
+
     root = tmp_path_factory.mktemp("explore")
     store, index = root / "store", root / "index"
-    run_cli(["embed", str(labelled_folder.resolve()), "--out", str(store), "--model", "test_efficientnet",
-             "--no-pretrained", "--workers", "0", "--no-progress"])  # fmt: skip
+    torch.manual_seed(0)  # a saved random model: `frugalvision search` rebuilds the very same one
+    model = create_embedding_model("test_efficientnet", pretrained=False, embedding_size=16, input_size=32)
+    bundle = save_bundle(model.eval(), root / "model")
+    run_cli(["embed", str(labelled_folder.resolve()), "--out", str(store), "--model", str(bundle),
+             "--workers", "0", "--no-progress"])  # fmt: skip
     run_cli(["index", str(store), "--out", str(index)])
     return {"root": root, "store": store, "index": index, "images": labelled_folder.resolve()}
 

@@ -230,6 +230,9 @@
     $("reset-view").addEventListener("click", () => { view.cx = 0; view.cy = 0; view.zoom = 1; overlay(null); draw(); });
     $("clear-selection").addEventListener("click", () => { overlay(null); E.select(null).catch(fail); });
     window.addEventListener("resize", () => draw());
+    $("upload").addEventListener("change", (e) => {
+      if (e.target.files.length) uploadSearch(e.target.files[0]).catch(fail);
+    });
     c.addEventListener("dragover", (e) => e.preventDefault());
     c.addEventListener("drop", (e) => {
       e.preventDefault();
