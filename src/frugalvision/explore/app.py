@@ -224,7 +224,10 @@ def create_app(
     collection = state.collection
     n = len(collection)
     page = (
-        resources.files("frugalvision.explore").joinpath("static", "index.html").read_text(encoding="utf-8")
+        resources.files("frugalvision.explore")
+        .joinpath("static")
+        .joinpath("index.html")
+        .read_text(encoding="utf-8")
     )
     embedder: list[
         Any
@@ -257,7 +260,12 @@ def create_app(
     def static(name: str) -> Response:
         if name not in _STATIC:
             return _not_found()
-        text = resources.files("frugalvision.explore").joinpath("static", name).read_text(encoding="utf-8")
+        text = (
+            resources.files("frugalvision.explore")
+            .joinpath("static")
+            .joinpath(name)
+            .read_text(encoding="utf-8")
+        )
         return Response(text, media_type=_STATIC[name])
 
     @app.get("/api/meta")
