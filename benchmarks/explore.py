@@ -169,7 +169,7 @@ def main() -> None:
             results[n] = measure(big_store(base, n, args.work), browser)
         browser.close()
     print(f"\nfrugalvision explore, headless Chromium {exe} (software WebGL), one run, shared 2-core CPU\n")
-    print("| images | layout (PCA, once) s | server start s | first map paint ms | lasso: points | lasso -> gallery ms | "
+    print("| images | open store + PCA layout (once) s | server start s | first map paint ms | lasso: points | lasso -> gallery ms | "
           "lasso -> thumbnails loaded ms | server RSS MiB |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in results.items():

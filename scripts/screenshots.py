@@ -5,7 +5,7 @@ Data: a fixed sample of real Caltech-101 photos (``../shared/data/caltech101-dev
 EfficientNet-Lite0; the label manifest's ``prediction`` / ``score`` / ``margin`` come from the nearest class mean
 (cosine, softmax with temperature 0.05), so the review queue shows genuinely uncertain images first.
 
-    python scripts/screenshots.py [--work /tmp/explore-shots] [--sample 400]
+    python scripts/screenshots.py [--work /tmp/explore-shots] [--sample 400] [--store STORE]
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/frugalvision-explore-shots"))
     parser.add_argument("--sample", type=int, default=400)
+    parser.add_argument(
+        "--store", type=Path, default=None, help="an existing store of Caltech photos to show"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    store = args.work / "store"
+    store = args.store or args.work / "store"
     if not (store / "info.json").is_file():
         files = sorted(CALTECH.rglob("*.jpg"))
         files = files[:: max(1, len(files) // args.sample)][: args.sample]
@@ -95,11 +98,12 @@ def main() -> None:
         page.wait_for_selector("#neighbours .hit img")
         page.wait_for_timeout(800)
         page.screenshot(path=str(OUT / "explore-map.png"))
-        page.click("#mode-box")  # a box around the densest quarter of the map
-        cx, cy = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
-        page.mouse.move(cx - 90, cy - 70)
+        page.click("#mode-box")  # a box around the clicked photo's cluster
+        cx = min(max(box["x"] + pos["x"], box["x"] + 70), box["x"] + box["width"] - 70)
+        cy = min(max(box["y"] + pos["y"], box["y"] + 55), box["y"] + box["height"] - 55)
+        page.mouse.move(cx - 60, cy - 45)
         page.mouse.down()
-        page.mouse.move(cx + 40, cy + 60, steps=5)
+        page.mouse.move(cx + 60, cy + 45, steps=5)
         page.mouse.up()
         page.wait_for_function("window.explorer.selection !== null")
         page.wait_for_timeout(1500)

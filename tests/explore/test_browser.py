@@ -126,3 +126,34 @@ def test_upload_search_finds_the_search_results(page, explore_data):
     assert [p for p, _ in shown] == [h["path"] for h in expected] and shown[0][0] == image
     assert [s for _, s in shown] == pytest.approx([h["score"] for h in expected], abs=1e-4)
     assert page.errors == []
+
+
+def test_store_without_manifest_with_quality_views(browser, explore_data):
+    from frugalvision.explore import duplicate_group_ids
+
+    col = Collection.open(explore_data["store"])
+    v = col.vectors()
+    ood = -(v @ v.mean(0))  # any per-row score
+    state = ExploreState.build(
+        col, ood=ood.astype("float64"), groups=duplicate_group_ids(v, 0.9), layout="pca"
+    )
+    with live_server(create_app(state)) as url:
+        pg = browser.new_page()
+        errors: list[str] = []
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(url)
+        pg.wait_for_function("window.explorer.ready && window.explorer.galleryVersion > 0")
+        assert pg.is_hidden("#bulk")
+        assert pg.eval_on_selector_all("#view option", "os => os.map(o => o.value)") == [
+            "all",
+            "ood",
+            "duplicates",
+        ]
+        pg.select_option("#color-by", "ood")
+        pg.select_option("#view", "ood")
+        pg.wait_for_function("window.explorer.galleryVersion > 1")
+        first = pg.get_attribute("#gallery .item", "data-id")
+        assert int(first) == int(ood.argmax())
+        pg.close()
+        assert errors == []

@@ -261,7 +261,7 @@
     const score = it.ood === null ? "" : ` · ood ${it.ood.toFixed(3)}`;
     const pred = it.prediction && it.prediction !== it.label ? ` (pred ${esc(it.prediction)})` : "";
     return `<div class="item ${esc(it.review || "")}" data-id="${it.id}" data-path="${esc(it.path)}" data-label="${esc(it.label)}">` +
-      `<img loading="lazy" src="/thumb/${it.id}" alt="">` +
+      `<img src="/thumb/${it.id}" alt="">` +
       `<div class="cap" title="${esc(it.path)}"><b class="label">${esc(it.label || "—")}</b>${pred}${score}</div>` +
       `<div class="cap">${esc(it.path.split("/").pop())}${it.group !== null && it.group >= 0 ? " · group " + it.group : ""}</div>` +
       reviewControls(it) + "</div>";
@@ -330,7 +330,7 @@
     const name = meta.metric === "ip" ? "similarity" : "sq. distance";
     $("neighbours").innerHTML = `<div class="query">${title}</div><div class="hits">` + hits.map((h) =>
       `<div class="hit" data-id="${h.id}" data-path="${esc(h.path)}" data-score="${h.score}">` +
-      `<img loading="lazy" src="/thumb/${h.id}" alt=""><div>${h.rank}. ${name} ${h.score.toFixed(4)}</div>` +
+      `<img src="/thumb/${h.id}" alt=""><div>${h.rank}. ${name} ${h.score.toFixed(4)}</div>` +
       `<div class="cap">${esc(h.label || "")} ${esc(h.path.split("/").pop())}</div></div>`).join("") + "</div>";
   }
   async function showNeighbours(id) {
