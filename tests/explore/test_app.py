@@ -116,3 +116,16 @@ def test_page_embeds_the_token_and_no_external_resource(client):
     assert "http://" not in html and "https://" not in html
     js = client.get("/static/explore.js").text
     assert "http://" not in js and "https://" not in js
+
+
+def test_scattered_classes_against_a_float64_reference(client):
+    xy = np.frombuffer(client.get("/api/points").content, dtype="<f4").reshape(-1, 2).astype(np.float64)
+    labels = np.array(client.state.labels)
+    ref = {}
+    for name in set(labels) - {""}:
+        pts = xy[labels == name]
+        ref[name] = np.sqrt(((pts - pts.mean(0)) ** 2).sum(1)).mean()
+    got = client.get("/api/scatter").json()
+    assert [r["label"] for r in got] == sorted(ref, key=lambda k: (-ref[k], k))
+    np.testing.assert_allclose([r["spread"] for r in got], [ref[r["label"]] for r in got], rtol=1e-6)
+    assert [r["count"] for r in got] == [int((labels == r["label"]).sum()) for r in got]

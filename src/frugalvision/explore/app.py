@@ -7,6 +7,7 @@ Routes (``N`` rows; ids are row numbers of the store or index):
 * ``GET /api/points``: ``2N`` float32 (little-endian) map positions ``x0, y0, x1, ...`` in ``[-1, 1]``;
 * ``GET /api/color/{name}``: ``N`` float32 per colouring (a class code, ``-1`` none; or a score, ``NaN`` none);
 * ``POST /api/items``: a gallery page of a selection / view, filtered by label, score range and path text;
+* ``GET /api/scatter``: the classes whose images scatter most on the map (:meth:`ExploreState.scatter`);
 * ``GET /api/neighbours/{id}?k=``: the ``k`` nearest rows (itself left out), as ``frugalvision search`` lists them;
 * ``POST /api/search``: an uploaded photo's neighbours (embedded by :class:`~frugalvision.bundle.QueryEmbedder`,
   the code of ``frugalvision search``);
@@ -136,6 +137,19 @@ class ExploreState:
         if name == "duplicates" and self.groups is not None:
             return self.groups.astype(np.float32)
         return None
+
+    def scatter(self) -> list[dict[str, Any]]:
+        """Classes whose images scatter on the map, most scattered first: for each label with 2+ rows, the mean
+        map distance of its rows to their centroid, ``spread_c = mean_{i in c} ||xy_i - mean_{j in c} xy_j||_2``
+        (map units: the map spans ``[-1, 1]``)."""
+        codes, names = _codes(self.labels)
+        out = []
+        for c, name in enumerate(names):
+            pts = self.xy[codes == c].astype(np.float64)
+            if len(pts) >= 2:
+                spread = float(np.linalg.norm(pts - pts.mean(0), axis=1).mean())
+                out.append({"label": name, "count": len(pts), "spread": spread})
+        return sorted(out, key=lambda r: (-r["spread"], r["label"]))
 
     # ----------------------------------------------------------------------------------------- gallery
     def item(self, i: int) -> dict[str, Any]:
@@ -280,6 +294,10 @@ def create_app(
             "manifest": str(state.manifest.path) if state.manifest is not None else None,
             "can_undo": state.manifest is not None and state.manifest.can_undo(),
         }
+
+    @app.get("/api/scatter")
+    def scatter() -> list[dict[str, Any]]:
+        return state.scatter()
 
     @app.get("/api/points")
     def points() -> Response:

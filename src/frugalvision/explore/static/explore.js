@@ -287,9 +287,15 @@
     $("undo").disabled = !res.can_undo;
     await refreshAfterReview();
   }
+  async function loadScatter() {
+    const rows = await (await api("/api/scatter")).json();
+    $("scatter").innerHTML = rows.length ? "scattered classes: " + rows.slice(0, 8).map((r) =>
+      `<a data-label="${esc(r.label)}">${esc(r.label)} ${r.spread.toFixed(2)}</a>`).join("") : "";
+  }
   async function refreshAfterReview() {
     meta = await (await api("/api/meta")).json();
     fillClasses();
+    await loadScatter();
     if ($("color-by").value === "label") await loadColor();
     await loadGallery();
   }
@@ -307,6 +313,11 @@
       if (item && e.target.dataset.act === "correct" && e.target.value) review("correct", [Number(item.dataset.id)], e.target.value).catch(fail);
     });
     const reload = () => { gallery.offset = 0; loadGallery().catch(fail); };
+    $("scatter").addEventListener("click", (e) => {
+      if (e.target.dataset.label === undefined) return;
+      $("f-label").value = e.target.dataset.label;
+      reload();
+    });
     for (const id of ["view", "f-label", "f-min", "f-max"]) $(id).addEventListener("change", reload);
     $("f-text").addEventListener("input", reload);
     $("prev").addEventListener("click", () => { gallery.offset = Math.max(0, gallery.offset - gallery.limit); loadGallery().catch(fail); });
@@ -375,6 +386,7 @@
     $("undo").disabled = !meta.can_undo;
     fillClasses();
     await loadColor();
+    loadScatter().catch(fail);
     E.timings.firstPaint = performance.now();
     $("info").textContent = `${E.pointCount} images · ${meta.layout}`;
     $("map").dataset.points = String(E.pointCount);
