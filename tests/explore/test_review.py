@@ -38,7 +38,10 @@ def test_correct_accept_unknown_and_undo(manifest, tmp_path):
     assert again.undo()["undoes"] == 3 and again.undo()["undoes"] == 2 and again.undo()["undoes"] == 1
     assert again.undo() is None and not again.can_undo()
     assert _labels(manifest) == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "labels.csv.changes.jsonl"]  # nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labels.csv",
+        "labels.csv.changes.jsonl",
+    ]  # nothing else
 
 
 def test_queue_is_uncertain_first_and_skips_reviewed(manifest):
