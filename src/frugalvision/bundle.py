@@ -51,6 +51,7 @@ from frugalvision.plots import save_per_class_ap_plot, save_training_curves
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "QueryEmbedder",
     "check_bundle_fields",
     "embedder_from_spec",
     "is_bundle",
@@ -422,3 +423,37 @@ def embedder_from_spec(
             "save it with frugalvision.bundle.save_bundle and embed again"
         )
     return backbone_from_spec(dict(spec)).to(device)
+
+
+class QueryEmbedder:
+    """Embeds new images (search queries) exactly as the store or index whose ``info`` is given was made.
+
+    The backbone and preprocessing come from ``info["backbone"]`` (:func:`embedder_from_spec`), and vectors are
+    L2-normalised when ``info["normalized"]`` says so (the default). ``frugalvision search`` and
+    ``frugalvision explore`` (an uploaded photo) share it, so both give the same vectors for the same file.
+
+    Example:
+        >>> index = EmbeddingIndex.load("index/")  # doctest: +SKIP
+        >>> vectors = QueryEmbedder(index.info)(["query.jpg"])  # (1, D) float32  # doctest: +SKIP
+
+    Raises:
+        StoreError: ``info`` does not record the backbone, or its bundle is gone or was replaced.
+    """
+
+    def __init__(self, info: Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+        from frugalvision.embeddings import resolve_device
+
+        if "backbone" not in info:
+            raise StoreError("these embeddings do not record which backbone made them; search by vector")
+        self.device = resolve_device(device)
+        self.model = embedder_from_spec(info["backbone"]).to(self.device)
+        self.transform = self.model.transform()
+        self.normalize = bool(info.get("normalized", True))
+
+    def __call__(self, images: Sequence[str | os.PathLike[str]]) -> Any:
+        """``(len(images), D)`` float32 vectors of the image files (``CorruptImageError`` naming a bad one)."""
+        from frugalvision.data import load_for_transform
+        from frugalvision.embeddings import embed_images
+
+        batch = torch.stack([load_for_transform(p, self.transform) for p in images])
+        return embed_images(self.model, batch, normalize=self.normalize, device=self.device)

@@ -216,11 +216,7 @@ def search(
 
     The query images are embedded with the backbone and preprocessing recorded in the index.
     """
-    import torch
-
-    from frugalvision.bundle import embedder_from_spec
-    from frugalvision.data import load_for_transform
-    from frugalvision.embeddings import embed_images, resolve_device
+    from frugalvision.bundle import QueryEmbedder
     from frugalvision.index import EmbeddingIndex
 
     idx = EmbeddingIndex.load(index_dir)
@@ -228,12 +224,7 @@ def search(
         raise StoreError(
             f"index {index_dir} does not record which backbone made it; search it by vector from Python"
         )
-    backbone = embedder_from_spec(idx.info["backbone"])
-    transform = backbone.transform()
-    dev = resolve_device(device)
-    backbone.to(dev)
-    batch = torch.stack([load_for_transform(p, transform) for p in images])
-    vectors = embed_images(backbone, batch, normalize=bool(idx.info.get("normalized", True)), device=dev)
+    vectors = QueryEmbedder(idx.info, device)(images)
     self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
     found = idx.search(vectors, k=k, exclude_ids=self_ids)
 
