@@ -41,13 +41,36 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 
 
 @cli.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", metavar="DATA | SHARD...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Folder of the embedding store to write (created; resumed if it exists).",
+    help="Folder of the embedding store to write (created; resumed if it exists). Required unless --merge.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Embed only shard I of N (numbered from 0) of DATA: a deterministic slice, so N workers started by any "
+    "launcher (SLURM array, Kubernetes indexed job) cover every image exactly once. Join them with --merge.",
+)
+@click.option(
+    "--shard-mode",
+    type=click.Choice(["contiguous", "strided"]),
+    default="contiguous",
+    show_default=True,
+    help="contiguous = blocks of the data set's listing; strided = every N-th image.",
+)
+@click.option(
+    "--merge",
+    "merge_out",
+    default=None,
+    type=click.Path(path_type=Path),
+    metavar="OUT",
+    help="Join the shard stores given as arguments (SHARD...) into the store OUT, in the data set's order; "
+    "a gap, an overlap or shards of another model or data set are refused.",
 )
 @model_options(
     model_help="timm model name (with optional pretrained tag), an offline backbone name, or a model bundle folder from `frugalvision train`."
@@ -86,8 +109,11 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 @click.option("--overwrite", is_flag=True, help="Discard an existing store in --out instead of resuming it.")
 @progress_option()
 def embed(
-    data: Path,
-    out: Path,
+    inputs: tuple[Path, ...],
+    out: Path | None,
+    shard: str | None,
+    shard_mode: str,
+    merge_out: Path | None,
     model: str,
     weights: Path | None,
     pretrained: bool,
@@ -106,10 +132,35 @@ def embed(
 
     DATA is a class-per-folder tree, a CSV/JSONL manifest (path,label), a COCO JSON file or a YOLO folder
     (images/ + labels/). Re-running the same command resumes: images already embedded are skipped, and a run
-    that was killed loses at most one shard (--shard-size images or --shard-seconds of work).
+    that was killed loses at most one part (--shard-size images or --shard-seconds of work).
+
+    On several machines: `embed DATA --shard I/N -o shard-I` on each worker, then
+    `embed --merge OUT shard-0 ... shard-(N-1)`.
     """
     from frugalvision.data import open_dataset
-    from frugalvision.embeddings import extract_embeddings
+    from frugalvision.embeddings import extract_embeddings, merge_shards, parse_shard
+
+    if merge_out is not None:
+        if out is not None or shard is not None:
+            raise click.UsageError("--merge OUT takes shard stores as arguments; leave out --out and --shard")
+        merged = merge_shards(inputs, merge_out)
+        click.echo(
+            f"merged {len(inputs)} shards: {len(merged)} embeddings of size {merged.dim} in {merge_out}"
+        )
+        return
+    if len(inputs) != 1:
+        raise click.UsageError(
+            f"give one DATA to embed (got {len(inputs)} arguments); several go with --merge"
+        )
+    data = inputs[0]
+    if not data.exists():
+        raise click.BadParameter(f"{data} does not exist", param_hint="DATA")
+    if out is None:
+        raise click.UsageError("Missing option '--out' / '-o'.")
+    try:
+        shard_spec = parse_shard(shard) if shard is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shard") from e
 
     shards: dict[str, Any] = {"shard_size": shard_size, "shard_seconds": shard_seconds}
     shards = {k: v for k, v in shards.items() if v is not None}  # left out: the library's default
@@ -128,9 +179,12 @@ def embed(
             device=device,
             overwrite=overwrite,
             progress=progress,
+            shard=shard_spec,
+            shard_mode=shard_mode,
             **shards,
         )
-    click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}")
+    part = f" (shard {shard_spec[0]}/{shard_spec[1]}, {shard_mode})" if shard_spec else ""
+    click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}{part}")
 
 
 @cli.command()

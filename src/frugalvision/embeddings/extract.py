@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from frugalvision._fs import process_running
 from frugalvision.data import ImageDataset, collate_images
+from frugalvision.embeddings.sharding import shard_layout, shard_rows
 from frugalvision.embeddings.store import EmbeddingStore, recover_interrupted_save
 from frugalvision.errors import DataWarning, StoreError
 
@@ -113,6 +114,12 @@ def _settings(backbone: Embedder, normalize: bool) -> dict[str, Any]:
     }
 
 
+def _layout(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard layout recorded in a store's or part's settings, without its per-run ``skipped_positions``."""
+    found = info.get("shard")
+    return {k: v for k, v in found.items() if k != "skipped_positions"} if isinstance(found, dict) else None
+
+
 def _check_compatible(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
     for key in ("backbone", "data_config", "normalized"):
         if key in found and json.loads(json.dumps(found[key])) != json.loads(json.dumps(wanted[key])):
@@ -120,6 +127,20 @@ def _check_compatible(out: Path, found: dict[str, Any], wanted: dict[str, Any]) 
                 f"{out} holds embeddings made with different settings ({key}: {found[key]} vs now {wanted[key]}). "
                 "Use another output folder, or pass overwrite=True (CLI: --overwrite) to start again."
             )
+    if _layout(found) != _layout(wanted):  # a shard resumed as another shard, or as the whole data set
+
+        def name(layout: dict[str, Any] | None) -> str:
+            return (
+                "the whole data set"
+                if layout is None
+                else f"shard {layout['index']}/{layout['count']} ({layout['mode']})"
+            )
+
+        raise StoreError(
+            f"{out} holds embeddings of {name(_layout(found))}, not of {name(_layout(wanted))} "
+            "(or of another listing of the data). Use another output folder, or pass overwrite=True "
+            "(CLI: --overwrite) to start again."
+        )
 
 
 def _read_shards(parts: Path, wanted: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
@@ -193,6 +214,8 @@ def extract_embeddings(
     shard_seconds: float | None = DEFAULT_SHARD_SECONDS,
     overwrite: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    shard_mode: str = "contiguous",
 ) -> EmbeddingStore:
     """Embed every image of ``dataset`` with ``backbone`` and write an :class:`EmbeddingStore` to ``out``.
 
@@ -215,6 +238,10 @@ def extract_embeddings(
             only). Shards are written between batches, so a batch slower than this gives one shard per batch.
         overwrite: discard an existing store made with other settings instead of raising.
         progress: show a progress bar.
+        shard: ``(I, N)``: embed only shard ``I`` of ``N`` (numbered from 0) of the data set, a deterministic slice
+            (:mod:`frugalvision.embeddings.sharding`); the store records the layout, resumes like any store, and
+            :func:`~frugalvision.embeddings.merge_shards` joins the N shards. ``None``: the whole data set.
+        shard_mode: ``"contiguous"`` (blocks of the listing) or ``"strided"`` (every N-th image).
 
     Returns:
         The store, rows in the data set's order.
@@ -234,6 +261,16 @@ def extract_embeddings(
     out = Path(out)
     parts = out / "parts"
     settings = _settings(backbone, normalize)
+    paths = [str(p) for p in dataset.paths]
+    selected = range(len(paths))  # data-set rows this run embeds
+    if shard is not None:
+        settings["shard"] = shard_layout(paths, shard[0], shard[1], shard_mode)
+        selected = shard_rows(len(paths), shard[0], shard[1], shard_mode).tolist()
+        if not selected:
+            raise StoreError(
+                f"shard {shard[0]}/{shard[1]} of {dataset!r} is empty ({len(paths)} images for {shard[1]} shards); "
+                "use fewer shards"
+            )
     recover_interrupted_save(out)  # a store moved aside by a killed save comes back; its temporaries go
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -247,8 +284,7 @@ def extract_embeddings(
     if parts.is_dir():
         done.update(_read_shards(parts, settings))
 
-    paths = [str(p) for p in dataset.paths]
-    todo = [i for i, p in enumerate(paths) if p not in done]
+    todo = [i for i in selected if paths[i] not in done]
     skipped: list[tuple[str, str]] = []
     if todo:
         ds = dataset.with_transform(backbone.transform())
@@ -298,7 +334,9 @@ def extract_embeddings(
             f"skipped {len(skipped)} unreadable image(s):\n  {listed}{more}", DataWarning, stacklevel=2
         )
 
-    rows = [p for p in paths if p in done]
+    rows = [paths[i] for i in selected if paths[i] in done]
+    if shard is not None:
+        settings["shard"]["skipped_positions"] = [i for i in selected if paths[i] not in done]
     if not rows:
         raise StoreError(f"no image of {dataset!r} could be embedded; nothing written to {out}")
     dim = done[rows[0]][0].shape[0]
