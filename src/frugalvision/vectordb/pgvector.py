@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,13 +160,18 @@ class PgVectorIndex:
     """A table of embeddings in PostgreSQL + pgvector, searched with its HNSW index (see the module docstring).
 
     Create or fill one with :meth:`add`, open an existing one with :meth:`open`. Thread-safe for searches
-    (one connection, serialised by psycopg); close with :meth:`close` or use it as a context manager.
+    (one connection, searches serialised by a lock); close with :meth:`close` or use it as a context manager.
     """
 
     kind = "pgvector-hnsw"
+    #: each hit of :meth:`search` carries its own path and labels (``frugalvision serve`` reads them there)
+    hits_carry_metadata = True
 
     def __init__(self, conn: Any, table: str, dim: int, metric: str, info: dict[str, Any]) -> None:
         self._conn, self._table, self._dim, self._metric, self._info = conn, table, dim, metric, info
+        self._lock = (
+            threading.Lock()
+        )  # one transaction at a time on the connection (services search in threads)
 
     # -- opening ------------------------------------------------------------------------------------------
     @classmethod
@@ -441,7 +447,7 @@ class PgVectorIndex:
         labels: list[list[str | None]] = [[None] * k for _ in range(q_count)]
         stores: list[list[str | None]] = [[None] * k for _ in range(q_count)]
         try:
-            with self._conn.transaction():
+            with self._lock, self._conn.transaction():
                 ef = max(int(k), int(ef_search)) if ef_search is not None else None
                 if ef is not None or k > 40:
                     self._conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef or k),))
