@@ -73,6 +73,24 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
     help="Join the shard stores given as arguments (SHARD...) into the store OUT, in the data set's order; "
     "a gap, an overlap or shards of another model or data set are refused.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on Ray Data: decoding in tasks, the backbone in --ray-workers actors. Alone: start Ray on this "
+    "machine (2 CPUs); with an ADDRESS (auto, ray://head:10001): join that cluster, whose workers must read "
+    "DATA's paths. Needs pip install 'frugalvision[ray]'.",
+)
+@click.option(
+    "--ray-workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --ray: backbone actors.",
+)
 @model_options(
     model_help="timm model name (with optional pretrained tag), an offline backbone name, or a model bundle folder from `frugalvision train`."
 )
@@ -115,6 +133,8 @@ def embed(
     shard: str | None,
     shard_mode: str,
     merge_out: Path | None,
+    ray_address: str | None,
+    ray_workers: int,
     model: str,
     weights: Path | None,
     pretrained: bool,
@@ -169,21 +189,28 @@ def embed(
     backbone = _embedder(model, pretrained, weights)
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
+    common: dict[str, Any] = {
+        "batch_size": batch_size,
+        "normalize": normalize,
+        "device": device,
+        "overwrite": overwrite,
+        "progress": progress,
+        "shard": shard_spec,
+        "shard_mode": shard_mode,
+        **shards,
+    }
     with data_warnings():
-        store = extract_embeddings(
-            backbone,
-            dataset,
-            out,
-            batch_size=batch_size,
-            num_workers=workers,
-            normalize=normalize,
-            device=device,
-            overwrite=overwrite,
-            progress=progress,
-            shard=shard_spec,
-            shard_mode=shard_mode,
-            **shards,
-        )
+        if ray_address is not None:
+            from frugalvision.embeddings.ray_extract import extract_embeddings_ray
+
+            if workers is not None:
+                raise click.UsageError("--workers sets DataLoader processes; with --ray use --ray-workers")
+            address = None if ray_address == "local" else ray_address
+            store = extract_embeddings_ray(
+                backbone, dataset, out, address=address, workers=ray_workers, **common
+            )
+        else:
+            store = extract_embeddings(backbone, dataset, out, num_workers=workers, **common)
     part = f" (shard {shard_spec[0]}/{shard_spec[1]}, {shard_mode})" if shard_spec else ""
     click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}{part}")
 
