@@ -13,7 +13,7 @@ the result is the same store (rows in the data set's order), resumable the same 
 ``parts/``), shardable the same way (``shard=(I, N)``).
 
 ``address=None`` starts a local Ray with ``num_cpus`` CPUs (stopped at the end); an address (``"auto"``,
-``"ray://head:10001"``) joins a running cluster, whose workers must read the image paths of the data set (a
+``"ray://head:10001"``) joins a running cluster (a Ray already initialised in the process is used as it is), whose workers must read the image paths of the data set (a
 shared file system) -- the store is written by the driver. Each backbone actor reserves ``worker_cpus`` CPUs
 (default: 0.5 locally, so that decoding tasks fit beside W = 2 actors on 2 CPUs; 1 on a cluster) and runs
 ``max(1, floor(worker_cpus))`` torch threads.
@@ -141,8 +141,7 @@ def extract_embeddings_ray(
         backbone, dataset, out, normalize=normalize, overwrite=overwrite, shard=shard, shard_mode=shard_mode
     )
     if job.todo:
-        ray = _start_ray(address, num_cpus)
-        started_here = address is None
+        ray, started_here = _start_ray(address, num_cpus)
         try:
             cpus = worker_cpus if worker_cpus is not None else (0.5 if address is None else 1.0)
             todo = np.asarray(job.todo, dtype=np.int64)
@@ -185,14 +184,16 @@ def extract_embeddings_ray(
     return job.finish()
 
 
-def _start_ray(address: str | None, num_cpus: int | None) -> Any:
+def _start_ray(address: str | None, num_cpus: int | None) -> tuple[Any, bool]:
+    """The ``ray`` module, initialised (a Ray already initialised in this process is used as it is), and whether
+    this call started it (then the caller shuts it down)."""
     try:
         import ray
         import ray.data
     except ModuleNotFoundError as e:
         raise FrugalVisionError(f"--ray needs the {e.name} package: pip install 'frugalvision[ray]'") from e
     if ray.is_initialized():
-        return ray
+        return ray, False
     try:
         if address is None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -202,4 +203,4 @@ def _start_ray(address: str | None, num_cpus: int | None) -> Any:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise FrugalVisionError(f"cannot start {where}: {' '.join(str(e).split())}") from e
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
+    return ray, address is None

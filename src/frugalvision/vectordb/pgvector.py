@@ -388,6 +388,15 @@ class PgVectorIndex:
         ).fetchall()
         return {str(s): int(n) for s, n in rows}
 
+    def sizes(self) -> dict[str, int]:
+        """Bytes on the server: ``total`` (table, its HNSW and other indexes, TOAST), ``table``, ``hnsw``."""
+        row = self._conn.execute(
+            "SELECT pg_total_relation_size(to_regclass(%s)), pg_relation_size(to_regclass(%s)), "
+            "coalesce(pg_relation_size(to_regclass(%s)), 0)",
+            (self._table, self._table, f"{self._table}_hnsw"),
+        ).fetchone()
+        return {"total": int(row[0]), "table": int(row[1]), "hnsw": int(row[2])}
+
     def __repr__(self) -> str:
         return f"PgVectorIndex(table={self._table!r}, dim={self._dim}, metric={self._metric!r})"
 
