@@ -11,7 +11,7 @@ distribution. Exact top-10 by float64 brute force in numpy (the reference; it do
 
 What is timed: ``PgVectorIndex.add`` (COPY of all rows + HNSW build with pgvector's defaults m=16,
 ef_construction=64, maintenance_work_mem=--build-memory), then ``search`` at batch 1 and 64 with
-``hnsw.ef_search`` 40 (pgvector's default) and 100. Size: ``pg_total_relation_size`` (table + HNSW + other
+``hnsw.ef_search`` 40 (pgvector's default), 100, 200 and 400. Size: ``pg_total_relation_size`` (table + HNSW + other
 indexes). Timings on a shared CPU are indicative; recall is deterministic up to HNSW's build order.
 """
 
@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--dsn", default=None, help="an existing server (default: start an embedded one)")
     ap.add_argument("--build-memory", default="2GB", help="maintenance_work_mem for the HNSW build")
+    ap.add_argument(
+        "--ef", default="40,100,200,400", help="hnsw.ef_search values to measure (comma-separated)"
+    )
     args = ap.parse_args()
 
     server, parent = None, None
@@ -97,7 +100,7 @@ def main() -> None:
         row_of = {p: i for i, p in enumerate(paths)}
 
         rows = []
-        for ef in (40, 100):
+        for ef in [int(v) for v in args.ef.split(",")]:
             for batch in (1, 64):
                 t = time.perf_counter()
                 found_paths: list[list[str | None]] = []

@@ -39,7 +39,22 @@ def test_index_and_search_cli(tiny_folder: Path, tmp_path: Path, pg_dsn: str, ta
 
     query = tiny_folder / "red" / "red_0.png"
     pg_args = ["--backend", "pgvector", "--dsn", pg_dsn, "--table", table]
-    pg = json.loads(_ok(["search", str(query), "-k", "4", "--json", *pg_args, "--where", "store=photos"]))
+    pg = json.loads(
+        _ok(
+            [
+                "search",
+                str(query),
+                "-k",
+                "4",
+                "--json",
+                *pg_args,
+                "--where",
+                "store=photos",
+                "--ef-search",
+                "64",
+            ]
+        )
+    )
     pg = pg[0]["results"]
     ref = json.loads(_ok(["search", str(tmp_path / "faiss"), str(query), "-k", "4", "--json"]))[0]["results"]
     assert [h["path"] for h in pg] == [h["path"] for h in ref]  # the same neighbours as exact faiss search

@@ -48,6 +48,11 @@ def test_round_trip_two_stores_and_metadata(pg_dsn: str, table: str) -> None:
     with PgVectorIndex.open(pg_dsn, table) as idx:  # a second service opens the same table
         assert idx.metric == "ip" and idx.info == INFO
         found = idx.search(q, 10, ef_search=400)
+    with PgVectorIndex.open(pg_dsn, table, ef_search=400) as idx:  # the same, as the object's default
+        by_default = idx.search(q, 10)
+        assert by_default.paths == found.paths and np.array_equal(by_default.scores, found.scores)
+    with pytest.raises(ValueError, match="ef_search must be an integer >= 1"):
+        PgVectorIndex.open(pg_dsn, table, ef_search=0)
     ref = _exact(x, q, 10, "ip")
     got_rows = [[paths.index(p) for p in row] for row in found.paths]
     recall = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got_rows, ref.tolist(), strict=True)])

@@ -334,6 +334,13 @@ def index(
 @device_option()
 @backend_options
 @click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
+    "[default: the server's, pgvector's 40].",
+)
+@click.option(
     "--where",
     multiple=True,
     metavar="KEY=VALUE",
@@ -351,6 +358,7 @@ def search(
     backend: str,
     dsn: str | None,
     table: str,
+    ef_search: int | None,
     where: tuple[str, ...],
 ) -> None:
     """Find the K images of INDEX most similar to each of IMAGES.
@@ -375,7 +383,7 @@ def search(
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--where") from e
         assert dsn is not None  # check_backend
-        idx = PgVectorIndex.open(dsn, table)
+        idx = PgVectorIndex.open(dsn, table, ef_search=ef_search)
         source = f"table {table!r}"
     else:
         from frugalvision.index import EmbeddingIndex
@@ -384,6 +392,8 @@ def search(
             raise click.UsageError("Missing argument 'IMAGES...'.")
         if where:
             raise click.UsageError("--where filters a --backend pgvector table")
+        if ef_search is not None:
+            raise click.UsageError("--ef-search applies to --backend pgvector")
         idx = EmbeddingIndex.load(index_dir)
         source = f"index {index_dir}"
     if "backbone" not in idx.info:

@@ -122,6 +122,13 @@ def _limit_options(f: F) -> F:
 )
 @backend_options
 @click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
+    "[default: the server's, pgvector's 40].",
+)
+@click.option(
     "--host",
     default="127.0.0.1",
     show_default=True,
@@ -188,6 +195,7 @@ def serve(
     backend: str,
     dsn: str | None,
     table: str,
+    ef_search: int | None,
     host: str,
     port: int,
     precision: str,
@@ -233,7 +241,7 @@ def serve(
         from frugalvision.vectordb import PgVectorIndex
 
         assert dsn is not None  # check_backend
-        index = PgVectorIndex.open(dsn, table)
+        index = PgVectorIndex.open(dsn, table, ef_search=ef_search)
     if token is not None and not token.strip():
         raise click.BadParameter("the token is empty", param_hint="--token / FRUGALVISION_TOKEN")
     limits = ServeLimits(

@@ -125,6 +125,13 @@ def _import() -> tuple[Any, Any, Any]:
     return psycopg, sql, register_vector
 
 
+def _check_ef(ef_search: object) -> None:
+    if ef_search is not None and (
+        isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1
+    ):
+        raise ValueError(f"ef_search must be an integer >= 1 or None, got {ef_search!r}")
+
+
 def _check_table(table: str) -> str:
     if not isinstance(table, str) or _TABLE_NAME.fullmatch(table) is None:
         raise ValueError(
@@ -167,21 +174,35 @@ class PgVectorIndex:
     #: each hit of :meth:`search` carries its own path and labels (``frugalvision serve`` reads them there)
     hits_carry_metadata = True
 
-    def __init__(self, conn: Any, table: str, dim: int, metric: str, info: dict[str, Any]) -> None:
+    def __init__(
+        self, conn: Any, table: str, dim: int, metric: str, info: dict[str, Any], ef_search: int | None = None
+    ) -> None:
         self._conn, self._table, self._dim, self._metric, self._info = conn, table, dim, metric, info
+        _check_ef(ef_search)
+        #: default ``hnsw.ef_search`` of :meth:`search` (``None``: the server's, pgvector's default 40)
+        self.ef_search = ef_search
         self._lock = (
             threading.Lock()
         )  # one transaction at a time on the connection (services search in threads)
 
     # -- opening ------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, dsn: str, table: str = DEFAULT_TABLE, *, connect_timeout: float = 5.0) -> PgVectorIndex:
-        """Open a table filled by :meth:`add` (``frugalvision index --backend pgvector``).
+    def open(
+        cls,
+        dsn: str,
+        table: str = DEFAULT_TABLE,
+        *,
+        connect_timeout: float = 5.0,
+        ef_search: int | None = None,
+    ) -> PgVectorIndex:
+        """Open a table filled by :meth:`add` (``frugalvision index --backend pgvector``); ``ef_search`` is the
+        default of :meth:`search` (``None``: the server's setting, pgvector's default 40).
 
         Raises:
             StoreError: the server does not answer within ``connect_timeout`` s, or has no such table.
         """
         _check_table(table)
+        _check_ef(ef_search)
         conn = _connect(dsn, connect_timeout)
         meta = _read_meta(conn, table)
         if meta is None:
@@ -194,7 +215,7 @@ class PgVectorIndex:
         if dim is not None and dim != meta["dim"]:
             conn.close()
             raise StoreError(f"table {table!r} holds {dim}-d vectors but {META_TABLE} says {meta['dim']}")
-        return cls(conn, table, int(meta["dim"]), str(meta["metric"]), dict(meta["info"]))
+        return cls(conn, table, int(meta["dim"]), str(meta["metric"]), dict(meta["info"]), ef_search)
 
     @classmethod
     def add(
@@ -417,8 +438,8 @@ class PgVectorIndex:
             k: hits per query (``>= 1``).
             where: metadata filter (:func:`parse_where`): ``{"label": "cat"}``, ``["store=a", "label=dog"]``.
             exclude_paths: ``Q`` paths (or ``None``), each left out of its query's hits (the query itself).
-            ef_search: HNSW candidate list size (``hnsw.ef_search``; pgvector's default 40, at least ``k`` is
-                used); larger is slower and more exact.
+            ef_search: HNSW candidate list size (``hnsw.ef_search``; at least ``k`` is used); larger is slower and
+                more exact. ``None``: :attr:`ef_search` of this object, else the server's (pgvector's default 40).
 
         Returns:
             :class:`PgSearchResult`.
@@ -436,6 +457,7 @@ class PgVectorIndex:
         if exclude_paths is not None and len(exclude_paths) != x.shape[0]:
             raise ValueError(f"exclude_paths has {len(exclude_paths)} entries for {x.shape[0]} queries")
         filters = parse_where(where)
+        ef_search = self.ef_search if ef_search is None else ef_search
         op = sql.SQL(_OPS[self._metric][0])
         conds: list[Any] = []
         params: dict[str, Any] = {"k": int(k)}
