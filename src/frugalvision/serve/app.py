@@ -499,8 +499,10 @@ def create_app(
 
     Args:
         predictor: a :class:`~frugalvision.runtime.Predictor`.
-        index: an :class:`~frugalvision.index.EmbeddingIndex` built with the same model (checked with
-            :func:`check_index_matches`), or ``None``.
+        index: an :class:`~frugalvision.index.EmbeddingIndex` or a database table
+            (:class:`~frugalvision.vectordb.PgVectorIndex`, whose hits bring their own path and label; several
+            services may share it) built with the same model (checked with :func:`check_index_matches`), or
+            ``None``.
         max_batch: most images per model call.
         max_wait_ms: how long a lone request waits for others to share its model call.
         limits: request limits (:class:`ServeLimits`).
@@ -671,6 +673,10 @@ def create_app(
         if bool((index.info or {}).get("normalized")) and predictor.config.normalization == "none":
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         found = await run_in_threadpool(index.search, vectors, k or default_k)
+        if getattr(
+            index, "hits_carry_metadata", False
+        ):  # a database table: each hit brings its path and label
+            return SearchResponse(metric=index.metric, results=_database_hits(found, paths))
         results = [
             [
                 Hit(
@@ -688,6 +694,30 @@ def create_app(
         return SearchResponse(metric=index.metric, results=results)
 
     return app
+
+
+def _database_hits(found: Any, mode: str) -> list[list[Hit]]:
+    """Hits of a database backend (:class:`~frugalvision.vectordb.PgSearchResult`); ``"relative"`` paths are
+    relative to the folder holding each query's hits (the table's whole listing is not read)."""
+    out = []
+    for ids, scores, hit_paths, hit_labels in zip(
+        found.ids.tolist(), found.scores.tolist(), found.paths, found.labels, strict=True
+    ):
+        n = sum(i >= 0 for i in ids)
+        shown = display_paths([str(p) for p in hit_paths[:n]], mode) if n else []
+        out.append(
+            [
+                Hit(
+                    rank=r + 1,
+                    id=int(ids[r]),
+                    score=float(scores[r]),
+                    path=shown[r] if shown else None,
+                    label=hit_labels[r],
+                )
+                for r in range(n)
+            ]
+        )
+    return out
 
 
 def load_index(path: str) -> Any:
