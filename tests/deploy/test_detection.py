@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from torchvision.ops import batched_nms, box_iou
 
 from det_standin import TinyDetector, export_tiny
-from frugalvision.deploy import export_detector, quantize_int8
+from frugalvision.deploy import export_detector, export_onnx, quantize_int8
 from frugalvision.deploy.detection import add_nms_to_graph
 from frugalvision.errors import ExportError
 from frugalvision.runtime import read_deploy_config
@@ -179,3 +179,6 @@ def test_models_breaking_the_contract_and_bad_arguments_are_refused(tmp_path: Pa
     with pytest.raises(ValueError, match="max_detections"):
         export_detector(TinyDetector(), tmp_path / "d", image_size=64, classes="xyz", max_detections=0, **kw)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    data_config = {"input_size": (3, 64, 64), "interpolation": "bilinear", **kw, "crop_pct": 1.0}
+    with pytest.raises(ValueError, match="export_detector"):
+        export_onnx(TinyDetector(), tmp_path / "e", data_config=data_config, task="detection")

@@ -265,7 +265,8 @@ def unpack_detections(
     score_threshold: float = 0.0,
 ) -> list[Detection]:
     """``(B, K, 6)`` packed rows + letterbox metas -> one :class:`Detection` per image, boxes in original pixels,
-    keeping rows with a label and ``score >= score_threshold``."""
+    keeping rows with a label and ``score >= score_threshold`` whose box is not empty once clipped to the image
+    (a box lying wholly in the letterbox border)."""
     if packed.ndim != 3 or packed.shape[2] != 6 or packed.shape[0] != len(metas):
         raise ValueError(f"packed detections must be (B={len(metas)}, K, 6), got {packed.shape}")
     out = []
@@ -274,10 +275,15 @@ def unpack_detections(
         rows = rows[keep]
         order = np.argsort(-rows[:, 4], kind="stable")
         rows = rows[order]
+        boxes = meta.to_original(rows[:, :4])
+        inside = (boxes[:, 2] > boxes[:, 0]) & (
+            boxes[:, 3] > boxes[:, 1]
+        )  # empty once clipped: in the border only
+        rows, boxes = rows[inside], boxes[inside]
         labels = rows[:, 5].astype(np.int64)
         out.append(
             Detection(
-                boxes=meta.to_original(rows[:, :4]),
+                boxes=boxes,
                 scores=rows[:, 4].astype(np.float32),
                 labels=labels,
                 names=tuple(classes[i] if 0 <= i < len(classes) else str(i) for i in labels),
