@@ -55,6 +55,28 @@ def test_letterbox_equals_torchvision_reference() -> None:
         assert metas[0].size == (image.height, image.width)
 
 
+def test_letterbox_matches_a_tensor_letterbox_within_one_grey_level() -> None:
+    """Training letterboxes uint8 tensors (torchvision's antialiased tensor resize, not Pillow's): the runtime's
+    Pillow resize differs from it by at most one grey level, on a tiny share of the pixels."""
+    pre = LetterboxPreprocessor(416, (0.0,) * 3, (1.0,) * 3)
+    differing, total = 0, 0
+    for image in _images():
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        meta = letterbox_geometry(image.height, image.width, 416)
+        (new_h, new_w), (left, top) = meta.resized, meta.pad
+        resized = TF.resize(tensor, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        ref = (
+            TF.pad(resized, [left, top, 416 - new_w - left, 416 - new_h - top], fill=114)
+            .permute(1, 2, 0)
+            .numpy()
+        )
+        mine, _ = pre.letterbox(image)
+        diff = np.abs(mine.astype(np.int16) - ref.astype(np.int16))
+        assert diff.max() <= 1
+        differing, total = differing + int((diff > 0).sum()), total + diff.size
+    assert differing / total < 0.01
+
+
 def test_box_mapping_is_the_contract_formula() -> None:
     # float64 from the contract: box_orig = (box_input - [px, py, px, py]) / scale, clipped to the image
     meta = letterbox_geometry(480, 640, 416)

@@ -243,6 +243,7 @@ class Predictor:
             "data_config": self.config.essentials()["data_config"],
             "source": self.config.source,
             "model_file": self.model_path.name,
+            **({"detection": self.config.detection} if self.config.detection is not None else {}),
         }
 
     # -- inference ------------------------------------------------------------------------------------------
