@@ -163,6 +163,19 @@ def test_int8_quantises_the_body_and_keeps_the_nms_float(exported, tmp_path: Pat
     assert {"recall", "precision"} <= set(q.agreement)
 
 
+def test_tied_scores_of_an_untrained_head_do_not_fail_the_export(tmp_path: Path) -> None:
+    """Every score at the prior 0.01 (a freshly built head): ONNX Runtime and torchvision may keep different boxes
+    among equal scores; the export checks the raw outputs and records the ties instead of failing."""
+    model = TinyDetector()
+    with torch.no_grad():
+        for head in model.heads:
+            head.weight[4:] = 0.0
+            head.bias[4:] = -4.59512  # sigmoid = 0.01
+    result = export_detector(model, tmp_path / "tied", image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+                             classes="abc", score_threshold=0.001, iou_threshold=0.65, max_detections=300)  # fmt: skip
+    assert result.parity["nms_score_ties"] is True and result.parity["scores_max_abs"] < 1e-6
+
+
 class _WrongOutput(torch.nn.Module):
     def forward(self, x):
         return x.mean(dim=(2, 3))

@@ -84,7 +84,7 @@ class DetectionExportResult:
     folder: Path
     model_path: Path
     exporter: str
-    parity: dict[str, float]
+    parity: dict[str, Any]
     config: DeployConfig
 
 
@@ -371,8 +371,8 @@ def export_detector(
             be those of training).
         source, metrics: recorded in ``deploy.json``.
         exporter, opset: see :func:`~frugalvision.deploy.export_onnx`.
-        tolerance: largest absolute difference allowed between ONNX Runtime's and PyTorch's raw boxes (relative to
-            ``S``) and scores before NMS.
+        tolerance: largest difference allowed between ONNX Runtime's and PyTorch's raw outputs before NMS: scores
+            absolute, box coordinates relative to ``max(S, |coordinate|)``.
         seed: seed of the random parity inputs.
 
     Raises:
@@ -530,18 +530,19 @@ def _parity(
     nms: Mapping[str, Any],
     tolerance: float,
     seed: int,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """ONNX Runtime against PyTorch on a batch of 3 (another size than the traced one): raw outputs of the body,
     then the detections of the whole graph against :func:`reference_nms` on PyTorch's raw outputs."""
     batch = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
     with torch.inference_mode():
         t_boxes, t_scores = model(batch)
     ort_boxes, ort_scores = _session(body.SerializeToString()).run(list(_RAW), {"images": batch.numpy()})
-    boxes_diff = float(np.abs(ort_boxes - t_boxes.numpy()).max()) / size
+    ref_boxes = t_boxes.numpy().astype(np.float64)
+    boxes_diff = float((np.abs(ort_boxes - ref_boxes) / np.maximum(np.abs(ref_boxes), size)).max())
     scores_diff = float(np.abs(ort_scores - t_scores.numpy()).max())
     if not (boxes_diff <= tolerance and scores_diff <= tolerance):
         raise ExportError(
-            f"ONNX Runtime and PyTorch disagree on the detector's raw outputs: boxes differ by {boxes_diff:.3g} x S, "
+            f"ONNX Runtime and PyTorch disagree on the detector's raw outputs: boxes differ by {boxes_diff:.3g} (relative), "
             f"scores by {scores_diff:.3g} (tolerance {tolerance}); the exporter may not support an operation"
         )
     got = graph_detections(
@@ -551,14 +552,30 @@ def _parity(
         t_boxes, t_scores, score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"],
         max_detections=nms["max_detections"], multi_label=nms["multi_label"],
     )  # fmt: skip
-    agreement = detection_agreement(expected, got, iou=0.99)
-    if agreement["recall"] < 0.99 or agreement["precision"] < 0.99:
+    agreement: dict[str, Any] = detection_agreement(expected, got, iou=0.99)
+    # tied scores (an untrained head: every score at its prior) make NMS's choice among equals arbitrary, and ONNX
+    # Runtime and torchvision break ties differently: the detections are compared strictly only without ties
+    candidates = t_scores.flatten(1)
+    ties = any(
+        int(torch.unique(row[row > nms["score_threshold"]]).numel())
+        < int((row > nms["score_threshold"]).sum())
+        for row in candidates
+    )
+    agreement["score_ties"] = ties
+    if ties and (agreement["recall"] < 0.99 or agreement["precision"] < 0.99):
+        warnings.warn(
+            f"the parity inputs give tied scores, so the NMS of ONNX Runtime and torchvision may keep different boxes "
+            f"among equals ({agreement['matched']} of {agreement['reference']} detections matched); the raw outputs "
+            "agree, and the graph's NMS itself is tested against batched_nms",
+            stacklevel=3,
+        )
+    elif agreement["recall"] < 0.99 or agreement["precision"] < 0.99:
         raise ExportError(
             f"the NMS inside the ONNX graph disagrees with torchvision's batched_nms: {agreement['matched']} of "
             f"{agreement['reference']} reference detections matched (IoU >= 0.99), {agreement['other']} found"
         )
     return {
-        "boxes_max_abs_over_size": boxes_diff,
+        "boxes_max_rel": boxes_diff,
         "scores_max_abs": scores_diff,
         **{f"nms_{k}": v for k, v in agreement.items()},
     }
