@@ -114,13 +114,14 @@ class _CrashAtEpoch(Callback):
 
 
 def test_resumed_run_equals_uninterrupted_run(coco: Path, tmp_path: Path) -> None:
-    settings = ("trainer.epochs=3", "augment.hflip=0.5", "detection.ema_decay=0.9")
+    settings = ("trainer.epochs=3", "detection.close_mosaic=1", "detection.mixup=0.5", "detection.ema_decay=0.9")
     reference = fit(detection_config(coco, tmp_path / "ref", *settings))
     cfg = detection_config(coco, tmp_path / "crash", *settings)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(cfg, callbacks=[_CrashAtEpoch(2)])
     resumed = fit(cfg, resume=True)
-    assert resumed.history == reference.history
+    # losses and metrics of every epoch, bit for bit (JSON: NaN, an AP of an absent size range, equals itself)
+    assert json.dumps(resumed.history) == json.dumps(reference.history)
     for (name, a), b in zip(
         reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):

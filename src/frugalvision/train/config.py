@@ -236,8 +236,9 @@ class DetectionConfig:
     ``size``: ``n`` / ``s`` / ``m`` (neck and head width and depth); ``image_size``: the letterboxed input side (a
     multiple of 32); ``head``: ``anchor_free`` (default) or ``anchor`` (YOLOv5-style anchors, fitted by k-means to
     the training boxes when YOLOv3's reach fewer than 98 % of them); ``repconv`` / ``aux_head``: RepConv blocks in
-    the neck and the auxiliary head, both removed by ``Detector.fuse()`` at export. ``close_mosaic``: the last
-    epochs train without mosaic (when the data pipeline has it); ``ema_decay``: timm's ``ModelEmaV3`` (with
+    the neck and the auxiliary head, both removed by ``Detector.fuse()`` at export. ``mosaic`` / ``mixup``: their
+    probabilities (:class:`frugalvision.data.detection.DetectionAugment`; flips follow ``augment.hflip``);
+    ``close_mosaic``: the last epochs train without mosaic and mixup; ``ema_decay``: timm's ``ModelEmaV3`` (with
     warm-up) -- validation and the bundle use the averaged weights. ``class_agnostic``: every box is one class,
     ``object``.
     """
@@ -247,6 +248,8 @@ class DetectionConfig:
     head: Literal["anchor_free", "anchor"] = "anchor_free"
     repconv: bool = False
     aux_head: bool = False
+    mosaic: float = 1.0
+    mixup: float = 0.0
     close_mosaic: int = 2
     ema_decay: float = 0.9998
     class_agnostic: bool = False

@@ -4,12 +4,10 @@ A :class:`~frugalvision.train.run.TaskRun` on the shared run scaffold (checkpoin
 
 * data -- the data set's boxes (``open_dataset``: COCO / YOLO), split into training and validation images
   (``data.val_split=images`` with ``data.val_fraction``, or ``data.val_data``); images without boxes stay in as
-  negatives. Each image is letterboxed to ``detection.image_size`` (aspect kept, grey padding centred, boxes
-  mapped by ``box * scale + pad``) and flipped left-right with probability ``augment.hflip`` (a seeded draw per
-  image and epoch: see :class:`~frugalvision.train.samplers.SeededItems`). This minimal pipeline stands until the
-  detection data module (mosaic, mixup, affine, HSV) is merged; at the start of every epoch a training data set
-  with ``set_epoch(epoch, close)`` is told the epoch and whether mosaic must be off (the last
-  ``detection.close_mosaic`` epochs);
+  negatives. :class:`~frugalvision.data.detection.DetectionDataset` letterboxes them to ``detection.image_size``
+  and, for training, applies mosaic (``detection.mosaic``), random affine, mixup (``detection.mixup``), HSV and
+  flips (``augment.hflip``), seeded by ``(seed, epoch, index)``; mosaic and mixup are off for the last
+  ``detection.close_mosaic`` epochs;
 * model -- :class:`~frugalvision.models.detection.Detector` (``model.name`` backbone, ``detection.size`` / ``head``
   / ``repconv`` / ``aux_head``); with ``head=anchor`` the anchors are chosen on the training boxes
   (:func:`~frugalvision.models.detection.choose_anchors`: YOLOv3's when their best possible recall is >= 0.98,
@@ -19,17 +17,16 @@ A :class:`~frugalvision.train.run.TaskRun` on the shared run scaffold (checkpoin
 * weights -- AdamW, backbone at ``optim.lr`` and neck / heads at ``optim.lr * optim.head_lr_multiplier``, warm-up
   + cosine; an exponential moving average of the weights (timm's ``ModelEmaV3``, decay ``detection.ema_decay``
   with warm-up) is what validation scores and the bundle keeps;
-* validation -- COCO mAP@[.5:.95], AP50, AP75 of the EMA model on the validation images (torchmetrics'
-  ``MeanAveragePrecision`` on the pycocotools backend, boxes after :func:`~frugalvision.models.detection.postprocess`
-  with its evaluation defaults, in letterboxed input pixels -- IoU does not change under the letterbox's scale and
-  shift); ``val/map`` picks ``best.ckpt``;
+* validation -- COCO mAP@[.5:.95], AP50, AP75, AP small / medium / large of the EMA model on the validation images
+  (:func:`~frugalvision.metrics.coco_evaluate`, pycocotools), boxes after
+  :func:`~frugalvision.models.detection.postprocess` (its evaluation defaults) mapped back to original pixels and
+  scored against the images' own boxes; ``val/map`` picks ``best.ckpt``;
 * bundle -- ``out/model`` via :func:`frugalvision.bundle.save_detection_bundle`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +35,20 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from frugalvision.bundle import save_detection_bundle
-from frugalvision.data import Sample, load_image, open_dataset
+from frugalvision.data import ImageDataset, Sample, open_dataset
+from frugalvision.data.detection import (
+    DetectionAugment,
+    DetectionDataset,
+    boxes_to_original,
+    collate_detection,
+)
 from frugalvision.embeddings import default_num_workers
 from frugalvision.errors import CorruptImageError, DataError, ImageFileMissingError
 from frugalvision.losses import create_loss
+from frugalvision.metrics.detection import coco_evaluate
 from frugalvision.models.backbone import create_backbone
 from frugalvision.models.detection import Detector, DetectorConfig, choose_anchors, postprocess
 from frugalvision.train.config import ConfigError, TrainConfig
@@ -62,93 +65,36 @@ from frugalvision.train.run import (
 )
 from frugalvision.train.samplers import SeededItems
 
-__all__ = ["DetectionModule", "DetectionResult", "DetectionRun", "LetterboxItems", "collate_detection_items"]
+__all__ = ["DetectionModule", "DetectionResult", "DetectionRun", "collate_detection_items"]
 
-#: Grey of the letterbox padding (the YOLO family's 114).
-PAD_VALUE = 114
 CHECKPOINT_KEY = "frugalvision"
 
 
 # ------------------------------------------------------------------------------------------------- data
-class LetterboxItems(torch.utils.data.Dataset):
-    """Images letterboxed to ``size`` with their boxes in input pixels.
+class _Items(torch.utils.data.Dataset):
+    """A :class:`~frugalvision.data.detection.DetectionDataset` whose items are dicts (``image``, ``target``,
+    ``meta``), as :class:`~frugalvision.train.samplers.SeededItems` and the shared data module expect. The
+    augmentation seeds itself from ``(seed, epoch, index)``; :meth:`set_epoch` passes the epoch on."""
 
-    Item ``i``: ``{"image": (3, S, S) float normalised with mean / std, "target": {"boxes" (n, 4), "labels" (n,)},
-    "meta": {"scale", "pad": (pad_x, pad_y), "size": (h, w)}, "index": i}``; an unreadable image gives
-    ``{"image": None, "error": message}`` (or raises with ``on_corrupt="fail"``). ``hflip`` is the probability of
-    a left-right flip, drawn from NumPy's global generator (seeded per item by ``SeededItems``).
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        hflip: float = 0.0,
-        class_agnostic: bool = False,
-        on_corrupt: str = "skip",
-    ) -> None:
-        self.samples = list(samples)
-        self.size = int(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).reshape(3, 1, 1)
-        self.hflip = float(hflip)
-        self.class_agnostic = bool(class_agnostic)
-        self.on_corrupt = on_corrupt
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.samples)
-
-    def letterbox(self, image: Image.Image) -> tuple[Image.Image, float, tuple[int, int]]:
-        """``image`` scaled to fit ``S x S`` and centred on grey: ``(canvas, scale, (pad_x, pad_y))``."""
-        w, h = image.size
-        scale = self.size / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = Image.new("RGB", (self.size, self.size), (PAD_VALUE,) * 3)
-        pad = ((self.size - nw) // 2, (self.size - nh) // 2)
-        canvas.paste(image.resize((nw, nh), Image.Resampling.BILINEAR), pad)
-        return canvas, scale, pad
+        return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.samples[int(index)]
-        try:
-            image = load_image(sample.path)
-        except (CorruptImageError, ImageFileMissingError) as exc:
-            if self.on_corrupt == "fail":
-                raise
-            return {"image": None, "index": int(index), "error": str(exc)}
-        w, h = image.size
-        canvas, scale, (pad_x, pad_y) = self.letterbox(image)
-        boxes = np.zeros((0, 4), np.float32) if sample.boxes is None else np.array(sample.boxes, np.float32)
-        labels = np.zeros(0, np.int64) if sample.box_labels is None else np.array(sample.box_labels, np.int64)
-        boxes = boxes * scale + np.array([pad_x, pad_y, pad_x, pad_y], np.float32)
-        if self.hflip > 0 and np.random.random() < self.hflip:  # noqa: NPY002  (seeded per item)
-            canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            boxes = np.stack([self.size - boxes[:, 2], boxes[:, 1], self.size - boxes[:, 0], boxes[:, 3]], 1)
-        if self.class_agnostic:
-            labels = np.zeros_like(labels)
-        pixels = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return {
-            "image": (pixels - self.mean) / self.std,
-            "target": {"boxes": torch.from_numpy(boxes.reshape(-1, 4)), "labels": torch.from_numpy(labels)},
-            "meta": {"scale": scale, "pad": (pad_x, pad_y), "size": (h, w)},
-            "index": int(index),
-        }
+        image, target, meta = self.dataset[int(index)]
+        return {"image": image, "target": target, "meta": meta}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
 
 
 def collate_detection_items(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the readable images: ``{"image": (B, 3, S, S) or None, "targets": [dict], "meta": [dict],
-    "index": (B,), "skipped": [(index, message)]}``."""
-    kept = [b for b in batch if b["image"] is not None]
-    return {
-        "image": torch.stack([b["image"] for b in kept]) if kept else None,
-        "targets": [b["target"] for b in kept],
-        "meta": [b["meta"] for b in kept],
-        "index": torch.tensor([b["index"] for b in kept], dtype=torch.long),
-        "skipped": [(b["index"], b.get("error", "")) for b in batch if b["image"] is None],
-    }
+    """:func:`~frugalvision.data.detection.collate_detection` over :class:`_Items`: ``{"image": (B, 3, S, S) or
+    None, "targets": [dict], "meta": [dict], "skipped": [(index, message)]}``."""
+    out = collate_detection([(b["image"], b["target"], b["meta"]) for b in batch])
+    return {"image": out.images, "targets": out.targets, "meta": out.metas, "skipped": out.skipped}
 
 
 # ----------------------------------------------------------------------------------------------- module
@@ -174,8 +120,11 @@ class DetectionModule(pl.LightningModule):
         self.ema = ModelEmaV3(detector, decay=config.detection.ema_decay, use_warmup=True)
         self.ema.requires_grad_(False)
         self.history: list[dict[str, Any]] = []
-        self._preds: list[dict[str, torch.Tensor]] = []
-        self._targets: list[dict[str, torch.Tensor]] = []
+        self._preds: list[dict[str, Any]] = []
+        self.val_samples: Sequence[Sample] | None = (
+            None  # set by the run: the boxes validation scores against
+        )
+        self.class_names: list[str] = []
         self._loss_sum, self._loss_count = 0.0, 0
         self._skipped: set[int] = set()
 
@@ -185,12 +134,12 @@ class DetectionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = 0.0, 0
-        close = self.current_epoch >= self.config.trainer.epochs - self.config.detection.close_mosaic
+        # the augmentation's epoch (its seed, and mosaic off for the last detection.close_mosaic epochs); set
+        # before the epoch's loader iterator starts its (non-persistent) workers
         datamodule = getattr(self.trainer, "datamodule", None)
         items = getattr(getattr(datamodule, "train_items", None), "dataset", None)
-        set_epoch = getattr(items, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(self.current_epoch, close)
+        if isinstance(items, _Items):
+            items.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         warn_skipped(self._skipped, batch)
@@ -232,22 +181,45 @@ class DetectionModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._preds, self._targets = [], []
+        self._preds = []
+
+    def evaluate(self, preds: list[dict[str, Any]]) -> dict[str, float]:
+        """COCO metrics (:func:`~frugalvision.metrics.coco_evaluate`, pycocotools) of ``preds`` (original pixels,
+        ``index`` into the validation images) against the validation images' own boxes: ``map``, ``ap50``,
+        ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large`` (NaN where undefined)."""
+        samples = self.val_samples
+        if not preds or samples is None:
+            return {"map": math.nan, "ap50": math.nan, "ap75": math.nan}
+        targets = []
+        for p in preds:
+            s = samples[int(p["index"])]
+            boxes = np.zeros((0, 4), np.float32) if s.boxes is None else np.asarray(s.boxes, np.float32)
+            labels = np.zeros(0, np.int64) if s.box_labels is None else np.asarray(s.box_labels, np.int64)
+            targets.append({"boxes": boxes, "labels": labels})
+        result = coco_evaluate(
+            [{k: p[k].numpy() for k in ("boxes", "scores", "labels")} for p in preds],
+            targets,
+            self.class_names,
+            class_agnostic=self.config.detection.class_agnostic,
+        )
+        keys = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+        return {k: float(getattr(result, k)) for k in keys}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["image"]
         if images is None:
             return
         boxes, scores = self.ema.module(images)
-        for det, target in zip(postprocess(boxes, scores), batch["targets"], strict=True):
-            self._preds.append({k: v.detach().cpu() for k, v in det.items()})
-            self._targets.append({k: v.detach().cpu() for k, v in target.items()})
+        for det, meta in zip(postprocess(boxes, scores), batch["meta"], strict=True):
+            det = {k: v.detach().float().cpu() for k, v in det.items()}
+            det["boxes"] = boxes_to_original(det["boxes"], meta["scale"], meta["pad"], meta["orig_size"])
+            self._preds.append({**det, "index": meta["index"]})
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        metrics = coco_map(self._preds, self._targets)
-        self._preds, self._targets = [], []
+        metrics = self.evaluate(self._preds)
+        self._preds = []
         sync = self.trainer.world_size > 1
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name in ("map", "ap50"), sync_dist=sync)
@@ -269,25 +241,6 @@ class DetectionModule(pl.LightningModule):
         state = checkpoint.get(CHECKPOINT_KEY, {})
         self.history = [dict(h) for h in state.get("history", [])]
         self._skipped = set(state.get("skipped", []))
-
-
-def coco_map(
-    preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
-) -> dict[str, float]:
-    """COCO ``map`` (@[.5:.95]), ``ap50``, ``ap75`` (torchmetrics, pycocotools backend; 100 detections per image);
-    NaN without any validation box."""
-    from torchmetrics.detection import MeanAveragePrecision
-
-    if not preds or not any(len(t["boxes"]) for t in targets):
-        return {"map": math.nan, "ap50": math.nan, "ap75": math.nan}
-    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
-    metric.warn_on_many_detections = False
-    metric.update(preds, targets)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = metric.compute()
-    out = {"map": result["map"], "ap50": result["map_50"], "ap75": result["map_75"]}
-    return {k: (math.nan if float(v) < 0 else float(v)) for k, v in out.items()}
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -339,6 +292,7 @@ class DetectionRun(TaskRun):
             raise ConfigError("data.path is required: a COCO JSON file or a YOLO folder (CLI: --data)")
         dataset = self._open(str(d.path))
         samples = list(dataset.samples)
+        self.source_classes = dataset.classes
         self.classes = ["object"] if det.class_agnostic else dataset.classes
         if d.val_data is not None:
             val_set = self._open(str(d.val_data))
@@ -393,17 +347,34 @@ class DetectionRun(TaskRun):
         return Detector(spec, backbone)
 
     def _items(self, samples: Sequence[Sample], train: bool) -> SeededItems:
-        det, dc = self.config.detection, self.detector.data_config
-        items = LetterboxItems(
+        config, det, dc = self.config, self.config.detection, self.detector.data_config
+        images = ImageDataset(
             samples,
-            det.image_size,
-            dc["mean"],
-            dc["std"],
-            hflip=self.config.augment.hflip if train else 0.0,
-            class_agnostic=det.class_agnostic,
-            on_corrupt=self.config.data.on_corrupt,
+            self.source_classes,
+            on_corrupt=config.data.on_corrupt,
+            multilabel=True,
+            source=str(config.data.path),
         )
-        return SeededItems(items, np.zeros(len(samples), np.int64), seeded=train)
+        augment = None
+        if train:
+            close = config.trainer.epochs - det.close_mosaic
+            augment = DetectionAugment(
+                mosaic=det.mosaic,
+                mixup=det.mixup,
+                flip=config.augment.hflip,
+                close_mosaic_epoch=max(0, close),
+            )
+        dataset = DetectionDataset(
+            images,
+            image_size=det.image_size,
+            train=train,
+            augment=augment,
+            mean=tuple(dc["mean"]),
+            std=tuple(dc["std"]),
+            class_agnostic=det.class_agnostic,
+            seed=config.seed,
+        )
+        return SeededItems(_Items(dataset), np.zeros(len(samples), np.int64), seeded=False)
 
     def build(self, trainer: pl.Trainer) -> tuple[pl.LightningModule, pl.LightningDataModule]:
         d = self.config.data
@@ -423,7 +394,9 @@ class DetectionRun(TaskRun):
             sampler="shuffle",
             collate_fn=collate_detection_items,
         )
-        return DetectionModule(self.detector, self.loss, self.config, steps_per_epoch=steps), datamodule
+        module = DetectionModule(self.detector, self.loss, self.config, steps_per_epoch=steps)
+        module.val_samples, module.class_names = self.val_samples, list(self.classes)
+        return module, datamodule
 
     def finish(self, trainer: pl.Trainer, module: pl.LightningModule, best: str | None) -> DetectionResult:
         assert isinstance(module, DetectionModule)
@@ -497,6 +470,8 @@ def _check_detection(config: TrainConfig) -> None:
         raise ConfigError(f"detection.image_size must be a positive multiple of 32, got {det.image_size}")
     if not 0 <= det.ema_decay < 1:
         raise ConfigError(f"detection.ema_decay must be in [0, 1), got {det.ema_decay}")
+    if not (0 <= det.mosaic <= 1 and 0 <= det.mixup <= 1):
+        raise ConfigError(f"detection.mosaic / detection.mixup must be in [0, 1], got {det.mosaic} / {det.mixup}")
     if det.close_mosaic < 0:
         raise ConfigError(f"detection.close_mosaic must be >= 0, got {det.close_mosaic}")
     if d.val_split == "classes":
