@@ -114,7 +114,12 @@ class _CrashAtEpoch(Callback):
 
 
 def test_resumed_run_equals_uninterrupted_run(coco: Path, tmp_path: Path) -> None:
-    settings = ("trainer.epochs=3", "detection.close_mosaic=1", "detection.mixup=0.5", "detection.ema_decay=0.9")
+    settings = (
+        "trainer.epochs=3",
+        "detection.close_mosaic=1",
+        "detection.mixup=0.5",
+        "detection.ema_decay=0.9",
+    )
     reference = fit(detection_config(coco, tmp_path / "ref", *settings))
     cfg = detection_config(coco, tmp_path / "crash", *settings)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -471,7 +471,9 @@ def _check_detection(config: TrainConfig) -> None:
     if not 0 <= det.ema_decay < 1:
         raise ConfigError(f"detection.ema_decay must be in [0, 1), got {det.ema_decay}")
     if not (0 <= det.mosaic <= 1 and 0 <= det.mixup <= 1):
-        raise ConfigError(f"detection.mosaic / detection.mixup must be in [0, 1], got {det.mosaic} / {det.mixup}")
+        raise ConfigError(
+            f"detection.mosaic / detection.mixup must be in [0, 1], got {det.mosaic} / {det.mixup}"
+        )
     if det.close_mosaic < 0:
         raise ConfigError(f"detection.close_mosaic must be >= 0, got {det.close_mosaic}")
     if d.val_split == "classes":
