@@ -176,3 +176,13 @@ def test_postprocess_equals_batched_nms_per_class() -> None:
         assert len(out[b]["scores"]) <= 20
     with pytest.raises(ValueError, match="postprocess expects boxes"):
         postprocess(boxes[0], scores[0])
+
+
+def test_boxes_are_decoded_in_float32_under_autocast() -> None:
+    """bfloat16 has 8 bits of mantissa: a box edge near 400 px would be off by up to 1 px."""
+    det = create_detector(DetectorConfig(num_classes=2, **TINY))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        boxes, _ = det(torch.randn(1, 3, 64, 64))
+        det.train()
+        out = det(torch.randn(2, 3, 64, 64))
+    assert boxes.dtype == torch.float32 and out["boxes"].dtype == torch.float32

@@ -218,8 +218,12 @@ class DetectionModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        metrics = self.evaluate(self._preds)
-        self._preds = []
+        preds, self._preds = self._preds, []
+        if self.trainer.world_size > 1:  # every rank scores the whole validation set (its shard is a part)
+            gathered: list[list[dict[str, Any]]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, preds)
+            preds = sorted((p for part in gathered for p in part), key=lambda p: int(p["index"]))
+        metrics = self.evaluate(preds)
         sync = self.trainer.world_size > 1
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name in ("map", "ap50"), sync_dist=sync)
