@@ -160,3 +160,21 @@ def test_bad_input(tmp_path: Path, coco: Path) -> None:
     with pytest.raises(ConfigError, match="is a loss for the embedding task"):
         detection_config(coco, tmp_path / "d", "loss.name=triplet")
     assert no_boxes.is_file()
+
+
+BCCD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "bccd"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BCCD.is_dir(), reason="real data ../shared/data/bccd is absent")
+def test_real_voc_folder_uses_its_own_split(tmp_path: Path) -> None:
+    train_ids = (BCCD / "ImageSets" / "Main" / "train.txt").read_text().split()
+    val_ids = (BCCD / "ImageSets" / "Main" / "val.txt").read_text().split()
+    cfg = detection_config(
+        BCCD, tmp_path, "trainer.epochs=1", "data.steps_per_epoch=1", "data.eval_batch_size=32"
+    )
+    result = fit(cfg)
+    data = json.loads((result.bundle / "config.json").read_text())["data"]
+    assert data["train"]["images"] == len(train_ids) and data["val"]["images"] == len(val_ids)
+    assert json.loads((result.bundle / "config.json").read_text())["classes"] == ["Platelets", "RBC", "WBC"]
+    assert 0.0 <= result.metrics["val/map"] <= 1.0

@@ -1,9 +1,10 @@
-"""The detection task: ``frugalvision train --task detection --data DATA`` (COCO JSON or YOLO folder).
+"""The detection task: ``frugalvision train --task detection --data DATA`` (COCO JSON, YOLO or PASCAL-VOC folder).
 
 A :class:`~frugalvision.train.run.TaskRun` on the shared run scaffold (checkpoints, exact resume, DDP, logs):
 
-* data -- the data set's boxes (``open_dataset``: COCO / YOLO), split into training and validation images
-  (``data.val_split=images`` with ``data.val_fraction``, or ``data.val_data``); images without boxes stay in as
+* data -- the data set's boxes (``open_dataset``: COCO / YOLO; a VOC folder through ``discover.read_voc``), split
+  into training and validation images (``data.val_split=images`` with ``data.val_fraction``, or ``data.val_data``;
+  a VOC folder with ``ImageSets/Main/train.txt`` and ``val.txt`` uses its own split); images without boxes stay in as
   negatives. :class:`~frugalvision.data.detection.DetectionDataset` letterboxes them to ``detection.image_size``
   and, for training, applies mosaic (``detection.mosaic``), random affine, mixup (``detection.mixup``), HSV and
   flips (``augment.hflip``), seeded by ``(seed, epoch, index)``; mosaic and mixup are off for the last
@@ -283,27 +284,49 @@ class DetectionRun(TaskRun):
         )
         self.patience = t.patience
 
-    def _open(self, path: str) -> Any:
+    def _open(self, path: str, split: str | None = None) -> ImageDataset:
+        """The data set at ``path``: COCO JSON / YOLO folder (``open_dataset``), or a PASCAL-VOC folder
+        (``JPEGImages/`` + ``Annotations/``; its ``ImageSets/Main/<split>.txt`` list when there is one)."""
         d = self.config.data
-        dataset = open_dataset(path, format=d.format, on_corrupt=d.on_corrupt)
+        root = Path(path)
+        if d.format == "auto" and (root / "Annotations").is_dir() and (root / "JPEGImages").is_dir():
+            from frugalvision.discover import read_voc
+
+            listed = split is not None and (root / "ImageSets" / "Main" / f"{split}.txt").is_file()
+            dataset = read_voc(root, split if listed else None)
+        else:
+            dataset = open_dataset(path, format=d.format, on_corrupt=d.on_corrupt)
         if not dataset.has_boxes:
-            raise DataError(f"{path} has no boxes: the detection task reads COCO JSON or YOLO folders")
+            raise DataError(
+                f"{path} has no boxes: the detection task reads COCO JSON, YOLO or PASCAL-VOC data"
+            )
         return dataset
+
+    def _voc_val_split(self) -> bool:
+        """A VOC folder with both ``train`` and ``val`` lists: its own split is used."""
+        main = Path(str(self.config.data.path)) / "ImageSets" / "Main"
+        return (
+            (main / "train.txt").is_file()
+            and (main / "val.txt").is_file()
+            and (main.parent.parent / "Annotations").is_dir()
+        )
 
     def prepare(self, resume: bool) -> None:
         config, d, det = self.config, self.config.data, self.config.detection
         if d.path is None:
-            raise ConfigError("data.path is required: a COCO JSON file or a YOLO folder (CLI: --data)")
-        dataset = self._open(str(d.path))
+            raise ConfigError("data.path is required: a COCO JSON file, a YOLO or VOC folder (CLI: --data)")
+        voc_split = d.val_data is None and d.val_split != "none" and self._voc_val_split()
+        dataset = self._open(str(d.path), "train" if voc_split else None)
         samples = list(dataset.samples)
         self.source_classes = dataset.classes
         self.classes = ["object"] if det.class_agnostic else dataset.classes
-        if d.val_data is not None:
-            val_set = self._open(str(d.val_data))
+        if d.val_data is not None or voc_split:
+            source = str(d.val_data) if d.val_data is not None else f"{d.path} (ImageSets/Main/val.txt)"
+            val_set = self._open(str(d.val_data or d.path), None if d.val_data is not None else "val")
             extra = [c for c in val_set.classes if c not in dataset.classes]
             if extra and not det.class_agnostic:
                 raise ConfigError(
-                    f"data.val_data: {d.val_data} has classes the training data lacks: {extra[:10]}"
+                    f"data.val_data: {source} has classes the training data lacks: {extra[:10]}"
                 )
             remap = np.array(
                 [dataset.classes.index(c) if c in dataset.classes else 0 for c in val_set.classes]
