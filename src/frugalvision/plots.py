@@ -1,5 +1,5 @@
 """Pictures people would rather look at than read: retrieval grids (query -> top-k results), per-class AP,
-training curves.
+training curves; for detection, precision-recall curves, the confusion matrix and drawn boxes.
 
 The retrieval grid needs Pillow only, so it also works where matplotlib is absent; the charts import
 matplotlib when called.
@@ -17,7 +17,15 @@ from PIL import Image, ImageDraw, ImageOps
 
 from frugalvision.data import load_image
 
-__all__ = ["save_per_class_ap_plot", "save_retrieval_grid", "save_training_curves", "thumbnail"]
+__all__ = [
+    "draw_detections",
+    "save_detection_confusion_matrix",
+    "save_per_class_ap_plot",
+    "save_pr_curves",
+    "save_retrieval_grid",
+    "save_training_curves",
+    "thumbnail",
+]
 
 _GREEN = (40, 160, 60)
 _RED = (210, 50, 40)
@@ -185,3 +193,175 @@ def save_training_curves(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_pr_curves(
+    recall: Sequence[float],
+    precision: Any,
+    classes: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "Precision-recall at IoU 0.5",
+) -> Path:
+    """One interpolated precision-recall curve per class and their mean (bold), the legend giving each class's AP.
+
+    Args:
+        recall: ``(R,)`` recall points, e.g. ``DetectionEvaluation.recall_thresholds``.
+        precision: ``(C, R)`` precision per class at those recalls (``nan`` rows: a class without ground truth,
+            drawn as nothing), e.g. ``DetectionEvaluation.pr_curve(0.5)``.
+        classes: ``C`` class names.
+        path: PNG file to write (folders are created).
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rec = np.asarray(recall, dtype=np.float64).reshape(-1)
+    prec = np.asarray(precision, dtype=np.float64)
+    if prec.ndim != 2 or prec.shape != (len(classes), len(rec)):
+        raise ValueError(f"precision must have shape (C, R) = ({len(classes)}, {len(rec)}), got {prec.shape}")
+    if not len(classes):
+        raise ValueError("nothing to draw: no classes")
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, row in zip(classes, prec, strict=True):
+        if np.isnan(row).all():
+            continue
+        ax.plot(rec, row, linewidth=1, label=f"{name} {np.nanmean(row):.3f}" if len(classes) <= 20 else None)
+    defined = ~np.isnan(prec).all(axis=1)
+    if defined.any():
+        mean = np.nanmean(prec[defined], axis=0)
+        ax.plot(rec, mean, color="k", linewidth=2.5, label=f"all classes {float(np.mean(mean)):.3f}")
+    ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", loc="lower left")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def save_detection_confusion_matrix(
+    matrix: Any,
+    classes: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    normalize: bool = True,
+    title: str = "Detection confusion matrix",
+) -> Path:
+    """Heat map of a ``(C + 1, C + 1)`` detection confusion matrix (rows true, columns predicted, last = background;
+    :func:`frugalvision.metrics.detection.detection_confusion_matrix`), each row normalised to sum 1 when
+    ``normalize``; counts are written in the cells when ``C <= 30``.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    names = [*map(str, classes), "background"]
+    if counts.shape != (len(names), len(names)):
+        raise ValueError(
+            f"matrix must have shape (C + 1, C + 1) = ({len(names)}, {len(names)}), got {counts.shape}"
+        )
+    shown = counts.astype(np.float64)
+    if normalize:
+        totals = shown.sum(axis=1, keepdims=True)
+        shown = np.divide(shown, totals, out=np.zeros_like(shown), where=totals > 0)
+    side = 2.5 + 0.45 * len(names)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = list(range(len(names)))
+    ax.set_xticks(ticks, names, rotation=90, fontsize="small")
+    ax.set_yticks(ticks, names, fontsize="small")
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    if len(names) <= 31:
+        limit = shown.max() / 2 if shown.size else 0
+        for i in ticks:
+            for j in ticks:
+                if counts[i, j]:
+                    colour = "white" if shown[i, j] > limit else "black"
+                    ax.text(
+                        j,
+                        i,
+                        str(int(counts[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize="x-small",
+                        color=colour,
+                    )
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _palette(k: int) -> tuple[int, int, int]:
+    """A distinct, saturated colour for class ``k`` (golden-angle hues)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(
+    image: Image.Image | str | os.PathLike[str],
+    boxes: Any,
+    labels: Any,
+    classes: Sequence[str],
+    *,
+    scores: Any = None,
+    out: str | os.PathLike[str] | None = None,
+    width: int = 2,
+) -> Image.Image:
+    """Draw ``boxes (n, 4)`` xyxy (pixels of ``image``) as rectangles coloured by class, each captioned with its class
+    name and, with ``scores``, its score. ``image``: a PIL image or a file (decoded upright with
+    :func:`~frugalvision.data.load_image`). Pillow only.
+
+    Returns:
+        A new RGB image (also written to ``out`` as PNG when given).
+    """
+    import numpy as np
+
+    canvas = load_image(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
+    canvas = canvas.copy()
+    box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    label_array = np.asarray(labels, dtype=np.int64).reshape(-1)
+    score_array = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(label_array) != len(box_array) or (score_array is not None and len(score_array) != len(box_array)):
+        raise ValueError(
+            f"boxes, labels and scores must have one entry per box: {len(box_array)}, {len(label_array)}"
+            + ("" if score_array is None else f", {len(score_array)}")
+        )
+    bad = [int(c) for c in label_array if not 0 <= c < len(classes)]
+    if bad:
+        raise ValueError(f"label {bad[0]} is outside [0, {len(classes)}) classes")
+    draw = ImageDraw.Draw(canvas)
+    for n, (box, label) in enumerate(zip(box_array, label_array, strict=True)):
+        colour = _palette(int(label))
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        caption = str(classes[int(label)]) + ("" if score_array is None else f" {score_array[n]:.2f}")
+        left, top, right, bottom = draw.textbbox((x0, y0), caption)
+        lift = bottom - top + 2
+        text_y = y0 - lift if y0 - lift >= 0 else y0
+        draw.rectangle([x0, text_y, x0 + right - left + 3, text_y + lift], fill=colour)
+        draw.text((x0 + 2, text_y), caption, fill=(255, 255, 255))
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(path)
+    return canvas

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "deploy",
     "discover",
     "distill",
+    "explore",
     "foundation",
     "ood",
     "retrieval",

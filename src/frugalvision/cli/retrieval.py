@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._backend import backend_options, check_backend
 from frugalvision.cli._options import (
     batch_size_option,
     device_option,
@@ -41,13 +42,54 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 
 
 @cli.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", metavar="DATA | SHARD...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Folder of the embedding store to write (created; resumed if it exists).",
+    help="Folder of the embedding store to write (created; resumed if it exists). Required unless --merge.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Embed only shard I of N (numbered from 0) of DATA: a deterministic slice, so N workers started by any "
+    "launcher (SLURM array, Kubernetes indexed job) cover every image exactly once. Join them with --merge.",
+)
+@click.option(
+    "--shard-mode",
+    type=click.Choice(["contiguous", "strided"]),
+    default="contiguous",
+    show_default=True,
+    help="contiguous = blocks of the data set's listing; strided = every N-th image.",
+)
+@click.option(
+    "--merge",
+    "merge_out",
+    default=None,
+    type=click.Path(path_type=Path),
+    metavar="OUT",
+    help="Join the shard stores given as arguments (SHARD...) into the store OUT, in the data set's order; "
+    "a gap, an overlap or shards of another model or data set are refused.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on Ray Data: decoding in tasks, the backbone in --ray-workers actors. Alone: start Ray on this "
+    "machine (2 CPUs); with an ADDRESS (auto, ray://head:10001): join that cluster, whose workers must read "
+    "DATA's paths. Needs pip install 'frugalvision[ray]'.",
+)
+@click.option(
+    "--ray-workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --ray: backbone actors.",
 )
 @model_options(
     model_help="timm model name (with optional pretrained tag), an offline backbone name, or a model bundle folder from `frugalvision train`."
@@ -86,8 +128,13 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 @click.option("--overwrite", is_flag=True, help="Discard an existing store in --out instead of resuming it.")
 @progress_option()
 def embed(
-    data: Path,
-    out: Path,
+    inputs: tuple[Path, ...],
+    out: Path | None,
+    shard: str | None,
+    shard_mode: str,
+    merge_out: Path | None,
+    ray_address: str | None,
+    ray_workers: int,
     model: str,
     weights: Path | None,
     pretrained: bool,
@@ -106,10 +153,35 @@ def embed(
 
     DATA is a class-per-folder tree, a CSV/JSONL manifest (path,label), a COCO JSON file or a YOLO folder
     (images/ + labels/). Re-running the same command resumes: images already embedded are skipped, and a run
-    that was killed loses at most one shard (--shard-size images or --shard-seconds of work).
+    that was killed loses at most one part (--shard-size images or --shard-seconds of work).
+
+    On several machines: `embed DATA --shard I/N -o shard-I` on each worker, then
+    `embed --merge OUT shard-0 ... shard-(N-1)`.
     """
     from frugalvision.data import open_dataset
-    from frugalvision.embeddings import extract_embeddings
+    from frugalvision.embeddings import extract_embeddings, merge_shards, parse_shard
+
+    if merge_out is not None:
+        if out is not None or shard is not None:
+            raise click.UsageError("--merge OUT takes shard stores as arguments; leave out --out and --shard")
+        merged = merge_shards(inputs, merge_out)
+        click.echo(
+            f"merged {len(inputs)} shards: {len(merged)} embeddings of size {merged.dim} in {merge_out}"
+        )
+        return
+    if len(inputs) != 1:
+        raise click.UsageError(
+            f"give one DATA to embed (got {len(inputs)} arguments); several go with --merge"
+        )
+    data = inputs[0]
+    if not data.exists():
+        raise click.BadParameter(f"{data} does not exist", param_hint="DATA")
+    if out is None:
+        raise click.UsageError("Missing option '--out' / '-o'.")
+    try:
+        shard_spec = parse_shard(shard) if shard is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shard") from e
 
     shards: dict[str, Any] = {"shard_size": shard_size, "shard_seconds": shard_seconds}
     shards = {k: v for k, v in shards.items() if v is not None}  # left out: the library's default
@@ -117,20 +189,30 @@ def embed(
     backbone = _embedder(model, pretrained, weights)
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
+    common: dict[str, Any] = {
+        "batch_size": batch_size,
+        "normalize": normalize,
+        "device": device,
+        "overwrite": overwrite,
+        "progress": progress,
+        "shard": shard_spec,
+        "shard_mode": shard_mode,
+        **shards,
+    }
     with data_warnings():
-        store = extract_embeddings(
-            backbone,
-            dataset,
-            out,
-            batch_size=batch_size,
-            num_workers=workers,
-            normalize=normalize,
-            device=device,
-            overwrite=overwrite,
-            progress=progress,
-            **shards,
-        )
-    click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}")
+        if ray_address is not None:
+            from frugalvision.embeddings.ray_extract import extract_embeddings_ray
+
+            if workers is not None:
+                raise click.UsageError("--workers sets DataLoader processes; with --ray use --ray-workers")
+            address = None if ray_address == "local" else ray_address
+            store = extract_embeddings_ray(
+                backbone, dataset, out, address=address, workers=ray_workers, **common
+            )
+        else:
+            store = extract_embeddings(backbone, dataset, out, num_workers=workers, **common)
+    part = f" (shard {shard_spec[0]}/{shard_spec[1]}, {shard_mode})" if shard_spec else ""
+    click.echo(f"wrote {len(store)} embeddings of size {store.dim} to {out}{part}")
 
 
 @cli.command()
@@ -138,9 +220,9 @@ def embed(
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Folder of the index to write (replaced atomically).",
+    help="Folder of the index to write (replaced atomically). Required with --backend faiss.",
 )
 @click.option(
     "--metric",
@@ -162,13 +244,59 @@ def embed(
     default=None,
     help="Number of IVF lists [default: about 4*sqrt(N)].",
 )
-def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None) -> None:
-    """Build a faiss index of an embedding STORE for fast top-k search."""
+@backend_options
+@click.option(
+    "--store-id",
+    default=None,
+    help="With --backend pgvector: the name of this store in the table (its rows are replaced when indexed "
+    "again; filter with --where store=...) [default: the STORE folder's name].",
+)
+def index(
+    store_dir: Path,
+    out: Path | None,
+    metric: str,
+    kind: str,
+    nlist: int | None,
+    backend: str,
+    dsn: str | None,
+    table: str,
+    store_id: str | None,
+) -> None:
+    """Build a faiss index of an embedding STORE for fast top-k search, or put the STORE into a PostgreSQL table
+    (--backend pgvector: vectors, paths, labels and store id, with an HNSW index; several stores share a table).
+    """
     from frugalvision.embeddings import EmbeddingStore
-    from frugalvision.index import EmbeddingIndex
 
+    check_backend(backend, dsn)
+    if backend == "faiss" and out is None:
+        raise click.UsageError("Missing option '--out' / '-o'.")
     store = EmbeddingStore.load(store_dir)
     chosen = ("ip" if store.normalized else "l2") if metric == "auto" else metric
+    if backend == "pgvector":
+        from frugalvision.vectordb import PgVectorIndex, redact_dsn
+
+        if out is not None or kind != "auto" or nlist is not None:
+            raise click.UsageError("--out, --kind and --nlist are for --backend faiss")
+        assert dsn is not None  # check_backend
+        name = store_id or Path(store_dir).resolve().name
+        with PgVectorIndex.add(
+            dsn,
+            store.vectors,
+            store.paths,
+            store.labels,
+            store_id=name,
+            table=table,
+            metric=chosen,
+            info={k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
+        ) as db:
+            total = len(db)
+        click.echo(
+            f"indexed {len(store)} vectors ({chosen}, pgvector hnsw) as store {name!r} in table {table!r} of "
+            f"{redact_dsn(dsn)} ({total} rows in all)"
+        )
+        return
+    from frugalvision.index import EmbeddingIndex
+
     idx = EmbeddingIndex.build(
         store.vectors,
         paths=store.paths,
@@ -178,13 +306,14 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
         nlist=nlist,
         info={k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
     )
+    assert out is not None
     idx.save(out)
     click.echo(f"indexed {len(store)} vectors ({chosen}, {idx.kind}) in {out}")
 
 
 @cli.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", metavar="IMAGES...", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="Number of results per query."
 )
@@ -203,6 +332,21 @@ def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None)
     help="Also save a PNG grid of each query and its results.",
 )
 @device_option()
+@backend_options
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
+    "[default: the server's, pgvector's 40].",
+)
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --backend pgvector: only hits whose label / store / path is VALUE (repeatable; values of one key "
+    "are OR-ed, keys AND-ed), e.g. --where label=cat --where store=photos.",
+)
 def search(
     index_dir: Path,
     images: tuple[Path, ...],
@@ -211,45 +355,80 @@ def search(
     as_json: bool,
     grid: Path | None,
     device: str,
+    backend: str,
+    dsn: str | None,
+    table: str,
+    ef_search: int | None,
+    where: tuple[str, ...],
 ) -> None:
     """Find the K images of INDEX most similar to each of IMAGES.
 
-    The query images are embedded with the backbone and preprocessing recorded in the index.
+    The query images are embedded with the backbone and preprocessing recorded in the index. With --backend
+    pgvector there is no INDEX folder (the table is --dsn/--table): every argument is a query image.
     """
-    import torch
+    from frugalvision.bundle import QueryEmbedder
 
-    from frugalvision.bundle import embedder_from_spec
-    from frugalvision.data import load_for_transform
-    from frugalvision.embeddings import embed_images, resolve_device
-    from frugalvision.index import EmbeddingIndex
+    check_backend(backend, dsn)
+    idx: Any
+    if backend == "pgvector":
+        from frugalvision.vectordb import PgVectorIndex, parse_where
 
-    idx = EmbeddingIndex.load(index_dir)
+        images = (index_dir, *images)
+        try:
+            filters = parse_where(where)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--where") from e
+        assert dsn is not None  # check_backend
+        idx = PgVectorIndex.open(dsn, table, ef_search=ef_search)
+        source = f"table {table!r}"
+    else:
+        from frugalvision.index import EmbeddingIndex
+
+        if not images:
+            raise click.UsageError("Missing argument 'IMAGES...'.")
+        if where:
+            raise click.UsageError("--where filters a --backend pgvector table")
+        if ef_search is not None:
+            raise click.UsageError("--ef-search applies to --backend pgvector")
+        idx = EmbeddingIndex.load(index_dir)
+        source = f"index {index_dir}"
     if "backbone" not in idx.info:
-        raise StoreError(
-            f"index {index_dir} does not record which backbone made it; search it by vector from Python"
-        )
-    backbone = embedder_from_spec(idx.info["backbone"])
-    transform = backbone.transform()
-    dev = resolve_device(device)
-    backbone.to(dev)
-    batch = torch.stack([load_for_transform(p, transform) for p in images])
-    vectors = embed_images(backbone, batch, normalize=bool(idx.info.get("normalized", True)), device=dev)
-    self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
-    found = idx.search(vectors, k=k, exclude_ids=self_ids)
-
+        raise StoreError(f"{source} does not record which backbone made it; search it by vector from Python")
+    vectors = QueryEmbedder(idx.info, device)(images)
     rows: list[dict[str, Any]] = []
-    for q, ids, scores in zip(images, found.ids, found.scores, strict=True):
-        hits = [
-            {
-                "rank": r + 1,
-                "path": idx.paths[i] if idx.paths else str(i),
-                "label": idx.labels[i] if idx.labels else None,
-                "score": float(s),
-            }
-            for r, (i, s) in enumerate(zip(ids, scores, strict=True))
-            if i >= 0
-        ]
-        rows.append({"query": str(q), "results": hits})
+    if backend == "pgvector":
+        own = [str(Path(p).resolve()) for p in images] if exclude_self else None
+        with idx:
+            found = idx.search(vectors, k, where=filters, exclude_paths=own)
+        for q, ids, scores, hit_paths, hit_labels in zip(
+            images, found.ids, found.scores, found.paths, found.labels, strict=True
+        ):
+            hits = [
+                {
+                    "rank": r + 1,
+                    "path": hit_paths[r],
+                    "label": hit_labels[r] or None,
+                    "score": float(scores[r]),
+                }
+                for r in range(len(ids))
+                if ids[r] >= 0
+            ]
+            rows.append({"query": str(q), "results": hits})
+    else:
+        self_ids = idx.lookup(images) if exclude_self and idx.paths is not None else None
+        found = idx.search(vectors, k=k, exclude_ids=self_ids)
+        for q, ids, scores in zip(images, found.ids, found.scores, strict=True):
+            hits = [
+                {
+                    "rank": r + 1,
+                    "path": idx.paths[i] if idx.paths else str(i),
+                    "label": idx.labels[i] if idx.labels else None,
+                    "score": float(s),
+                }
+                for r, (i, s) in enumerate(zip(ids, scores, strict=True))
+                if i >= 0
+            ]
+            rows.append({"query": str(q), "results": hits})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

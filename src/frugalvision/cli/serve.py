@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from frugalvision.cli._app import cli
+from frugalvision.cli._backend import backend_options, check_backend
 from frugalvision.cli._options import threads_option
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
@@ -119,6 +120,14 @@ def _limit_options(f: F) -> F:
     default=None,
     help="Saved EmbeddingIndex (frugalvision index) built with this model; enables POST /search.",
 )
+@backend_options
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
+    "[default: the server's, pgvector's 40].",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -184,6 +193,10 @@ def _limit_options(f: F) -> F:
 def serve(
     model: Path,
     index_dir: Path | None,
+    backend: str,
+    dsn: str | None,
+    table: str,
+    ef_search: int | None,
     host: str,
     port: int,
     precision: str,
@@ -218,8 +231,18 @@ def serve(
     from frugalvision.runtime import Predictor
     from frugalvision.serve import ServeLimits, create_app, load_index
 
+    check_backend(backend, dsn)
+    if backend == "pgvector" and index_dir is not None:
+        raise click.UsageError(
+            "--index is a faiss folder; with --backend pgvector the table is --dsn/--table"
+        )
     predictor = Predictor(model, precision=precision, threads=threads, spin=spin, max_pixels=max_pixels)
-    index = load_index(str(index_dir)) if index_dir is not None else None
+    index: Any = load_index(str(index_dir)) if index_dir is not None else None
+    if backend == "pgvector":
+        from frugalvision.vectordb import PgVectorIndex
+
+        assert dsn is not None  # check_backend
+        index = PgVectorIndex.open(dsn, table, ef_search=ef_search)
     if token is not None and not token.strip():
         raise click.BadParameter("the token is empty", param_hint="--token / FRUGALVISION_TOKEN")
     limits = ServeLimits(

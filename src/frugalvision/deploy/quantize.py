@@ -18,6 +18,7 @@ bfloat16: ONNX Runtime's CPU execution provider has no bfloat16 Conv/MatMul/Gemm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -31,10 +32,12 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from frugalvision._fs import IMAGE_EXTENSIONS
 from frugalvision._fs import list_images as _list_images
+from frugalvision.deploy.detection import int8_detection_agreement, nms_nodes
 from frugalvision.deploy.export import output_agreement, set_onnx_metadata
 from frugalvision.errors import DataError, FrugalVisionError
 from frugalvision.runtime import ImageInput
 from frugalvision.runtime.config import DeployConfig, read_deploy_config
+from frugalvision.runtime.detection import LetterboxPreprocessor
 from frugalvision.runtime.predictor import BF16_FASTMATH_KEY
 from frugalvision.runtime.preprocess import Preprocessor
 
@@ -153,7 +156,9 @@ def quantize_int8(
             will see. A few hundred are plenty; ``max_images`` are drawn at random (``seed``).
         max_images: calibration images used at most.
         check_images: further images (not used for calibration, when available) on which int8 outputs are
-            compared with fp32 (:func:`~frugalvision.deploy.output_agreement`, recorded in ``deploy.json``).
+            compared with fp32 (:func:`~frugalvision.deploy.output_agreement`, recorded in ``deploy.json``;
+            detectors: :func:`~frugalvision.deploy.detection_agreement` of the detections, and the NMS nodes of
+            the graph stay float).
         method: activation range estimate: ``"minmax"`` (fast, default), ``"percentile"`` (99.999th percentile)
             or ``"entropy"`` (KL divergence; slower, more memory).
         per_channel: one weight scale per output channel (recommended for depthwise convolutions).
@@ -191,16 +196,24 @@ def quantize_int8(
     calib, check = (chosen[:max_images], chosen[max_images:]) if len(chosen) > max_images else (chosen, [])
     if not check:  # too few images to hold some back: check on (part of) the calibration set
         check = calib[:check_images]
-    preprocessor = Preprocessor(config.data_config)
+    preprocessor: Any = Preprocessor(config.data_config)
+    if config.detection is not None:  # detectors: letterboxed as in training; the NMS part stays float
+        preprocessor = LetterboxPreprocessor.from_config(config.data_config, config.detection)
     reader = ImageCalibrationReader(calib, preprocessor, config.input_name, batch_size)
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=folder) as tmp:
         prepped = Path(tmp) / "prepped.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
-        except Exception:  # symbolic shape inference does not know every op; plain ONNX shape inference does
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        # ONNX Runtime's symbolic shape inference, when it cannot follow a graph (e.g. a Resize), saves
+        # sym_shape_infer_temp.onnx and its data into the working folder before raising: run it from the temporary
+        # folder so nothing is left behind (a process-wide chdir: do not quantise from several threads at once)
+        with _working_folder(Path(tmp)):
+            try:
+                quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+            except (
+                Exception
+            ):  # symbolic shape inference does not know every op; plain ONNX shape inference does
+                quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         out_tmp = Path(tmp) / INT8_FILE
         chosen_ops = (
             _op_types(prepped) if op_types == "auto" else (None if op_types is None else list(op_types))
@@ -216,6 +229,7 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[method],
                 op_types_to_quantize=chosen_ops,
+                nodes_to_exclude=nms_nodes(prepped) if config.detection is not None else None,
                 extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False},
             )
         except Exception as e:  # ORT's quantiser raises plain exceptions of many kinds
@@ -229,7 +243,10 @@ def quantize_int8(
     agreement: dict[str, float] = {}
     if check:
         check_batch = preprocessor.batch(check)
-        agreement = output_agreement(_run(fp32_path, check_batch), _run(folder / INT8_FILE, check_batch))
+        if config.detection is not None:
+            agreement = int8_detection_agreement(fp32_path, folder / INT8_FILE, check_batch)
+        else:
+            agreement = output_agreement(_run(fp32_path, check_batch), _run(folder / INT8_FILE, check_batch))
     record = {
         "file": INT8_FILE,
         "method": method,
@@ -250,6 +267,17 @@ def quantize_int8(
 
 
 _TRANSFORMER_OPS = frozenset({"LayerNormalization", "Softmax"})
+
+
+@contextlib.contextmanager
+def _working_folder(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` of Python 3.11, for 3.10: the process's working folder is ``path`` inside the block."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _op_types(model_path: Path) -> list[str] | None:

@@ -6,6 +6,16 @@ from frugalvision.embeddings.extract import (
     extract_embeddings,
     resolve_device,
 )
+from frugalvision.embeddings.sharding import merge_shards, parse_shard, shard_rows
 from frugalvision.embeddings.store import EmbeddingStore
 
-__all__ = ["EmbeddingStore", "default_num_workers", "embed_images", "extract_embeddings", "resolve_device"]
+__all__ = [
+    "EmbeddingStore",
+    "default_num_workers",
+    "embed_images",
+    "extract_embeddings",
+    "merge_shards",
+    "parse_shard",
+    "resolve_device",
+    "shard_rows",
+]

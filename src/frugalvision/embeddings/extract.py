@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from frugalvision._fs import process_running
 from frugalvision.data import ImageDataset, collate_images
+from frugalvision.embeddings.sharding import shard_layout, shard_rows
 from frugalvision.embeddings.store import EmbeddingStore, recover_interrupted_save
 from frugalvision.errors import DataWarning, StoreError
 
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_SHARD_SECONDS",
     "DEFAULT_SHARD_SIZE",
     "Embedder",
+    "ExtractionJob",
     "default_num_workers",
     "embed_images",
     "extract_embeddings",
@@ -113,6 +115,12 @@ def _settings(backbone: Embedder, normalize: bool) -> dict[str, Any]:
     }
 
 
+def _layout(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard layout recorded in a store's or part's settings, without its per-run ``skipped_positions``."""
+    found = info.get("shard")
+    return {k: v for k, v in found.items() if k != "skipped_positions"} if isinstance(found, dict) else None
+
+
 def _check_compatible(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
     for key in ("backbone", "data_config", "normalized"):
         if key in found and json.loads(json.dumps(found[key])) != json.loads(json.dumps(wanted[key])):
@@ -120,6 +128,20 @@ def _check_compatible(out: Path, found: dict[str, Any], wanted: dict[str, Any]) 
                 f"{out} holds embeddings made with different settings ({key}: {found[key]} vs now {wanted[key]}). "
                 "Use another output folder, or pass overwrite=True (CLI: --overwrite) to start again."
             )
+    if _layout(found) != _layout(wanted):  # a shard resumed as another shard, or as the whole data set
+
+        def name(layout: dict[str, Any] | None) -> str:
+            return (
+                "the whole data set"
+                if layout is None
+                else f"shard {layout['index']}/{layout['count']} ({layout['mode']})"
+            )
+
+        raise StoreError(
+            f"{out} holds embeddings of {name(_layout(found))}, not of {name(_layout(wanted))} "
+            "(or of another listing of the data). Use another output folder, or pass overwrite=True "
+            "(CLI: --overwrite) to start again."
+        )
 
 
 def _read_shards(parts: Path, wanted: dict[str, Any]) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
@@ -193,6 +215,8 @@ def extract_embeddings(
     shard_seconds: float | None = DEFAULT_SHARD_SECONDS,
     overwrite: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    shard_mode: str = "contiguous",
 ) -> EmbeddingStore:
     """Embed every image of ``dataset`` with ``backbone`` and write an :class:`EmbeddingStore` to ``out``.
 
@@ -215,6 +239,10 @@ def extract_embeddings(
             only). Shards are written between batches, so a batch slower than this gives one shard per batch.
         overwrite: discard an existing store made with other settings instead of raising.
         progress: show a progress bar.
+        shard: ``(I, N)``: embed only shard ``I`` of ``N`` (numbered from 0) of the data set, a deterministic slice
+            (:mod:`frugalvision.embeddings.sharding`); the store records the layout, resumes like any store, and
+            :func:`~frugalvision.embeddings.merge_shards` joins the N shards. ``None``: the whole data set.
+        shard_mode: ``"contiguous"`` (blocks of the listing) or ``"strided"`` (every N-th image).
 
     Returns:
         The store, rows in the data set's order.
@@ -231,30 +259,13 @@ def extract_embeddings(
     if shard_seconds is not None and not shard_seconds > 0:
         raise ValueError(f"shard_seconds must be > 0 (or None: shards by count only), got {shard_seconds}")
     dev = resolve_device(device)
-    out = Path(out)
-    parts = out / "parts"
-    settings = _settings(backbone, normalize)
-    recover_interrupted_save(out)  # a store moved aside by a killed save comes back; its temporaries go
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    _clean_parts(parts)
-
-    done: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
-    if EmbeddingStore.exists(out):
-        old = EmbeddingStore.load(out)
-        _check_compatible(out, old.info, settings)
-        done.update({p: (v, lab) for p, v, lab in zip(old.paths, old.vectors, old.labels, strict=True)})
-    if parts.is_dir():
-        done.update(_read_shards(parts, settings))
-
-    paths = [str(p) for p in dataset.paths]
-    todo = [i for i, p in enumerate(paths) if p not in done]
-    skipped: list[tuple[str, str]] = []
-    if todo:
+    job = ExtractionJob(backbone, dataset, out, normalize=normalize, overwrite=overwrite, shard=shard,
+                        shard_mode=shard_mode)  # fmt: skip
+    if job.todo:
         ds = dataset.with_transform(backbone.transform())
         workers = default_num_workers() if num_workers is None else num_workers
         loader = DataLoader(
-            Subset(ds, todo),
+            Subset(ds, job.todo),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
@@ -263,60 +274,142 @@ def extract_embeddings(
         )
         backbone = backbone.to(dev)
         backbone.eval()
+
+        def batches() -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
+            for batch in loader:
+                vecs = None
+                if batch["image"] is not None:
+                    vecs = embed_images(backbone, batch["image"], normalize=normalize, device=dev)
+                yield batch["index"].tolist(), vecs, batch["skipped"]
+
+        job.consume(batches(), shard_size=shard_size, shard_seconds=shard_seconds, progress=progress)
+    return job.finish()
+
+
+class ExtractionJob:
+    """The bookkeeping of one extraction into ``out``, shared by :func:`extract_embeddings` (a DataLoader) and
+    :func:`~frugalvision.embeddings.ray_extract.extract_embeddings_ray` (Ray Data): what is already done (the
+    store and its ``parts/``), which data-set rows remain (:attr:`todo`), the resume parts written as vectors
+    arrive (:meth:`consume`, in any order), and the final store in the data set's order (:meth:`finish`).
+
+    Raises (at construction):
+        StoreError: ``out`` holds embeddings of other settings or another shard; an empty shard.
+    """
+
+    def __init__(
+        self,
+        backbone: Embedder,
+        dataset: ImageDataset,
+        out: str | os.PathLike[str],
+        *,
+        normalize: bool = True,
+        overwrite: bool = False,
+        shard: tuple[int, int] | None = None,
+        shard_mode: str = "contiguous",
+    ) -> None:
+        self.dataset = dataset
+        self.out = out = Path(out)
+        self.parts = parts = out / "parts"
+        self.settings = settings = _settings(backbone, normalize)
+        self.paths = paths = [str(p) for p in dataset.paths]
+        self.shard = shard
+        selected: Sequence[int] = range(len(paths))  # data-set rows this run embeds
+        if shard is not None:
+            settings["shard"] = shard_layout(paths, shard[0], shard[1], shard_mode)
+            selected = shard_rows(len(paths), shard[0], shard[1], shard_mode).tolist()
+            if not selected:
+                raise StoreError(
+                    f"shard {shard[0]}/{shard[1]} of {dataset!r} is empty ({len(paths)} images for {shard[1]} "
+                    "shards); use fewer shards"
+                )
+        self.selected = selected
+        recover_interrupted_save(out)  # a store moved aside by a killed save comes back; its temporaries go
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        _clean_parts(parts)
+
+        self.done: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+        if EmbeddingStore.exists(out):
+            old = EmbeddingStore.load(out)
+            _check_compatible(out, old.info, settings)
+            self.done.update(
+                {p: (v, lab) for p, v, lab in zip(old.paths, old.vectors, old.labels, strict=True)}
+            )
+        if parts.is_dir():
+            self.done.update(_read_shards(parts, settings))
+        #: data-set rows still to embed, ascending
+        self.todo = [i for i in selected if paths[i] not in self.done]
+        self.skipped: list[tuple[str, str]] = []
+
+    def consume(
+        self,
+        batches: Iterable[tuple[Sequence[int], np.ndarray | None, Sequence[tuple[int, str]]]],
+        *,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        shard_seconds: float | None = DEFAULT_SHARD_SECONDS,
+        progress: bool = True,
+    ) -> None:
+        """Record ``(rows, vectors (len(rows), D) or None, skipped [(row, message)])`` batches, writing a resume
+        part every ``shard_size`` vectors or ``shard_seconds`` seconds (between batches) and at the end."""
+        paths, dataset = self.paths, self.dataset
         shard_vecs: list[np.ndarray] = []
         shard_paths: list[str] = []
         shard_labels: list[list[str]] = []
-        shard_no = _next_shard_number(parts)
+        shard_no = _next_shard_number(self.parts)
         last_shard = _clock()
-        bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress)
-        for batch in loader:
-            skipped.extend((paths[i], msg) for i, msg in batch["skipped"])
-            if batch["image"] is not None:
-                vecs = embed_images(backbone, batch["image"], normalize=normalize, device=dev)
-                for row, idx in enumerate(batch["index"].tolist()):
+        bar = tqdm(total=len(self.todo), desc="embedding", unit="img", disable=not progress)
+        for rows, vecs, skipped in batches:
+            self.skipped.extend((paths[i], msg) for i, msg in skipped)
+            if vecs is not None:
+                for row, idx in enumerate(rows):
                     labels = dataset.label_names(idx)
-                    done[paths[idx]] = (vecs[row], labels)
+                    self.done[paths[idx]] = (vecs[row], labels)
                     shard_vecs.append(vecs[row])
                     shard_paths.append(paths[idx])
                     shard_labels.append(list(labels))
             now = _clock()
             due = shard_seconds is not None and now - last_shard >= shard_seconds
             if shard_paths and (len(shard_paths) >= shard_size or due):
-                _write_shard(parts, shard_no, shard_vecs, shard_paths, shard_labels, settings)
+                _write_shard(self.parts, shard_no, shard_vecs, shard_paths, shard_labels, self.settings)
                 shard_no += 1
                 shard_vecs, shard_paths, shard_labels = [], [], []
                 last_shard = now
-            bar.update(len(batch["index"]) + len(batch["skipped"]))
+            bar.update(len(rows) + len(skipped))
         bar.close()
         if shard_paths:
-            _write_shard(parts, shard_no, shard_vecs, shard_paths, shard_labels, settings)
+            _write_shard(self.parts, shard_no, shard_vecs, shard_paths, shard_labels, self.settings)
 
-    if skipped:
-        listed = "\n  ".join(m if p in m else f"{p}: {m}" for p, m in skipped[:20])
-        more = f"\n  ... and {len(skipped) - 20} more (see info.json)" if len(skipped) > 20 else ""
-        warnings.warn(
-            f"skipped {len(skipped)} unreadable image(s):\n  {listed}{more}", DataWarning, stacklevel=2
+    def finish(self) -> EmbeddingStore:
+        """Warn about skipped images, write the store (rows in the data set's order) and return it."""
+        paths, done, skipped, out, parts = self.paths, self.done, self.skipped, self.out, self.parts
+        if skipped:
+            listed = "\n  ".join(m if p in m else f"{p}: {m}" for p, m in skipped[:20])
+            more = f"\n  ... and {len(skipped) - 20} more (see info.json)" if len(skipped) > 20 else ""
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable image(s):\n  {listed}{more}", DataWarning, stacklevel=3
+            )
+        rows = [paths[i] for i in self.selected if paths[i] in done]
+        if self.shard is not None:
+            self.settings["shard"]["skipped_positions"] = [i for i in self.selected if paths[i] not in done]
+        if not rows:
+            raise StoreError(f"no image of {self.dataset!r} could be embedded; nothing written to {out}")
+        store = EmbeddingStore(
+            vectors=np.stack([done[p][0] for p in rows]),
+            paths=rows,
+            labels=[done[p][1] for p in rows],
+            classes=list(self.dataset.classes),
+            info={
+                **self.settings,
+                "skipped": [{"path": p, "error": m} for p, m in skipped],
+                "source": str(getattr(self.dataset, "source", "")),
+            },
         )
-
-    rows = [p for p in paths if p in done]
-    if not rows:
-        raise StoreError(f"no image of {dataset!r} could be embedded; nothing written to {out}")
-    dim = done[rows[0]][0].shape[0]
-    store = EmbeddingStore(
-        vectors=np.stack([done[p][0] for p in rows]) if rows else np.zeros((0, dim), np.float32),
-        paths=rows,
-        labels=[done[p][1] for p in rows],
-        classes=list(dataset.classes),
-        info={
-            **settings,
-            "skipped": [{"path": p, "error": m} for p, m in skipped],
-            "source": str(getattr(dataset, "source", "")),
-        },
-    )
-    try:
-        store.save(out)  # replaces the whole folder, shards included
-    except StoreError as e:
-        if any(parts.glob("part-*.npz")):
-            raise StoreError(f"{e}; the embeddings are kept in {parts} and the same command resumes") from e
-        raise
-    return store
+        try:
+            store.save(out)  # replaces the whole folder, shards included
+        except StoreError as e:
+            if any(parts.glob("part-*.npz")):
+                raise StoreError(
+                    f"{e}; the embeddings are kept in {parts} and the same command resumes"
+                ) from e
+            raise
+        return store

@@ -4,7 +4,8 @@ Multi-label tagging metrics (per-class AP, mAP, CP/CR/CF1, OP/OR/OF1, tuned thre
 :mod:`frugalvision.metrics.multilabel`; the transferability of frozen features to labelled data (LogME) in
 :mod:`frugalvision.metrics.transferability`; single-label classification metrics and calibration (top-k and
 balanced accuracy, macro-F1, confusion matrix, ECE, temperature scaling) in
-:mod:`frugalvision.metrics.classification`.
+:mod:`frugalvision.metrics.classification`; object-detection metrics (COCO mAP through pycocotools or
+faster-coco-eval, the detection confusion matrix) in :mod:`frugalvision.metrics.detection`.
 """
 
 from frugalvision.metrics.classification import (
@@ -18,6 +19,7 @@ from frugalvision.metrics.classification import (
     softmax,
     topk_accuracy,
 )
+from frugalvision.metrics.detection import DetectionEvaluation, coco_evaluate, detection_confusion_matrix
 from frugalvision.metrics.knn import knn
 from frugalvision.metrics.multilabel import (
     average_precision_per_class,
@@ -37,10 +39,13 @@ from frugalvision.metrics.retrieval import (
 from frugalvision.metrics.transferability import logme
 
 __all__ = [
+    "DetectionEvaluation",
     "average_precision_per_class",
     "balanced_accuracy",
     "classification_report",
+    "coco_evaluate",
     "confusion_matrix",
+    "detection_confusion_matrix",
     "expected_calibration_error",
     "fit_temperature",
     "knn",
