@@ -95,3 +95,18 @@ def test_models_with_a_head_layer_before_the_classifier() -> None:
     with torch.no_grad():
         assert native(x).shape == avg(x).shape == (2, 8)
         assert native.features(x).shape == (2, 1024) and avg.features(x).shape == (2, 576)
+
+
+def test_vit_is_built_at_the_requested_input_size() -> None:
+    """A ViT's position embeddings fix its input size: input_size builds it there (distil/train at 112 px)."""
+    from frugalvision.models import embedding_model_from_description
+
+    model = create_embedding_model("test_vit", pretrained=False, embedding_size=8, input_size=64)
+    assert model.data_config["input_size"] == (3, 64, 64)
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 8)
+    rebuilt = embedding_model_from_description(model.describe())  # a bundle reload builds the same model
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt(torch.zeros(2, 3, 64, 64)), out)
+    cnn = create_embedding_model("test_efficientnet", pretrained=False, embedding_size=8, input_size=48)
+    assert cnn(torch.zeros(1, 3, 48, 48)).shape == (1, 8)  # no img_size for a CNN: it takes any size

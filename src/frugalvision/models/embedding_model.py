@@ -181,18 +181,32 @@ def create_embedding_model(
             :class:`~frugalvision.models.heads.EmbeddingHead`; ``embedding_size=None`` keeps the pooled features'
             width (a linear head then starts as a rotation of the pretrained features).
         input_size: train/evaluate at this square resolution instead of the backbone's default (the
-            ``data_config``'s ``input_size``); ViTs also need ``model_kwargs={"img_size": input_size}``.
+            ``data_config``'s ``input_size``). Models built for one input size (ViTs: their position embeddings)
+            are built at this size (timm's ``img_size``, recorded in ``model_kwargs``); CNNs take any size.
         model_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``, ``img_size``).
 
     Raises:
         ValueError: unknown names or bad sizes; WeightsError: pretrained weights that cannot be loaded.
     """
     kwargs = dict(model_kwargs or {})
-    backbone = create_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
+    if input_size is not None and (
+        isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 8
+    ):
+        raise ValueError(f"input_size must be an int >= 8 (pixels), got {input_size!r}")
+    backbone = None
+    if input_size is not None and "img_size" not in kwargs:
+        try:  # ViT-style models take img_size (and resample pretrained position embeddings to it)
+            backbone = create_backbone(
+                name, pretrained=pretrained, weights=weights, img_size=input_size, **kwargs
+            )
+            kwargs["img_size"] = input_size
+        except TypeError as e:  # the model's constructor has no img_size: it takes any input size
+            if "img_size" not in str(e):
+                raise
+    if backbone is None:
+        backbone = create_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
     data_config = dict(backbone.data_config)
     if input_size is not None:
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 8:
-            raise ValueError(f"input_size must be an int >= 8 (pixels), got {input_size!r}")
         data_config["input_size"] = (3, input_size, input_size)
     timm_model = backbone.model
     pool = GlobalPool(
