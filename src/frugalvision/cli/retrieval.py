@@ -151,35 +151,95 @@ def embed(
 )
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "flat", "ivf"]),
+    type=click.Choice(["auto", "flat", "ivf", "ivfpq", "hnsw"]),
     default="auto",
     show_default=True,
-    help="flat = exact search; ivf = inverted lists, faster for large collections; auto = flat below 100k vectors.",
+    help="flat = exact search; ivf = inverted lists; ivfpq = inverted lists of compressed vectors, on disk and "
+    "memory-mapped (for collections larger than memory); hnsw = graph, fast single queries; auto = flat below "
+    "100k vectors, ivf above.",
 )
 @click.option(
     "--nlist",
     type=click.IntRange(min=1),
     default=None,
-    help="Number of IVF lists [default: about 4*sqrt(N)].",
+    help="Number of IVF lists (ivf, ivfpq) [default: about 4*sqrt(N)].",
 )
-def index(store_dir: Path, out: Path, metric: str, kind: str, nlist: int | None) -> None:
-    """Build a faiss index of an embedding STORE for fast top-k search."""
+@click.option(
+    "--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists scanned per query [default: 16]."
+)
+@click.option(
+    "--pq-m",
+    type=click.IntRange(min=1),
+    default=None,
+    help="ivfpq: bytes per vector, dividing the dimension [default: one per 4 dimensions].",
+)
+@click.option(
+    "--hnsw-m", type=click.IntRange(min=2), default=None, help="hnsw: links per vector [default: 32]."
+)
+@click.option(
+    "--ef-search", type=click.IntRange(min=1), default=None, help="hnsw: candidates per query [default: 64]."
+)
+@click.option(
+    "--rerank/--no-rerank",
+    default=False,
+    show_default=True,
+    help="Approximate kinds: keep the exact vectors (vectors.npy) and re-rank the candidates with them.",
+)
+@click.option(
+    "--recall-queries",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Approximate kinds: vectors used as queries to measure recall@10 against exact search "
+    "(0 = skip) [default: 1000].",
+)
+def index(
+    store_dir: Path,
+    out: Path,
+    metric: str,
+    kind: str,
+    nlist: int | None,
+    nprobe: int | None,
+    pq_m: int | None,
+    hnsw_m: int | None,
+    ef_search: int | None,
+    rerank: bool,
+    recall_queries: int | None,
+) -> None:
+    """Build a faiss index of an embedding STORE for fast top-k search.
+
+    The approximate kinds print (and record in the index) their recall@10 against exact search.
+    """
     from frugalvision.embeddings import EmbeddingStore
-    from frugalvision.index import EmbeddingIndex
+    from frugalvision.index import EmbeddingIndex, build_on_disk
 
     store = EmbeddingStore.load(store_dir)
     chosen = ("ip" if store.normalized else "l2") if metric == "auto" else metric
-    idx = EmbeddingIndex.build(
-        store.vectors,
-        paths=store.paths,
-        labels=["|".join(lab) for lab in store.labels],
-        metric=chosen,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-        kind=kind,  # type: ignore[arg-type]
-        nlist=nlist,
-        info={k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
+    given = {"nlist": nlist, "nprobe": nprobe, "pq_m": pq_m, "hnsw_m": hnsw_m, "ef_search": ef_search}
+    given["recall_queries"] = recall_queries
+    options: dict[str, Any] = {
+        k: v for k, v in given.items() if v is not None
+    }  # left out: the library's default
+    common: dict[str, Any] = {
+        "paths": store.paths,
+        "labels": ["|".join(lab) for lab in store.labels],
+        "metric": chosen,
+        "rerank": rerank,
+        "info": {k: store.info[k] for k in ("backbone", "data_config", "normalized") if k in store.info},
+    }
+    try:
+        if kind == "ivfpq":
+            idx = build_on_disk(store.vectors, out, **common, **options)
+        else:
+            idx = EmbeddingIndex.build(store.vectors, kind=kind, **common, **options)  # type: ignore[arg-type]
+            idx.save(out)
+    except ValueError as err:  # an option that does not fit the kind or the data
+        raise click.UsageError(str(err)) from err
+    recall = (
+        f"; recall@10 {idx.recall['recall_at_10']:.3f} on {idx.recall['queries']} queries"
+        if idx.recall
+        else ""
     )
-    idx.save(out)
-    click.echo(f"indexed {len(store)} vectors ({chosen}, {idx.kind}) in {out}")
+    click.echo(f"indexed {len(store)} vectors ({chosen}, {idx.kind}) in {out}{recall}")
 
 
 @cli.command()

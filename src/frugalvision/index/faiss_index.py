@@ -316,6 +316,8 @@ class EmbeddingIndex:
         labels_list = _as_strings(labels, "labels", count)
         info_dict = _json_copy(info if info is not None else {}, "info")
         resolved = kind if kind != "auto" else ("ivf" if count >= AUTO_IVF_MIN_COUNT else "flat")
+        if kind == "auto" and resolved == "flat":
+            nlist = None  # auto: the lists apply only once the collection is large enough for IVF
         _check_kind_options(resolved, nlist=nlist, pq_m=pq_m, rerank=rerank)
         rng = np.random.default_rng(seed)
         train_rows = np.arange(count)
