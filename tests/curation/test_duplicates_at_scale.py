@@ -84,3 +84,22 @@ def test_bad_rows_are_named() -> None:
         near_duplicates(x, 0.81, method="approximate")
     with pytest.raises(ValueError, match="method must be 'auto', 'exact' or 'approximate'"):
         near_duplicates(x, 0.81, method="fast")  # type: ignore[arg-type]
+
+
+def test_cli_approximate_search_prints_its_recall(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from frugalvision.cli.main import cli
+    from frugalvision.embeddings import EmbeddingStore
+
+    x, _ = planted(3000, 64, 4)
+    EmbeddingStore(
+        vectors=x, paths=[str(tmp_path / f"{i}.jpg") for i in range(3000)], labels=[()] * 3000, info={}
+    ).save(tmp_path / "store")
+    exact = near_duplicates(x, 0.81, method="exact")
+    result = CliRunner().invoke(
+        cli, ["curate", "duplicates", str(tmp_path / "store"), "--search", "approximate"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{len(exact)} near-duplicate pair(s) at cosine >= 0.81" in result.output
+    assert "approximate search: pair recall 1.000 (" in result.output
