@@ -61,7 +61,7 @@ def test_recall_reports_the_pairs_a_narrow_search_misses() -> None:
     assert found < exact, "what is found is a subset of the exact pairs (checked exactly) and misses some"
     assert approx.recall is not None
     assert approx.recall["recall"] == pytest.approx(len(found) / len(exact))
-    assert approx.recall["capped_rows"] > 0
+    assert approx.recall["dense_rows"] > 0
 
 
 def test_auto_switches_at_the_threshold_and_reads_a_memory_map(

@@ -86,7 +86,7 @@ class DuplicatePairs:
         first, second: ``(P,)`` int64 row indices.
         similarity: ``(P,)`` float32 cosine similarity.
         method: ``"exact"`` or ``"approximate"`` (how they were searched).
-        recall: approximate search: ``{"recall", "exact_pairs", "sample_rows", "capped_rows"}``, the share of the exact pairs of
+        recall: approximate search: ``{"recall", "exact_pairs", "sample_rows", "dense_rows"}``, the share of the exact pairs of
             a random sample of rows that were found (:func:`frugalvision.index.neighbours.pair_recall`);
             ``None`` for an exact search or when not measured.
     """
@@ -135,8 +135,8 @@ def near_duplicates(
             then the exact cosine of the ``candidates`` nearest rows of each row); ``"auto"``: approximate from :data:`APPROXIMATE_FROM` rows.
         pca_dim: approximate: dimensions kept by PCA when ``D`` is larger (``None``: none).
         nprobe: approximate: IVF lists scanned per row; more finds more pairs, slower.
-        candidates: approximate: nearest rows checked per row (a row with more near duplicates than this keeps
-            the nearest; ``recall["capped_rows"]`` counts such rows).
+        candidates: approximate: nearest rows checked per row (a row with more rows than this inside the radius
+            gets a range search instead; ``recall["dense_rows"]`` counts such rows).
         recall_sample: approximate: rows whose exact pairs are found by brute force to measure the recall
             (``sample x N x D`` multiply-adds; 0 = skip).
         seed: approximate: training sample and recall sample.
@@ -196,7 +196,7 @@ def _approximate(
     recall = None
     if recall_sample > 0:
         recall = neighbours.pair_recall(source, threshold, a, b, sample=recall_sample, seed=seed)
-        recall["capped_rows"] = capped
+        recall["dense_rows"] = capped
     return _sorted_pairs(a, b, s, "approximate", recall)
 
 
