@@ -208,3 +208,22 @@ def test_query_of_another_dimension_is_refused(tmp_path: Path) -> None:
     loaded = EmbeddingIndex.load(EmbeddingIndex.build(x, **PQ).save(tmp_path / "idx"))
     with pytest.raises(ValueError, match=r"dimension 16 like the indexed vectors, got shape \(2, 12\)"):
         loaded.search(np.zeros((2, 12), np.float32), 3)
+
+
+def test_loading_an_on_disk_index_prints_nothing(tmp_path: Path) -> None:
+    """faiss prints the lists' new path to standard output when it loads them: that would corrupt `search --json`."""
+    import subprocess
+    import sys
+
+    x = unit_clusters(800, 16, 4, 10)
+    saved = EmbeddingIndex.build(x, recall_queries=0, **PQ).save(tmp_path / "a")
+    os.replace(
+        saved, tmp_path / "b"
+    )  # the recorded path of the lists is now wrong: faiss reports the new one
+    code = "import sys; from frugalvision.index import EmbeddingIndex; EmbeddingIndex.load(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "b")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and "IO_FLAG" not in done.stderr

@@ -868,24 +868,28 @@ def measure_recall(
 # ---------------------------------------------------------------------------------------------- files
 @contextlib.contextmanager
 def quiet_faiss() -> Iterator[None]:
-    """Silence what faiss's C++ code prints to standard error (file descriptor 2) inside the block.
+    """Silence what faiss's C++ code prints (file descriptors 1 and 2) inside the block.
 
-    Its on-disk lists report each file they resize and each path they rewrite on load ("resizing ...",
-    "IO_FLAG_ONDISK_SAME_DIR: updating ondisk filename ..."), which is noise to a user of a saved index.
+    Its on-disk lists print each file they resize and each path they rewrite on load ("resizing ...",
+    "IO_FLAG_ONDISK_SAME_DIR: updating ondisk filename ...") to standard output, which would corrupt the output
+    of a command (``frugalvision search --json``) and is noise to a user of a saved index.
     """
+    sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable descriptor 2: nothing to silence
-        yield
-        return
+    saved: list[tuple[int, int]] = []
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                except OSError:  # no such descriptor: nothing to silence
+                    continue
+                os.dup2(null.fileno(), fd)
             yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def write_ivf_on_disk(index: Any, folder: Path) -> None:
