@@ -98,7 +98,7 @@ def test_ivf_nlist_checks() -> None:
         EmbeddingIndex.build(vectors, kind="ivf", nlist=10)
     with pytest.raises(ValueError, match=r"nlist must be an int in \[1, 200\]"):
         EmbeddingIndex.build(vectors, kind="ivf", nlist=201)
-    with pytest.raises(ValueError, match="nlist applies to kind='ivf' only"):
+    with pytest.raises(ValueError, match="nlist applies to kinds 'ivf' and 'ivfpq' only"):
         EmbeddingIndex.build(vectors, kind="flat", nlist=4)
 
 

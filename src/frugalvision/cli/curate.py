@@ -51,6 +51,16 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
     help="Pairs drawn on near_pairs.png.",
 )
 @click.option(
+    "--search",
+    "method",
+    type=click.Choice(["auto", "exact", "approximate"]),
+    default="auto",
+    show_default=True,
+    help="Near-duplicate search: exact all pairs (quadratic), or approximate (PCA + IVF candidates, each checked "
+    "exactly; its pair recall against exact search on a sample is printed); auto = approximate from "
+    "frugalvision.curation.APPROXIMATE_FROM (200,000) images.",
+)
+@click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -63,6 +73,7 @@ def duplicates(
     out: Path | None,
     threshold: float | None,
     max_pairs: int,
+    method: str,
     cache: Path | None,
     model: str,
     weights: Path | None,
@@ -88,13 +99,19 @@ def duplicates(
     store = load_store(source, model, weights, pretrained, cache, _run(batch_size, workers, device, progress))
     present = [i for i, p in enumerate(store.paths) if os.path.isfile(p)]
     exact = [[present[i] for i in g] for g in exact_duplicates([store.paths[i] for i in present])]
-    pairs = near_duplicates(store.vectors, threshold)
+    pairs = near_duplicates(store.vectors, threshold, method=method)  # type: ignore[arg-type]  # click.Choice
     groups = duplicate_groups(pairs, len(store))
     click.echo(
         f"{len(store)} images: {len(exact)} group(s) of exact duplicates "
         f"({sum(len(g) - 1 for g in exact)} redundant file(s)); {len(pairs)} near-duplicate pair(s) "
         f"at cosine >= {threshold} in {len(groups)} group(s)"
     )
+    if pairs.recall is not None:
+        r = pairs.recall
+        found = "no exact pair among them" if r["recall"] is None else f"pair recall {r['recall']:.3f}"
+        click.echo(
+            f"  approximate search: {found} ({r['exact_pairs']} exact pairs of {r['sample_rows']} sampled images)"
+        )
     for g in exact[:10]:
         click.echo("  exact: " + "  ==  ".join(store.paths[i] for i in g))
     for a, b, s in list(zip(pairs.first, pairs.second, pairs.similarity, strict=True))[:10]:

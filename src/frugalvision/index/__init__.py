@@ -1,5 +1,19 @@
 """A faiss index of embeddings with their paths, labels and info, saved atomically to a directory."""
 
-from frugalvision.index.faiss_index import EmbeddingIndex, SearchResult, default_nlist
+from frugalvision.index.faiss_index import (
+    EmbeddingIndex,
+    SearchResult,
+    default_nlist,
+    default_pq_m,
+    measure_recall,
+)
+from frugalvision.index.ondisk import build_on_disk
 
-__all__ = ["EmbeddingIndex", "SearchResult", "default_nlist"]
+__all__ = [
+    "EmbeddingIndex",
+    "SearchResult",
+    "build_on_disk",
+    "default_nlist",
+    "default_pq_m",
+    "measure_recall",
+]

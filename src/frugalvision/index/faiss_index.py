@@ -1,29 +1,46 @@
 """A faiss index of embedding vectors plus their metadata (paths, labels, free-form info), saved atomically.
 
-Two index kinds (Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs", 2017,
+Four index kinds (Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs", 2017,
 https://arxiv.org/abs/1702.08734):
 
 * ``"flat"``: exact search (``IndexFlatIP`` / ``IndexFlatL2``), every query compared with every vector.
 * ``"ivf"``: ``IndexIVFFlat``: k-means splits the vectors into ``nlist`` lists; a query scans only the
   ``nprobe`` lists with the nearest centroids. Approximate, much faster on large collections.
+* ``"ivfpq"``: ``IndexIVFPQ``: the same lists, each vector stored as ``pq_m`` bytes of product-quantisation codes
+  (Jégou, Douze & Schmid, "Product quantization for nearest neighbor search", TPAMI 2011): 16x smaller than
+  float32 at 128-d with the default 4 dimensions per byte. Saved with its inverted lists in ``index.ivfdata``,
+  memory-mapped when loaded (faiss's ``OnDiskInvertedLists``), so the index may exceed memory;
+  :func:`frugalvision.index.build_on_disk` builds one shard by shard from a memory-mapped array.
+* ``"hnsw"``: ``IndexHNSWFlat``: a navigable small-world graph (Malkov & Yashunin, "Efficient and robust
+  approximate nearest neighbor search using Hierarchical Navigable Small World graphs", TPAMI 2018), ``hnsw_m``
+  links per vector, ``ef_search`` candidates kept per query. No training; the vectors stay in memory.
 
-On disk an index is a directory holding ``index.faiss`` (faiss's own format) and ``meta.json``. ``meta.json``
+Approximate kinds can keep the exact vectors (``rerank=True``, ``vectors.npy``, memory-mapped when loaded): a
+query then takes ``rerank_factor * k`` candidates from the index and re-orders them by their exact scores. Each
+approximate index measures its recall@10 against exact search when built (:attr:`EmbeddingIndex.recall`) and
+keeps it in ``meta.json``.
+
+On disk an index is a directory holding ``index.faiss`` (faiss's own format), ``meta.json`` and, depending on the
+kind, ``index.ivfdata`` and ``vectors.npy``. ``meta.json``
 records a ``checksum`` of every row's path, label and vector (:func:`frugalvision._integrity.rows_digest`), checked
-at load, so metadata edited, reordered or paired with another ``index.faiss`` is refused instead of giving hits
+at load (and ``vectors_checksum`` of ``vectors.npy``), so metadata edited, reordered or paired with another
+``index.faiss`` is refused instead of giving hits
 with wrong labels. A save that fails (a full disk) raises :class:`~frugalvision.errors.StoreError` naming the file
 and keeps the previous index; what a killed save left beside the directory is removed by the next save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,15 +57,38 @@ if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported her
     import torch
 
 FORMAT = "frugalvision-embedding-index"
-FORMAT_VERSION = 2  # 2: meta.json holds the rows' checksum
+FORMAT_VERSION = (
+    3  # 2: meta.json holds the rows' checksum; 3: kinds ivfpq and hnsw, recall, re-ranking vectors
+)
+READABLE_VERSIONS = (2, 3)
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
+IVF_DATA_FILE = "index.ivfdata"  # the inverted lists of an "ivfpq" index, memory-mapped
+VECTORS_FILE = "vectors.npy"  # the exact vectors of an index built with rerank=True, memory-mapped
 AUTO_IVF_MIN_COUNT = 100_000  # kind="auto" builds IVF from this many vectors on
 MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below 39 training points per centroid
 DEFAULT_NPROBE = 16
+DEFAULT_HNSW_M = 32  # links per vector of an HNSW graph
+DEFAULT_EF_CONSTRUCTION = 40  # faiss's default
+DEFAULT_EF_SEARCH = 64
+DEFAULT_PQ_NBITS = 8
+DEFAULT_RERANK_FACTOR = 4  # candidates per wanted hit when re-ranking
+RECALL_K = 10
+DEFAULT_RECALL_QUERIES = 1000
+TRAIN_POINTS_PER_LIST = (
+    64  # default training sample of IVF kinds: 64 vectors per list (faiss uses at most 256)
+)
 
 IndexMetric = Literal["ip", "l2"]
-IndexKind = Literal["auto", "flat", "ivf"]
+IndexKind = Literal["auto", "flat", "ivf", "ivfpq", "hnsw"]
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+IVF_KINDS = ("ivf", "ivfpq")
+_FAISS_TYPES: dict[str, type] = {
+    "flat": faiss.IndexFlat,
+    "ivf": faiss.IndexIVFFlat,
+    "ivfpq": faiss.IndexIVFPQ,
+    "hnsw": faiss.IndexHNSWFlat,
+}
 _FAISS_METRIC = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _NO_DIRECT_MAP: int = faiss.DirectMap.NoMap  # type: ignore[attr-defined]  # missing from faiss's stubs
 
@@ -155,11 +195,20 @@ class SearchResult:
         return self._lookup(self._labels, "labels")
 
 
+def default_pq_m(dim: int) -> int:
+    """Product-quantisation bytes per vector: one per 4 dimensions (the smallest sub-vector of 4+ dims dividing ``D``)."""
+    for sub in range(4, dim + 1):
+        if dim % sub == 0:
+            return dim // sub
+    return 1  # dim < 4
+
+
 class EmbeddingIndex:
     """Vectors in a faiss index, with optional per-vector paths and labels and a free-form ``info`` dict.
 
-    Build with :meth:`build`, query with :meth:`search` / :meth:`search_by_id`, persist with :meth:`save`
-    and :meth:`load`. Row ``i`` of the built vectors has id ``i``.
+    Build with :meth:`build` (in memory) or :func:`frugalvision.index.build_on_disk` (``"ivfpq"`` from a
+    memory-mapped array, shard by shard), query with :meth:`search` / :meth:`search_by_id`, persist with
+    :meth:`save` and :meth:`load`. Row ``i`` of the built vectors has id ``i``.
 
     For cosine similarity, L2-normalise the vectors (and the queries) and use ``metric="ip"``.
 
@@ -176,20 +225,28 @@ class EmbeddingIndex:
         index: Any,
         *,
         metric: IndexMetric,
-        kind: Literal["flat", "ivf"],
+        kind: str,
         nprobe: int,
         paths: list[str] | None,
         labels: list[str] | None,
         info: dict[str, Any],
+        ef_search: int = DEFAULT_EF_SEARCH,
+        vectors: np.ndarray | None = None,
+        rerank_factor: int = DEFAULT_RERANK_FACTOR,
+        recall: dict[str, Any] | None = None,
     ) -> None:
         """Wrap an existing faiss index; use :meth:`build` or :meth:`load` rather than calling this."""
-        self._index: Any = index  # faiss.IndexFlat or faiss.IndexIVFFlat (faiss's stubs lack IVF attributes)
+        self._index: Any = index  # a faiss.IndexFlat, IndexIVFFlat, IndexIVFPQ or IndexHNSWFlat
         self._metric = metric
         self._kind = kind
         self._paths = paths
         self._labels = labels
         self._info = info
+        self._vectors = vectors  # exact (N, D) float32 vectors for re-ranking, or None
+        self._recall = recall
         self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.rerank_factor = rerank_factor
 
     @classmethod
     def build(
@@ -202,29 +259,55 @@ class EmbeddingIndex:
         kind: IndexKind = "auto",
         nlist: int | None = None,
         nprobe: int = DEFAULT_NPROBE,
+        pq_m: int | None = None,
+        pq_nbits: int = DEFAULT_PQ_NBITS,
+        hnsw_m: int = DEFAULT_HNSW_M,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        train_size: int | None = None,
+        rerank: bool = False,
+        rerank_factor: int = DEFAULT_RERANK_FACTOR,
+        recall_queries: int = DEFAULT_RECALL_QUERIES,
+        seed: int = 0,
         info: dict[str, Any] | None = None,
     ) -> EmbeddingIndex:
-        """Index ``vectors``.
+        """Index ``vectors`` in memory.
 
         Args:
             vectors: ``(N, D)`` vectors, stored as float32; row ``i`` gets id ``i``.
             paths: ``N`` strings (e.g. image paths) returned with the hits.
             labels: ``N`` strings (e.g. class names) returned with the hits.
             metric: ``"ip"`` (inner product; cosine for unit-norm vectors) or ``"l2"`` (squared Euclidean).
-            kind: ``"flat"`` (exact), ``"ivf"`` (approximate, k-means lists trained on ``vectors``) or
-                ``"auto"`` (flat below 100,000 vectors, IVF from there on).
+            kind: ``"flat"`` (exact), ``"ivf"``, ``"ivfpq"`` (k-means lists trained on a sample of ``vectors``),
+                ``"hnsw"`` (graph) or ``"auto"`` (flat below 100,000 vectors, IVF from there on).
             nlist: IVF lists; default ``round(4 sqrt(N))`` capped at ``N // 39`` (see :func:`default_nlist`).
                 Must be ``<= N``; fewer than 39 vectors per list triggers a warning (poor k-means).
             nprobe: lists scanned per IVF query (saved with the index; can be changed later via the
                 ``nprobe`` attribute). Higher is slower and more accurate; ``nprobe = nlist`` is exact.
+            pq_m: ``"ivfpq"``: bytes (sub-quantisers) per vector, dividing ``D``; default one per 4 dimensions
+                (:func:`default_pq_m`).
+            pq_nbits: ``"ivfpq"``: bits per sub-quantiser code (``2 ** pq_nbits`` centroids each, trained on at
+                least that many vectors).
+            hnsw_m: ``"hnsw"``: links per vector (memory ``~ 8 hnsw_m`` bytes per vector on top of the vectors).
+            ef_search: ``"hnsw"``: candidates kept per query (the ``ef_search`` attribute; higher is slower and
+                more accurate).
+            train_size: IVF kinds: vectors (a random sample) the k-means and PQ codebooks are trained on;
+                default ``64 nlist`` (at least ``2 ** pq_nbits``), at most ``N``.
+            rerank: approximate kinds: keep the exact vectors (saved as ``vectors.npy``) and re-order
+                ``rerank_factor * k`` candidates by their exact scores.
+            rerank_factor: candidates per wanted hit when re-ranking (the ``rerank_factor`` attribute; 1 = off).
+            recall_queries: approximate kinds: measure recall@10 against exact search with this many vectors
+                as queries, drawn from the rows not used for training where there are enough
+                (:attr:`recall`; 0 = skip). Costs ``recall_queries x N x D`` multiply-adds.
+            seed: random draws of the training sample and the recall queries.
             info: JSON-serialisable dict saved with the index (e.g. backbone and preprocessing).
 
         Raises:
             TypeError / ValueError: bad shapes, NaN values, empty ``vectors``, length mismatches, unknown
-                ``metric``/``kind``, bad ``nlist``/``nprobe``, ``info`` not JSON-serialisable.
+                ``metric``/``kind``, bad ``nlist``/``nprobe``/``pq_m``/``hnsw_m``..., ``info`` not
+                JSON-serialisable.
         """
         check_choice(metric, tuple(_FAISS_METRIC), "metric")
-        check_choice(kind, ("auto", "flat", "ivf"), "kind")
+        check_choice(kind, ("auto", *KINDS), "kind")
         x = _as_vectors(vectors, "vectors")
         count, dim = x.shape
         if count == 0:
@@ -233,16 +316,23 @@ class EmbeddingIndex:
         labels_list = _as_strings(labels, "labels", count)
         info_dict = _json_copy(info if info is not None else {}, "info")
         resolved = kind if kind != "auto" else ("ivf" if count >= AUTO_IVF_MIN_COUNT else "flat")
+        if kind == "auto" and resolved == "flat":
+            nlist = None  # auto: the lists apply only once the collection is large enough for IVF
+        _check_kind_options(resolved, nlist=nlist, pq_m=pq_m, rerank=rerank)
+        rng = np.random.default_rng(seed)
+        train_rows = np.arange(count)
         if resolved == "flat":
-            if kind == "flat" and nlist is not None:
-                raise ValueError("nlist applies to kind='ivf' only; leave it out for a flat index")
             index: Any = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+        elif resolved == "hnsw":
+            index = new_hnsw(dim, metric, hnsw_m)
         else:
-            index = _train_ivf(x, metric, nlist)
+            nlist = _check_nlist(nlist, count)
+            train_rows = training_rows(count, nlist, train_size, pq_nbits if resolved == "ivfpq" else 0, rng)
+            index = train_ivf(x[train_rows], metric, nlist, resolved, pq_m=pq_m, pq_nbits=pq_nbits)
         index.add(x)
-        if resolved == "ivf":
+        if resolved in IVF_KINDS:
             index.make_direct_map()  # lets search_by_id / reconstruct fetch stored vectors
-        return cls(
+        built = cls(
             index,
             metric=metric,
             kind=resolved,
@@ -250,7 +340,13 @@ class EmbeddingIndex:
             paths=paths_list,
             labels=labels_list,
             info=info_dict,
+            ef_search=ef_search,
+            vectors=x if rerank else None,
+            rerank_factor=rerank_factor,
         )
+        if resolved != "flat":
+            built._recall = measure_recall(built, x, recall_queries, exclude_rows=train_rows, rng=rng)
+        return built
 
     # -- properties -------------------------------------------------------------------------------------
 
@@ -258,7 +354,13 @@ class EmbeddingIndex:
         return int(self._index.ntotal)
 
     def __repr__(self) -> str:
-        extra = f", nlist={self.nlist}, nprobe={self.nprobe}" if self._kind == "ivf" else ""
+        extra = ""
+        if self._kind in IVF_KINDS:
+            extra = f", nlist={self.nlist}, nprobe={self.nprobe}"
+        elif self._kind == "hnsw":
+            extra = f", ef_search={self.ef_search}"
+        if self._vectors is not None:
+            extra += f", rerank_factor={self.rerank_factor}"
         return f"EmbeddingIndex(count={len(self)}, dim={self.dim}, metric={self._metric!r}, kind={self._kind!r}{extra})"
 
     @property
@@ -275,20 +377,66 @@ class EmbeddingIndex:
 
     @property
     def nlist(self) -> int | None:
-        return int(self._index.nlist) if self._kind == "ivf" else None
+        return int(self._index.nlist) if self._kind in IVF_KINDS else None
+
+    @property
+    def params(self) -> dict[str, int]:
+        """The kind's build parameters (``nlist``, ``pq_m``, ``pq_nbits``, ``hnsw_m``), as saved in ``meta.json``."""
+        if self._kind == "ivf":
+            return {"nlist": int(self._index.nlist)}
+        if self._kind == "ivfpq":
+            pq = self._index.pq
+            return {"nlist": int(self._index.nlist), "pq_m": int(pq.M), "pq_nbits": int(pq.nbits)}
+        if self._kind == "hnsw":
+            return {"hnsw_m": int(self._index.hnsw.nb_neighbors(1))}
+        return {}
 
     @property
     def nprobe(self) -> int:
-        """IVF lists scanned per query (ignored by a flat index)."""
+        """IVF lists scanned per query (ignored by other kinds)."""
         return self._nprobe
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"nprobe must be a positive int, got {value!r}")
-        self._nprobe = int(value)
-        if self._kind == "ivf":
+        self._nprobe = _positive_int(value, "nprobe")
+        if self._kind in IVF_KINDS:
             self._index.nprobe = min(self._nprobe, int(self._index.nlist))
+
+    @property
+    def ef_search(self) -> int:
+        """HNSW candidates kept per query (ignored by other kinds)."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = _positive_int(value, "ef_search")
+        if self._kind == "hnsw":
+            self._index.hnsw.efSearch = self._ef_search
+
+    @property
+    def rerank_factor(self) -> int:
+        """Candidates per wanted hit re-ranked by exact score (only with stored exact vectors; 1 = off)."""
+        return self._rerank_factor
+
+    @rerank_factor.setter
+    def rerank_factor(self, value: int) -> None:
+        self._rerank_factor = _positive_int(value, "rerank_factor")
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the index keeps the exact vectors and re-ranks its candidates with them."""
+        return self._vectors is not None and self._rerank_factor > 1
+
+    @property
+    def recall(self) -> dict[str, Any] | None:
+        """Recall@10 against exact search measured when the index was built, or ``None`` (flat, or skipped).
+
+        ``{"recall_at_10": r, "queries": Q, "held_out": bool, "nprobe"/"ef_search": ..., "rerank_factor": ...}``:
+        ``r`` is the mean over ``Q`` stored vectors used as queries (each excluding itself) of the share of the
+        exact 10 nearest found among the index's 10; ``held_out`` says the queries were not in the training
+        sample. Measured with the search settings of the time; :func:`measure_recall` measures it again.
+        """
+        return self._recall
 
     @property
     def paths(self) -> list[str] | None:
@@ -325,6 +473,8 @@ class EmbeddingIndex:
         Returns:
             :class:`SearchResult` with ``scores (Q, k)`` (inner products, best first, for ``"ip"``; squared
             L2 distances, nearest first, for ``"l2"``), ``ids (Q, k)`` and the hits' ``paths``/``labels``.
+            With re-ranking (:attr:`reranks`) the scores are exact; otherwise an ``"ivfpq"`` index gives
+            the scores of its compressed vectors.
         """
         x = _as_vectors(vectors, "vectors", self.dim)
         k = _check_k(k)
@@ -335,7 +485,11 @@ class EmbeddingIndex:
                 raise ValueError(
                     f"exclude_ids has {exclude.shape[0]} entries but there are {x.shape[0]} queries; give one id per query"
                 )
-        scores, ids = self._index.search(x, k + int(exclude is not None))
+        wanted = k + int(exclude is not None)
+        if self.reranks:
+            scores, ids = self._reranked(x, wanted)
+        else:
+            scores, ids = self._index.search(x, wanted)
         if exclude is not None:
             is_self = (ids == exclude[:, None]) & (exclude[:, None] >= 0)  # -1 also pads missing hits
             is_self[~is_self.any(1), -1] = True
@@ -343,6 +497,39 @@ class EmbeddingIndex:
             ids = ids[~is_self].reshape(x.shape[0], k)
         scores[ids < 0] = -np.inf if self._metric == "ip" else np.inf
         return SearchResult(scores=scores, ids=ids, _paths=self._paths, _labels=self._labels)
+
+    def _reranked(self, x: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        """``rerank_factor * wanted`` candidates from the index, re-ordered by exact score: ``(Q, wanted)`` each.
+
+        Queries go in blocks so that the gathered candidate vectors take at most about 64 MB.
+        """
+        assert self._vectors is not None
+        candidates = min(wanted * self._rerank_factor, max(wanted, len(self)))
+        block = max(1, (1 << 26) // (4 * self.dim * candidates))
+        scores = np.empty((x.shape[0], wanted), dtype=np.float32)
+        ids = np.empty((x.shape[0], wanted), dtype=np.int64)
+        worst = -np.inf if self._metric == "ip" else np.inf
+        for start in range(0, x.shape[0], block):
+            q = x[start : start + block]
+            _, cand = self._index.search(q, candidates)
+            found = cand >= 0
+            unique, where = np.unique(cand[found], return_inverse=True)
+            stored = np.asarray(self._vectors[unique], dtype=np.float32)  # one sorted read of a memory map
+            rows = np.nonzero(found)[0]
+            exact = np.full(cand.shape, worst, dtype=np.float32)
+            if self._metric == "ip":
+                exact[found] = np.einsum("ij,ij->i", q[rows], stored[where])
+            else:
+                exact[found] = np.square(q[rows] - stored[where]).sum(1)
+            order = np.argsort(-exact if self._metric == "ip" else exact, axis=1, kind="stable")[:, :wanted]
+            got = np.take_along_axis(cand, order, 1)
+            if got.shape[1] < wanted:  # fewer vectors than wanted
+                pad = wanted - got.shape[1]
+                got = np.pad(got, ((0, 0), (0, pad)), constant_values=-1)
+                order = np.pad(order, ((0, 0), (0, pad)), constant_values=0)
+            ids[start : start + len(q)] = got
+            scores[start : start + len(q)] = np.take_along_axis(exact, order, 1)
+        return scores, ids
 
     def search_by_id(
         self, ids: Sequence[int] | np.ndarray, k: int, *, exclude_self: bool = True
@@ -381,29 +568,39 @@ class EmbeddingIndex:
         return found
 
     def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The stored ``(len(ids), D)`` float32 vectors of ``ids``."""
+        """The stored ``(len(ids), D)`` float32 vectors of ``ids`` (exact ones where kept; else, for ``"ivfpq"``,
+        their compressed approximation)."""
         id_arr = _as_ids(ids, "ids", len(self))
         if id_arr.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._vectors is not None:
+            return np.asarray(self._vectors[id_arr], dtype=np.float32)
         return self._index.reconstruct_batch(id_arr)
 
-    def _vector_chunks(self) -> Iterator[np.ndarray]:
-        """The stored vectors in row order, about 16 MB at a time."""
+    def _vector_chunks(self, exact: bool = False) -> Iterator[np.ndarray]:
+        """The vectors in row order, about 16 MB at a time: the index's own, or (``exact``) the kept exact ones."""
         step = max(1, CHUNK_BYTES // (4 * self.dim))
         for start in range(0, len(self), step):
             stop = min(start + step, len(self))
-            if self._kind == "flat":
+            if exact:
+                assert self._vectors is not None
+                yield np.asarray(self._vectors[start:stop], dtype=np.float32)
+            elif self._kind in ("flat", "hnsw"):
                 yield self._index.reconstruct_n(start, stop - start)
             else:  # IVF: by id through the direct map (reconstruct_n would scan every list per chunk)
                 yield self._index.reconstruct_batch(np.arange(start, stop, dtype=np.int64))
 
     def checksum(self) -> str:
-        """``"sha256:..."`` of the rows: paths, labels and vectors (saved in ``meta.json``, checked at load).
+        """``"sha256:..."`` of the rows: paths, labels and the index's vectors (saved in ``meta.json``, checked at
+        load; ``"ivfpq"``: the decoded codes).
 
         Hashes every stored vector, in chunks (bounded memory), at SHA-256's speed: 0.3-2 GB/s depending on the
         CPU (1.8 s for 100,000 x 1280 vectors, 488 MiB, on a busy 2-core machine; faiss read them in 1.75 s).
         """
         return rows_digest(self._paths, self._labels, self._vector_chunks())
+
+    def _vectors_checksum(self) -> str | None:
+        return None if self._vectors is None else rows_digest(None, None, self._vector_chunks(exact=True))
 
     # -- persistence ------------------------------------------------------------------------------------
 
@@ -415,16 +612,31 @@ class EmbeddingIndex:
             "kind": self._kind,
             "nlist": self.nlist,
             "nprobe": self._nprobe,
+            "ef_search": self._ef_search,
+            "params": self.params,
+            "rerank_factor": self._rerank_factor,
+            "recall": self._recall,
             "dim": self.dim,
             "count": len(self),
             "paths": self._paths,
             "labels": self._labels,
             "info": self._info,
             "checksum": self.checksum(),
+            "vectors_checksum": self._vectors_checksum(),
         }
 
+    def _write_files(self, folder: Path) -> None:
+        """Write ``index.faiss`` (+ ``index.ivfdata`` for ``"ivfpq"``, + ``vectors.npy`` if kept) into ``folder``."""
+        if self._kind == "ivfpq":
+            write_ivf_on_disk(self._index, folder)
+        else:
+            faiss.write_index(self._index, str(folder / INDEX_FILE))
+        if self._vectors is not None:
+            write_vectors(folder / VECTORS_FILE, self._vectors)
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``index.faiss`` and ``meta.json`` into ``directory``, atomically; returns the directory.
+        """Write ``index.faiss``, ``meta.json`` (and ``index.ivfdata`` / ``vectors.npy``) into ``directory``,
+        atomically; returns the directory.
 
         Everything is written to a temporary sibling directory first and renamed into place only once
         complete, so an interrupted save leaves the previous index (if any) loadable. An existing
@@ -437,56 +649,15 @@ class EmbeddingIndex:
             StoreError: ``directory`` is not a previous index; a file could not be written (disk full, no
                 permission...): the message names it, and the previous index is unchanged.
         """
-        target = Path(directory)
-        if target.exists():
-            if not target.is_dir():
-                raise StoreError(f"cannot save the index to {target}: it exists and is not a directory")
-            if any(target.iterdir()) and not (target / META_FILE).is_file():
-                raise StoreError(
-                    f"refusing to overwrite {target}: it is not empty and holds no {META_FILE}, so it does not "
-                    "look like a saved index; choose another directory"
-                )
         meta = self._meta()  # the checksum reads every vector: before anything is written
-        token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        staging = target.parent / f".{target.name}.tmp-{token}"
-        backup = target.parent / f".{target.name}.old-{token}"
-        current = target.parent
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _remove_leftovers(target, "tmp")
-            staging.mkdir()
-            current = target / INDEX_FILE
-            faiss.write_index(self._index, str(staging / INDEX_FILE))
-            current = target / META_FILE
-            with open(staging / META_FILE, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1)
-            for name in (INDEX_FILE, META_FILE):
-                fsync(staging / name)
-            current = target
-            if target.exists():
-                os.replace(target, backup)
-            os.replace(staging, target)
-        except BaseException as err:
-            if backup.exists() and not target.exists():
-                os.replace(backup, target)
-            shutil.rmtree(staging, ignore_errors=True)
-            # faiss reports a failed write as RuntimeError ("write error in <file> ... (No space left on device)")
-            if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write error" in str(err)):
-                why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-                cause = re.search(r"\(([^()]+)\)\s*$", why)  # faiss ends with the C library's reason
-                why = cause[1] if isinstance(err, RuntimeError) and cause else why
-                what = f"move {staging} to {target}" if current == target else f"write {current}"
-                kept = "; the previous index is unchanged" if (target / META_FILE).is_file() else ""
-                raise StoreError(f"cannot {what}: {why}{kept}") from err
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-        _remove_leftovers(target, "old")
-        fsync(target.parent)
-        return target
+        return save_atomically(directory, lambda staging: self._write_files(staging), meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> EmbeddingIndex:
         """Read an index written by :meth:`save`, checking that its files agree.
+
+        ``index.ivfdata`` and ``vectors.npy`` are memory-mapped, not read: the operating system pages in what
+        searches touch.
 
         Raises:
             StoreError: missing directory or file, unreadable or inconsistent files, unsupported version.
@@ -502,23 +673,28 @@ class EmbeddingIndex:
             if not path.is_file():
                 raise StoreError(f"cannot load an index from {root}: {path.name} is missing")
         meta = _read_meta(meta_path)
-        try:
-            index = faiss.read_index(str(index_path))
+        count, dim, metric, kind = meta["count"], meta["dim"], meta["metric"], meta["kind"]
+        needed = [IVF_DATA_FILE] if kind == "ivfpq" else []
+        needed += [VECTORS_FILE] if meta["vectors_checksum"] is not None else []
+        for name in needed:
+            if not (root / name).is_file():
+                raise StoreError(f"cannot load an index from {root}: {name} is missing")
+        try:  # an on-disk index records its lists' file by name: look for it beside index.faiss
+            with quiet_faiss():
+                index = faiss.read_index(str(index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
         except RuntimeError as err:
             raise StoreError(f"{index_path} is not a readable faiss index: {err}") from err
 
         def fail(problem: str) -> StoreError:
             return StoreError(f"{root} is inconsistent: {problem}; rebuild or re-save the index")
 
-        count, dim, metric, kind = meta["count"], meta["dim"], meta["metric"], meta["kind"]
         if int(index.ntotal) != count:
             raise fail(f"{META_FILE} says count={count} but {INDEX_FILE} holds {index.ntotal} vectors")
         if int(index.d) != dim:
             raise fail(f"{META_FILE} says dim={dim} but {INDEX_FILE} has dimension {index.d}")
         if index.metric_type != _FAISS_METRIC[metric]:
             raise fail(f"{META_FILE} says metric={metric!r} but {INDEX_FILE} uses another metric")
-        expected_type: type = faiss.IndexIVFFlat if kind == "ivf" else faiss.IndexFlat
-        if not isinstance(index, expected_type):
+        if not isinstance(index, _FAISS_TYPES[kind]):
             raise fail(f"{META_FILE} says kind={kind!r} but {INDEX_FILE} is a {type(index).__name__}")
         for field in ("paths", "labels"):
             values = meta[field]
@@ -527,8 +703,11 @@ class EmbeddingIndex:
             if values is not None and not all(isinstance(v, str) for v in values):
                 raise fail(f"{META_FILE} field {field!r} must hold strings only")
         ivf: Any = index
-        if kind == "ivf" and ivf.direct_map.type == _NO_DIRECT_MAP:
+        if kind in IVF_KINDS and ivf.direct_map.type == _NO_DIRECT_MAP:
             ivf.make_direct_map()  # indexes saved by faiss without it
+        vectors = None
+        if meta["vectors_checksum"] is not None:
+            vectors = _open_vectors(root / VECTORS_FILE, count, dim)
         loaded = cls(
             index,
             metric=metric,
@@ -537,33 +716,276 @@ class EmbeddingIndex:
             paths=meta["paths"],
             labels=meta["labels"],
             info=meta["info"],
+            ef_search=meta["ef_search"],
+            vectors=vectors,
+            rerank_factor=meta["rerank_factor"],
+            recall=meta["recall"],
         )
         if loaded.checksum() != meta["checksum"]:
             raise fail(
                 f"the checksum of paths, labels and vectors differs from the one in {META_FILE}, so {META_FILE} "
                 f"and {INDEX_FILE} do not belong together (edited, reordered or copied from another index)"
             )
+        if loaded._vectors_checksum() != meta["vectors_checksum"]:
+            raise fail(f"{VECTORS_FILE} differs from the one the index was saved with (its checksum)")
         return loaded
 
 
-def _train_ivf(x: np.ndarray, metric: str, nlist: int | None) -> Any:
-    count, dim = x.shape
+# ------------------------------------------------------------------------------------------------ building
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_kind_options(kind: str, *, nlist: int | None, pq_m: int | None, rerank: bool) -> None:
+    """Refuse options that do not apply to ``kind`` rather than ignoring them."""
+    if nlist is not None and kind not in IVF_KINDS:
+        raise ValueError(f"nlist applies to kinds 'ivf' and 'ivfpq' only; leave it out for kind={kind!r}")
+    if pq_m is not None and kind != "ivfpq":
+        raise ValueError(f"pq_m applies to kind='ivfpq' only; leave it out for kind={kind!r}")
+    if rerank and kind == "flat":
+        raise ValueError(
+            "rerank applies to approximate kinds (ivf, ivfpq, hnsw); a flat index is exact already"
+        )
+
+
+def _check_nlist(nlist: int | None, count: int) -> int:
     if nlist is None:
-        nlist = default_nlist(count)
-    elif isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= count:
+        return default_nlist(count)
+    if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= count:
         raise ValueError(f"nlist must be an int in [1, {count}] (the number of vectors), got {nlist!r}")
-    elif count < MIN_POINTS_PER_LIST * nlist:
+    if count < MIN_POINTS_PER_LIST * nlist:
         warnings.warn(
             f"nlist={nlist} gives fewer than {MIN_POINTS_PER_LIST} training vectors per list ({count} vectors); "
             f"k-means will be poor. Use nlist <= {max(1, count // MIN_POINTS_PER_LIST)} or a flat index",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    return int(nlist)
+
+
+def training_rows(
+    count: int, nlist: int, train_size: int | None, pq_nbits: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted rows of a random training sample: ``train_size`` or ``64 nlist`` (at least ``2 ** pq_nbits``)."""
+    if train_size is None:
+        size = max(TRAIN_POINTS_PER_LIST * nlist, 2**pq_nbits if pq_nbits else 0)
+    else:
+        size = _positive_int(train_size, "train_size")
+    size = min(size, count)
+    if size < max(nlist, 2**pq_nbits if pq_nbits else 1):
+        need = max(nlist, 2**pq_nbits if pq_nbits else 1)
+        raise ValueError(
+            f"{size} training vectors cannot train {nlist} lists"
+            + (f" and {2**pq_nbits}-centroid product quantisers" if pq_nbits else "")
+            + f": give at least {need} (train_size / more vectors), or a smaller nlist / pq_nbits"
+        )
+    if size == count:
+        return np.arange(count)
+    return np.sort(rng.choice(count, size, replace=False))
+
+
+def train_ivf(
+    x: np.ndarray, metric: str, nlist: int, kind: str, *, pq_m: int | None = None, pq_nbits: int = 8
+) -> Any:
+    """An empty, trained ``IndexIVFFlat`` (``kind="ivf"``) or ``IndexIVFPQ`` (``"ivfpq"``) on the rows ``x``."""
+    dim = x.shape[1]
     quantizer = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, int(nlist), _FAISS_METRIC[metric])
-    index.cp.min_points_per_centroid = 1  # we warn ourselves (above) instead of faiss printing to stderr
-    index.train(x)
+    if kind == "ivfpq":
+        m = default_pq_m(dim) if pq_m is None else _positive_int(pq_m, "pq_m")
+        if dim % m:
+            raise ValueError(f"pq_m must divide the dimension {dim}, got {m}")
+        if not 1 <= pq_nbits <= 16 or isinstance(pq_nbits, bool):
+            raise ValueError(f"pq_nbits must be an int in [1, 16], got {pq_nbits!r}")
+        index: Any = faiss.IndexIVFPQ(quantizer, dim, nlist, m, int(pq_nbits), _FAISS_METRIC[metric])
+        index.pq.cp.min_points_per_centroid = 1  # sizes are checked by training_rows
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, _FAISS_METRIC[metric])
+    index.cp.min_points_per_centroid = (
+        1  # we warn ourselves (_check_nlist) instead of faiss printing to stderr
+    )
+    index.train(np.ascontiguousarray(x, dtype=np.float32))
     return index
+
+
+def new_hnsw(dim: int, metric: str, hnsw_m: int) -> Any:
+    """An empty ``IndexHNSWFlat`` with ``hnsw_m`` links per vector."""
+    index = faiss.IndexHNSWFlat(dim, _positive_int(hnsw_m, "hnsw_m"), _FAISS_METRIC[metric])
+    index.hnsw.efConstruction = DEFAULT_EF_CONSTRUCTION
+    return index
+
+
+def measure_recall(
+    index: EmbeddingIndex,
+    vectors: np.ndarray,
+    queries: int = DEFAULT_RECALL_QUERIES,
+    *,
+    exclude_rows: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    k: int = RECALL_K,
+) -> dict[str, Any] | None:
+    """Recall@``k`` of ``index`` against exact search over ``vectors`` (its rows, possibly memory-mapped).
+
+    ``queries`` rows are drawn (from those not in ``exclude_rows``, the training sample, when at least that many
+    remain: ``held_out``), each searched excluding itself; the exact neighbours come from a brute-force scan of
+    ``vectors`` in chunks (faiss's ``knn_ground_truth``), so memory stays bounded. Returns ``None`` for
+    ``queries=0``.
+    """
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or queries < 0:
+        raise ValueError(f"recall_queries must be an int >= 0, got {queries!r}")
+    if queries == 0 or len(index) < 2:
+        return None
+    rng = rng if rng is not None else np.random.default_rng(0)
+    count = len(index)
+    pool = np.arange(count)
+    if exclude_rows is not None and count - len(exclude_rows) >= queries:
+        pool = np.setdiff1d(pool, exclude_rows, assume_unique=True)
+    held_out = len(pool) < count
+    rows = np.sort(rng.choice(pool, min(queries, len(pool)), replace=False))
+    q = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    k = min(k, count - 1)
+    step = max(1, CHUNK_BYTES // (4 * index.dim))
+    chunks = (np.ascontiguousarray(vectors[s : s + step], dtype=np.float32) for s in range(0, count, step))
+    _, exact = knn_ground_truth(q, chunks, k + 1, metric_type=_FAISS_METRIC[index.metric])
+    is_self = exact == rows[:, None]
+    is_self[~is_self.any(1), -1] = True
+    exact = exact[~is_self].reshape(len(rows), k)
+    found = index.search(q, k, exclude_ids=rows).ids
+    hits = sum(len(np.intersect1d(a[a >= 0], b)) for a, b in zip(found, exact, strict=True))
+    out: dict[str, Any] = {f"recall_at_{k}": round(hits / (k * len(rows)), 5), "queries": len(rows)}
+    out["held_out"] = bool(held_out)
+    if index.kind in IVF_KINDS:
+        out["nprobe"] = index.nprobe
+    if index.kind == "hnsw":
+        out["ef_search"] = index.ef_search
+    out["rerank_factor"] = index.rerank_factor if index.reranks else 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- files
+@contextlib.contextmanager
+def quiet_faiss() -> Iterator[None]:
+    """Silence what faiss's C++ code prints (file descriptors 1 and 2) inside the block.
+
+    Its on-disk lists print each file they resize and each path they rewrite on load ("resizing ...",
+    "IO_FLAG_ONDISK_SAME_DIR: updating ondisk filename ...") to standard output, which would corrupt the output
+    of a command (``frugalvision search --json``) and is noise to a user of a saved index.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved: list[tuple[int, int]] = []
+    try:
+        with open(os.devnull, "w") as null:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                except OSError:  # no such descriptor: nothing to silence
+                    continue
+                os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def write_ivf_on_disk(index: Any, folder: Path) -> None:
+    """Write an IVF ``index`` to ``folder`` as ``index.faiss`` + its inverted lists in ``index.ivfdata``.
+
+    The lists are copied into a new ``OnDiskInvertedLists`` (merged from the index's own, in memory or on disk),
+    which is swapped into ``index`` only while ``index.faiss`` is written; ``index`` is left as it was.
+    """
+    ivf: Any = faiss.extract_index_ivf(index)
+    on_disk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / IVF_DATA_FILE))
+    sources = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]  # missing from faiss's stubs
+    sources.push_back(ivf.invlists)
+    with quiet_faiss():
+        on_disk.merge_from_multiple(sources.data(), sources.size(), False)
+    own, lists = ivf.own_invlists, ivf.invlists
+    ivf.own_invlists = False  # replace_invlists would free the current lists otherwise
+    ivf.replace_invlists(on_disk, False)
+    try:
+        faiss.write_index(index, str(folder / INDEX_FILE))
+    finally:
+        ivf.replace_invlists(lists, own)
+    del on_disk  # unmaps the new file (python owns it)
+
+
+def write_vectors(path: Path, vectors: np.ndarray) -> None:
+    """Copy ``(N, D)`` vectors (possibly memory-mapped) to a float32 ``.npy`` file, about 16 MB at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=vectors.shape)
+    step = max(1, CHUNK_BYTES // (4 * vectors.shape[1]))
+    for start in range(0, vectors.shape[0], step):
+        out[start : start + step] = vectors[start : start + step]
+    out.flush()
+    del out
+
+
+def _open_vectors(path: Path, count: int, dim: int) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise StoreError(f"{path} is not a readable numpy array ({err})") from err
+    if vectors.dtype != np.float32 or vectors.shape != (count, dim):
+        raise StoreError(
+            f"{path} must hold ({count}, {dim}) float32 vectors like the index, got {vectors.shape} {vectors.dtype}"
+        )
+    return vectors
+
+
+def save_atomically(
+    directory: str | os.PathLike[str], fill: Callable[[Path], None], meta: dict[str, Any]
+) -> Path:
+    """Build an index directory in a temporary sibling (``fill(staging)`` then ``meta.json``) and move it over
+    ``directory`` (see :meth:`EmbeddingIndex.save`)."""
+    target = Path(directory)
+    if target.exists():
+        if not target.is_dir():
+            raise StoreError(f"cannot save the index to {target}: it exists and is not a directory")
+        if any(target.iterdir()) and not (target / META_FILE).is_file():
+            raise StoreError(
+                f"refusing to overwrite {target}: it is not empty and holds no {META_FILE}, so it does not "
+                "look like a saved index; choose another directory"
+            )
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    staging = target.parent / f".{target.name}.tmp-{token}"
+    backup = target.parent / f".{target.name}.old-{token}"
+    current = target.parent
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target, "tmp")
+        staging.mkdir()
+        current = target / INDEX_FILE
+        fill(staging)
+        current = target / META_FILE
+        with open(staging / META_FILE, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        for name in os.listdir(staging):
+            fsync(staging / name)
+        current = target
+        if target.exists():
+            os.replace(target, backup)
+        os.replace(staging, target)
+    except BaseException as err:
+        if backup.exists() and not target.exists():
+            os.replace(backup, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        # faiss reports a failed write as RuntimeError ("write error in <file> ... (No space left on device)")
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write error" in str(err)):
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            cause = re.search(r"\(([^()]+)\)\s*$", why)  # faiss ends with the C library's reason
+            why = cause[1] if isinstance(err, RuntimeError) and cause else why
+            what = f"move {staging} to {target}" if current == target else f"write {current}"
+            kept = "; the previous index is unchanged" if (target / META_FILE).is_file() else ""
+            raise StoreError(f"cannot {what}: {why}{kept}") from err
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    _remove_leftovers(target, "old")
+    fsync(target.parent)
+    return target
 
 
 def _json_copy(info: object, name: str) -> dict[str, Any]:
@@ -592,6 +1014,14 @@ _META_FIELDS: dict[str, tuple[type, ...]] = {
     "info": (dict,),
     "checksum": (str,),
 }
+# fields added by format 3, with the value a format-2 index implies
+_META_FIELDS_V3: dict[str, tuple[tuple[type, ...], Any]] = {
+    "ef_search": ((int,), DEFAULT_EF_SEARCH),
+    "params": ((dict,), {}),
+    "rerank_factor": ((int,), DEFAULT_RERANK_FACTOR),
+    "recall": ((dict, type(None)), None),
+    "vectors_checksum": ((str, type(None)), None),
+}
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -606,13 +1036,19 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StoreError(f"{path} is not a frugalvision index description (field 'format' is not {FORMAT!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         hint = "upgrade frugalvision to read it" if newer else "rebuild the index"
         raise StoreError(
-            f"{path} has format_version {version!r}, this frugalvision reads version {FORMAT_VERSION}; {hint}"
+            f"{path} has format_version {version!r}, this frugalvision reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; {hint}"
         )
-    for field, types in _META_FIELDS.items():
+    fields = {name: types for name, types in _META_FIELDS.items()}
+    for name, (types, implied) in _META_FIELDS_V3.items():
+        fields[name] = types
+        if version == 2:
+            meta.setdefault(name, implied)
+    for field, types in fields.items():
         if field not in meta:
             raise StoreError(f"{path} lacks the field {field!r}")
         value = meta[field]
@@ -620,8 +1056,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
             raise StoreError(f"{path} field {field!r} has the wrong type {type(value).__name__}")
     if meta["metric"] not in _FAISS_METRIC:
         raise StoreError(f"{path} field 'metric' must be 'ip' or 'l2', got {meta['metric']!r}")
-    if meta["kind"] not in ("flat", "ivf"):
-        raise StoreError(f"{path} field 'kind' must be 'flat' or 'ivf', got {meta['kind']!r}")
-    if meta["nprobe"] < 1:
-        raise StoreError(f"{path} field 'nprobe' must be >= 1, got {meta['nprobe']}")
+    kinds = KINDS if version >= 3 else ("flat", "ivf")
+    if meta["kind"] not in kinds:
+        raise StoreError(f"{path} field 'kind' must be one of {', '.join(kinds)}, got {meta['kind']!r}")
+    for field in ("nprobe", "ef_search", "rerank_factor"):
+        if meta[field] < 1:
+            raise StoreError(f"{path} field {field!r} must be >= 1, got {meta[field]}")
     return meta

@@ -10,21 +10,26 @@ Inputs: ``logits (N, C)`` of a classifier, ``features (N, D)`` of its penultimat
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 import sklearn.covariance
 import torch
 import torch.nn.functional as F
 
 from frugalvision._checks import check_class_labels, check_embedding_batch, check_positive, check_tensor
+from frugalvision.index.neighbours import DEFAULT_NPROBE, DEFAULT_PCA_DIM, approximate_knn, knn_recall
 from frugalvision.metrics import knn
 
 __all__ = [
+    "KNN_APPROXIMATE_FROM",
     "block_feature_norm",
     "energy",
     "feature_norm",
     "fit_class_gaussians",
     "jigsaw",
     "knn_score",
+    "knn_score_report",
     "ledoit_wolf_shrinkage",
     "mahalanobis_score",
     "max_logit",
@@ -202,12 +207,20 @@ def norm_ratio(id_norms: torch.Tensor, pseudo_ood_norms: torch.Tensor) -> torch.
     return (a.double() / b.double().clamp_min(1e-12)).mean(dim=0)
 
 
+#: :func:`knn_score` searches approximately from this many reference rows on (``method="auto"``).
+KNN_APPROXIMATE_FROM = 200_000
+
+
 def knn_score(
     features: torch.Tensor | np.ndarray,
     reference: torch.Tensor | np.ndarray,
     k: int = 50,
     *,
     exclude_self: bool = False,
+    method: Literal["auto", "exact", "approximate"] = "auto",
+    pca_dim: int | None = DEFAULT_PCA_DIM,
+    nprobe: int = DEFAULT_NPROBE,
+    candidates: int = 2,
 ) -> torch.Tensor:
     """Negative distance to the ``k``-th nearest ID neighbour, on L2-normalised features.
 
@@ -215,20 +228,99 @@ def knn_score(
     (https://arxiv.org/abs/2204.06507), §3: ``S(z) = -‖z* - z*_(k)‖_2`` with ``z* = z / ‖z‖_2`` and ``z*_(k)`` the
     k-th nearest normalised training feature. The paper uses ``k = 50`` on CIFAR-10 (50,000 training images) and
     ``k = 1000`` on ImageNet; the best ``k`` grows with the size of the reference set. Exact search with
-    :func:`frugalvision.metrics.knn` (faiss on the CPU).
+    :func:`frugalvision.metrics.knn` (faiss on the CPU); from :data:`KNN_APPROXIMATE_FROM` reference rows on
+    (``method="auto"``), approximate search: ``candidates * k`` neighbours from a PCA-reduced IVF index
+    (:func:`frugalvision.index.neighbours.approximate_knn`), re-ranked by their exact cosine, so the score is
+    exact whenever the true ``k`` nearest are among the candidates. :func:`knn_score_report` also measures how
+    often they are.
 
     Args:
         features: ``(N, D)`` query features.
-        reference: ``(M, D)`` ID features (normalised here).
+        reference: ``(M, D)`` ID features (normalised here; approximate: read in chunks, a ``numpy.memmap`` works).
         k: neighbour rank, ``1 <= k <= M`` (``M - 1`` with ``exclude_self``).
         exclude_self: ``features`` *is* ``reference`` (row i = row i): skip each row's own match.
+        method: ``"exact"``, ``"approximate"`` or ``"auto"`` (see above).
+        pca_dim, nprobe, candidates: approximate search: PCA dimensions (``None``: none), IVF lists scanned per
+            query, candidates per wanted neighbour.
 
     Returns:
         ``(N,)`` in ``[-2, 0]``.
     """
-    sims, _ = knn(features, reference, k, metric="cosine", exclude_self=exclude_self)
-    kth = sims[:, -1].double()
+    return knn_score_report(
+        features,
+        reference,
+        k,
+        exclude_self=exclude_self,
+        method=method,
+        pca_dim=pca_dim,
+        nprobe=nprobe,
+        candidates=candidates,
+        recall_sample=0,
+    )[0]
+
+
+def knn_score_report(
+    features: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray,
+    k: int = 50,
+    *,
+    exclude_self: bool = False,
+    method: Literal["auto", "exact", "approximate"] = "auto",
+    pca_dim: int | None = DEFAULT_PCA_DIM,
+    nprobe: int = DEFAULT_NPROBE,
+    candidates: int = 2,
+    recall_sample: int = 200,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """:func:`knn_score` and, for an approximate search, how it compares with exact search on a sample.
+
+    Returns:
+        ``(scores (N,), report)``; ``report`` is ``None`` for an exact search (or ``recall_sample=0``), else
+        ``{"recall_at_k", "kth_similarity_max_error", "sample_queries"}`` from a brute-force scan for
+        ``recall_sample`` random queries (:func:`frugalvision.index.neighbours.knn_recall`).
+    """
+    if method not in ("auto", "exact", "approximate"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'approximate', got {method!r}")
+    size = int(reference.shape[0]) if hasattr(reference, "shape") and len(reference.shape) == 2 else 0
+    if method == "exact" or (method == "auto" and size < KNN_APPROXIMATE_FROM):
+        sims, _ = knn(features, reference, k, metric="cosine", exclude_self=exclude_self)
+        return _knn_distance(sims[:, -1].double()), None
+    q, ref = _as_array(features, "features"), _as_array(reference, "reference")
+    if q.shape[1] != ref.shape[1]:
+        raise ValueError(
+            f"features have dimension {q.shape[1]} but reference has {ref.shape[1]}; they must match"
+        )
+    most = ref.shape[0] - int(exclude_self)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+        raise ValueError(
+            f"k must be an int in [1, {most}] (reference rows{' - 1' if exclude_self else ''}), got {k!r}"
+        )
+    if exclude_self and q.shape[0] != ref.shape[0]:
+        raise ValueError("exclude_self needs features to be the reference itself (the same rows)")
+    sims_np, ids = approximate_knn(
+        q, ref, k, exclude_self=exclude_self, candidates=candidates, pca_dim=pca_dim, nprobe=nprobe, seed=seed
+    )
+    report = None
+    if recall_sample > 0:
+        report = knn_recall(
+            q, ref, k, ids, sims_np, exclude_self=exclude_self, sample=recall_sample, seed=seed
+        )
+    kth = torch.from_numpy(np.maximum(sims_np[:, -1], -1.0)).double()
+    return _knn_distance(kth), report
+
+
+def _knn_distance(kth: torch.Tensor) -> torch.Tensor:
+    """``-‖u - v‖ = -sqrt(2 - 2 cos)`` of unit vectors from the k-th cosine."""
     return -torch.sqrt((2.0 - 2.0 * kth).clamp_min(0.0)).float()
+
+
+def _as_array(x: object, name: str) -> Any:
+    """A numpy array (a memory map stays one) or tensor as a 2-D numpy array, without copying where possible."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) array or tensor, got {type(x).__name__}")
+    return x
 
 
 def _class_centred(features: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,161 @@
+"""Build an ``"ivfpq"`` index larger than memory: trained on a sample, filled shard by shard, lists merged on disk.
+
+The steps of faiss's ``contrib/ondisk.py`` recipe (``merge_ondisk``), inside the atomic save of
+:class:`~frugalvision.index.EmbeddingIndex`:
+
+1. train the coarse quantiser and the product quantiser on a random sample of the rows;
+2. for each shard of ``shard_rows`` rows: read it (from a memory-mapped array: only this shard in memory), encode
+   it into an empty copy of the trained index and write that to a shard file;
+3. merge the shards' inverted lists into one ``index.ivfdata`` (``OnDiskInvertedLists``: read with ``mmap``,
+   written sequentially), delete the shard files;
+4. optionally copy the exact vectors to ``vectors.npy`` for re-ranking; measure recall@10 against exact search
+   (a chunked brute-force scan); write ``meta.json``; move the folder into place.
+
+Resident memory is the training sample, one shard and its codes, and ``8 N`` bytes of id map, whatever ``N``;
+the lists live in the page cache. Temporary space on disk: the shard files (about the size of the final lists).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from frugalvision.errors import StoreError
+from frugalvision.index.faiss_index import (
+    DEFAULT_NPROBE,
+    DEFAULT_PQ_NBITS,
+    DEFAULT_RECALL_QUERIES,
+    DEFAULT_RERANK_FACTOR,
+    INDEX_FILE,
+    IVF_DATA_FILE,
+    VECTORS_FILE,
+    EmbeddingIndex,
+    IndexMetric,
+    _as_strings,
+    _check_nlist,
+    _json_copy,
+    _positive_int,
+    measure_recall,
+    quiet_faiss,
+    save_atomically,
+    train_ivf,
+    training_rows,
+    write_vectors,
+)
+
+__all__ = ["DEFAULT_SHARD_ROWS", "build_on_disk"]
+
+DEFAULT_SHARD_ROWS = 1_000_000  # 512 MB of 128-d float32 per shard
+
+
+def _shard(vectors: Any, start: int, stop: int) -> np.ndarray:
+    x = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = start + int(np.nonzero(bad.any(1))[0][0])
+        raise ValueError(f"vectors row {row} contains NaN or infinite values")
+    return x
+
+
+def build_on_disk(
+    vectors: np.ndarray,
+    directory: str | os.PathLike[str],
+    *,
+    paths: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    metric: IndexMetric = "ip",
+    nlist: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    pq_m: int | None = None,
+    pq_nbits: int = DEFAULT_PQ_NBITS,
+    train_size: int | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    rerank: bool = False,
+    rerank_factor: int = DEFAULT_RERANK_FACTOR,
+    recall_queries: int = DEFAULT_RECALL_QUERIES,
+    seed: int = 0,
+    info: dict[str, Any] | None = None,
+) -> EmbeddingIndex:
+    """Build and save an ``"ivfpq"`` index of ``vectors`` in ``directory`` without holding them in memory.
+
+    Args:
+        vectors: ``(N, D)`` float array, typically ``np.load(..., mmap_mode="r")`` or ``np.memmap``: read one
+            shard at a time. Row ``i`` gets id ``i``.
+        directory: the index folder, replaced atomically as by :meth:`EmbeddingIndex.save`.
+        shard_rows: rows encoded per shard (memory: ``shard_rows x D x 4`` bytes).
+        rerank: copy the exact vectors to ``vectors.npy`` (memory-mapped at search time) and re-rank with them.
+        paths, labels, metric, nlist, nprobe, pq_m, pq_nbits, train_size, rerank_factor, recall_queries, seed,
+            info: as for :meth:`EmbeddingIndex.build` with ``kind="ivfpq"``.
+
+    Returns:
+        The saved index, loaded from ``directory`` (lists and exact vectors memory-mapped).
+
+    Raises:
+        ValueError / TypeError: as :meth:`EmbeddingIndex.build`; a row with NaN (named).
+        StoreError: ``directory`` cannot be written (the previous index there is kept).
+    """
+    if not hasattr(vectors, "shape") or len(vectors.shape) != 2:
+        raise ValueError(f"vectors must be a 2-D (N, D) array, got {type(vectors).__name__}")
+    count, dim = (int(v) for v in vectors.shape)
+    if count == 0 or dim == 0:
+        raise ValueError(f"cannot build an index from vectors of shape {vectors.shape}")
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise TypeError(f"vectors must hold floats, got dtype {vectors.dtype}")
+    shard_rows = _positive_int(shard_rows, "shard_rows")
+    paths_list = _as_strings(paths, "paths", count)
+    labels_list = _as_strings(labels, "labels", count)
+    info_dict = _json_copy(info if info is not None else {}, "info")
+    nlist = _check_nlist(nlist, count)
+    rng = np.random.default_rng(seed)
+    train_rows = training_rows(count, nlist, train_size, pq_nbits, rng)
+    sample = np.ascontiguousarray(vectors[train_rows], dtype=np.float32)
+    if not np.isfinite(sample).all():
+        _shard(sample, 0, len(sample))  # names the row (of the sample) with NaN
+    trained = train_ivf(sample, metric, nlist, "ivfpq", pq_m=pq_m, pq_nbits=pq_nbits)
+    del sample
+
+    def fill(staging: Path) -> None:
+        shard_files = []
+        for number, start in enumerate(range(0, count, shard_rows)):
+            stop = min(start + shard_rows, count)
+            part = faiss.clone_index(trained)
+            part.add_with_ids(_shard(vectors, start, stop), np.arange(start, stop, dtype=np.int64))
+            shard_files.append(str(staging / f"shard-{number:05d}.faiss"))
+            faiss.write_index(part, shard_files[-1])
+            del part
+        from faiss.contrib.ondisk import merge_ondisk
+
+        index: Any = faiss.clone_index(trained)
+        with quiet_faiss():
+            merge_ondisk(index, shard_files, str(staging / IVF_DATA_FILE))
+        for name in shard_files:
+            os.remove(name)
+        index.make_direct_map()
+        if rerank:
+            write_vectors(staging / VECTORS_FILE, vectors)
+        built = EmbeddingIndex(
+            index,
+            metric=metric,
+            kind="ivfpq",
+            nprobe=nprobe,
+            paths=paths_list,
+            labels=labels_list,
+            info=info_dict,
+            vectors=np.load(staging / VECTORS_FILE, mmap_mode="r") if rerank else None,
+            rerank_factor=rerank_factor,
+        )
+        built._recall = measure_recall(built, vectors, recall_queries, exclude_rows=train_rows, rng=rng)
+        faiss.write_index(index, str(staging / INDEX_FILE))
+        meta.update(built._meta())
+
+    meta: dict[str, Any] = {}
+    target = save_atomically(directory, fill, meta)
+    try:
+        return EmbeddingIndex.load(target)
+    except StoreError as err:  # pragma: no cover - a file changed under us
+        raise StoreError(f"the index just built in {target} does not load: {err}") from err
