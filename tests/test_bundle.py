@@ -179,7 +179,7 @@ def _edit(config: dict, key: str, value: object) -> dict:
 
 
 BAD_FIELDS = [
-    ("task", 5, "'task' must be one of 'embedding', 'multilabel', got 5"),
+    ("task", 5, "'task' must be one of 'embedding', 'multilabel', 'classification', got 5"),
     ("task", "detection", "'task' must be one of"),
     ("classes", "notalist", "'classes' must be a list of strings, got 'notalist'"),
     ("classes", ["a", 3], "'classes' must be a list of strings"),

@@ -254,7 +254,7 @@ class ClassificationRun(SupervisedRun):
             own = labelled_split(val_dataset, {"split": "val_data", "val_data": d.val_data})
             val: LabelledSplit | None = _align(own, train.classes, str(d.val_data))
         else:
-            train, val = split_dataset(dataset, d.val_split, d.val_fraction, config.seed)
+            train, val = split_dataset(dataset, d.val_split, d.val_fraction, config.seed, require_pairs=False)
         if len(train.classes) < 2:
             raise ConfigError(f"{d.path}: a classifier needs at least 2 classes, found {len(train.classes)}")
         self.train, self.val, self.sources = train, val, (dataset, val_dataset)
