@@ -200,6 +200,8 @@ BAD_FIELDS = [
     ("model.backbone.model_kwargs", {"img_size": 50000}, r"'model\.backbone\.model_kwargs\.img_size'"),
     ("history", {"epoch": 1}, "'history' must be null or a list of objects"),
     ("metrics", [1, 2], "'metrics' must be an object or null"),
+    ("temperature", 0, r"'temperature' must be a number in \(0, inf\)"),
+    ("temperature", "1.5", "'temperature' must be a number"),
 ]
 
 
