@@ -63,7 +63,8 @@ class DeployConfig:
     """What a deployed model is and how to feed it.
 
     Attributes:
-        task: ``"embedding"`` (output ``(B, D)`` vectors), ``"classification"`` (``(B, C)`` logits, softmax) or
+        task: ``"embedding"`` (output ``(B, D)`` vectors), ``"classification"`` (``(B, C)`` logits, softmax; a
+            trained classifier's export outputs its calibrated logits ``z / T``, see ``extra["calibration"]``) or
             ``"multilabel"`` (``(B, C)`` logits, independent sigmoids with per-class ``thresholds``).
         data_config: timm preprocessing (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
             ``crop_mode``).
