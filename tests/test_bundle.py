@@ -179,7 +179,7 @@ def _edit(config: dict, key: str, value: object) -> dict:
 
 
 BAD_FIELDS = [
-    ("task", 5, "'task' must be one of 'embedding', 'multilabel', 'detection', got 5"),
+    ("task", 5, "'task' must be one of 'embedding', 'multilabel', 'classification', 'detection', got 5"),
     ("task", "segmentation", "'task' must be one of"),
     ("classes", "notalist", "'classes' must be a list of strings, got 'notalist'"),
     ("classes", ["a", 3], "'classes' must be a list of strings"),
@@ -200,6 +200,8 @@ BAD_FIELDS = [
     ("model.backbone.model_kwargs", {"img_size": 50000}, r"'model\.backbone\.model_kwargs\.img_size'"),
     ("history", {"epoch": 1}, "'history' must be null or a list of objects"),
     ("metrics", [1, 2], "'metrics' must be an object or null"),
+    ("temperature", 0, r"'temperature' must be a number in \(0, inf\)"),
+    ("temperature", "1.5", "'temperature' must be a number"),
 ]
 
 

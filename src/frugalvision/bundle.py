@@ -7,6 +7,8 @@ Layout::
     model.safetensors  the full EmbeddingModel state dict (backbone included: no download needed to load)
     report.md          human-readable summary: metrics table, settings, data
     curves.png         training loss and validation metrics per epoch
+    (classification)   confusion_matrix.png and reliability.png (validation, before/after temperature scaling);
+                       config.json's ``temperature`` T: calibrated probabilities are softmax(logits / T)
 
 ``save_bundle`` writes into a temporary sibling folder and renames it into place, so a reader never sees half a
 bundle. ``frugalvision.load(path)`` rebuilds the model offline (backbone built with ``pretrained=False``, then the
@@ -24,7 +26,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,8 @@ __all__ = [
 BUNDLE_FORMAT = "frugalvision-bundle"
 BUNDLE_VERSION = 1
 _WEIGHTS = "model.safetensors"
+#: What a bundle's model does: embeddings, one independent sigmoid per class, or one softmax over the classes.
+TASKS = ("embedding", "multilabel", "classification")
 _MAX_WIDTH = 1 << 20  # embedding and hidden widths (a head's weight matrix grows with their product)
 
 
@@ -112,7 +116,7 @@ def check_bundle_fields(config: Mapping[str, Any], where: str) -> None:
     for key in ("task", "model", "data_config"):
         if key not in config:
             raise StoreError(f"{where} has no {key!r} field")
-    task = check_choice_field(config["task"], ("embedding", "multilabel", "detection"), where, "task")
+    task = check_choice_field(config["task"], (*TASKS, "detection"), where, "task")
     if task == "detection":
         _check_detection_fields(config, where)
         return
@@ -153,11 +157,13 @@ def check_bundle_fields(config: Mapping[str, Any], where: str) -> None:
     if "data_config" in model:
         check_data_config(model["data_config"], where, "model.data_config")
     classes = check_str_list_field(config.get("classes", []), where, "classes")
-    if task == "multilabel" and len(classes) != size:
+    if task != "embedding" and len(classes) != size:
         raise StoreError(
-            f"{where}: a multilabel model with {size} outputs (model.head.embedding_size) needs as many "
+            f"{where}: a {task} model with {size} outputs (model.head.embedding_size) needs as many "
             f"'classes', got {len(classes)}"
         )
+    if config.get("temperature") is not None:
+        check_number_field(config["temperature"], where, "temperature", low=0, low_open=True)
     thresholds = config.get("thresholds")
     if thresholds is not None:
         if not isinstance(thresholds, list) or len(thresholds) != len(classes):
@@ -190,14 +196,16 @@ def save_bundle(
     metrics: Mapping[str, Any] | None = None,
     history: Sequence[Mapping[str, Any]] = (),
     data: Mapping[str, Any] | None = None,
+    temperature: float | None = None,
+    figures: Mapping[str, Callable[[Path], Any]] | None = None,
 ) -> Path:
     """Write ``model`` and its record to the bundle folder ``path`` (atomically; an old bundle is replaced).
 
     Args:
         model: the trained :class:`~frugalvision.models.EmbeddingModel`.
         path: bundle folder.
-        task: what the model does: ``"embedding"`` (outputs embeddings) or ``"multilabel"`` (outputs one logit per
-            class; ``classes`` names them).
+        task: what the model does: ``"embedding"`` (outputs embeddings), ``"multilabel"`` (outputs one logit per
+            class; ``classes`` names them) or ``"classification"`` (one logit per class, one softmax over them).
         classes: training class names.
         thresholds: multi-label decision thresholds on the sigmoid probabilities, one per class.
         per_class: multi-label per-class validation report rows (``class``, ``ap``, ``precision``, ...), shown in
@@ -207,6 +215,10 @@ def save_bundle(
         metrics: final metrics, e.g. ``{"val/map@r": 0.41, "best_epoch": 3, "baseline": {...}}``.
         history: one dict per epoch (``epoch``, ``train/loss``, ``val/<metric>``), drawn in ``curves.png``.
         data: data summary (images, classes, split).
+        temperature: classification: the temperature ``T`` fitted on validation images; calibrated probabilities
+            are ``softmax(logits / T)`` (``None``: not calibrated, ``T = 1``).
+        figures: extra pictures: file name -> ``draw(path)`` called with the path inside the bundle folder (e.g.
+            ``confusion_matrix.png``).
 
     Returns:
         The bundle folder. ``model.bundle_path``, ``model.bundle_id`` and ``model.config`` are set.
@@ -215,12 +227,14 @@ def save_bundle(
 
     if not isinstance(model, EmbeddingModel):
         raise TypeError(f"save_bundle saves an EmbeddingModel, got {type(model).__name__}")
-    if task not in ("embedding", "multilabel"):
-        raise ValueError(f"task must be 'embedding' or 'multilabel', got {task!r}")
-    if task == "multilabel" and len(classes) != model.embedding_size:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
+    if task != "embedding" and len(classes) != model.embedding_size:
         raise ValueError(
-            f"a multilabel model with {model.embedding_size} outputs needs as many classes, got {len(classes)}"
+            f"a {task} model with {model.embedding_size} outputs needs as many classes, got {len(classes)}"
         )
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if thresholds is not None and len(thresholds) != len(classes):
         raise ValueError(f"thresholds must have one value per class ({len(classes)}), got {len(thresholds)}")
     target = Path(path).expanduser().resolve()
@@ -235,6 +249,7 @@ def save_bundle(
         "data_config": model.describe()["data_config"],
         "classes": list(classes),
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        **({} if temperature is None else {"temperature": float(temperature)}),
         "per_class": None if per_class is None else _jsonable([dict(r) for r in per_class]),
         "loss": _jsonable(dict(loss or {})),
         "training": _jsonable(dict(training or {})),
@@ -252,7 +267,9 @@ def save_bundle(
         save_training_curves(
             config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline")
         )
-        if config["per_class"]:
+        for name, draw in (figures or {}).items():
+            draw(tmp / name)
+        if config["per_class"] and task == "multilabel":
             rows = config["per_class"]
             save_per_class_ap_plot(
                 [
@@ -480,7 +497,7 @@ def render_report(config: Mapping[str, Any]) -> str:
         f"- backbone: `{model.get('backbone', {}).get('name', '?')}` ({model.get('num_features', '?')} features)",
         f"- pooling: {pool.get('kind', '?')}" + (f" (p = {pool['gem_p']:.3f})" if "gem_p" in pool else ""),
         f"- head: {head.get('kind', '?')} -> {head.get('embedding_size', '?')}"
-        + (" class logits" if config.get("task") == "multilabel" else "")
+        + (" class logits" if config.get("task") in ("multilabel", "classification") else "")
         + f", normalisation {head.get('normalization', '?')}",
         f"- loss: `{config.get('loss', {}).get('name', '?')}` {json.dumps(config.get('loss', {}).get('kwargs', {}))}",
         f"- input: {config.get('data_config', {}).get('input_size', '?')}",
@@ -490,9 +507,14 @@ def render_report(config: Mapping[str, Any]) -> str:
     if final:
         baseline = metrics.get("baseline") or {}
         lines += ["## Validation metrics", ""]
-        chosen = "mAP" if config.get("task") == "multilabel" else "MAP@R"
+        chosen = {"multilabel": "mAP", "classification": "top-1 accuracy"}.get(
+            str(config.get("task")), "MAP@R"
+        )
         lines += [f"Best epoch: {metrics.get('best_epoch', '?')} (chosen by {chosen}).", ""]
-        if config.get("task") == "multilabel":
+        if config.get("task") == "classification":
+            lines += ["| metric | value |", "|---|---|"]
+            lines += [f"| {key[4:]} | {_fmt(value)} |" for key, value in final.items()]
+        elif config.get("task") == "multilabel":
             lines += [
                 "`tuned/...`: at the per-class thresholds tuned on these validation images (optimistic); the "
                 "others at threshold 0.5 or top-k.",
@@ -506,10 +528,32 @@ def render_report(config: Mapping[str, Any]) -> str:
             for key, value in final.items():
                 lines.append(f"| {key[4:]} | {_fmt(value)} | {_fmt(baseline.get(key))} |")
         lines.append("")
+    calibration = metrics.get("calibration") or {}
+    if config.get("task") == "classification" and calibration:
+        lines += [
+            "## Calibration (validation)",
+            "",
+            f"Temperature scaling (Guo et al., ICML 2017): T = {_fmt(config.get('temperature'))} fitted on the "
+            "validation images (optimistic: measured on the same images); `predict`, the ONNX export, the runtime "
+            "and `serve /predict` give softmax(logits / T).",
+            "",
+            "| | ECE | NLL | top-1 |",
+            "|---|---|---|---|",
+            f"| before (T = 1) | {_fmt(calibration.get('ece_before'))} | {_fmt(calibration.get('nll_before'))} "
+            f"| {_fmt(calibration.get('top1'))} |",
+            f"| after (T = {_fmt(config.get('temperature'))}) | {_fmt(calibration.get('ece_after'))} | "
+            f"{_fmt(calibration.get('nll_after'))} | {_fmt(calibration.get('top1'))} |",
+            "",
+            "![reliability diagram](reliability.png)",
+            "",
+            "![confusion matrix](confusion_matrix.png)",
+            "",
+        ]
     per_class = config.get("per_class") or []
     if per_class:
         keys = [k for k in per_class[0] if k != "class"]
-        lines += ["## Per class (validation)", "", "![per-class AP](per_class_ap.png)", ""]
+        picture = ["![per-class AP](per_class_ap.png)", ""] if config.get("task") == "multilabel" else []
+        lines += ["## Per class (validation)", "", *picture]
         lines += ["| class | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for row in per_class:
             lines.append(f"| {row.get('class', '?')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")

@@ -1,5 +1,6 @@
 """Pictures people would rather look at than read: retrieval grids (query -> top-k results), per-class AP,
-training curves; for detection, precision-recall curves, the confusion matrix and drawn boxes.
+training curves; a classifier's confusion matrix and reliability diagram; for detection, precision-recall curves,
+the confusion matrix and drawn boxes.
 
 The retrieval grid needs Pillow only, so it also works where matplotlib is absent; the charts import
 matplotlib when called.
@@ -19,9 +20,11 @@ from frugalvision.data import load_image
 
 __all__ = [
     "draw_detections",
+    "save_confusion_matrix",
     "save_detection_confusion_matrix",
     "save_per_class_ap_plot",
     "save_pr_curves",
+    "save_reliability_diagram",
     "save_retrieval_grid",
     "save_training_curves",
     "thumbnail",
@@ -365,3 +368,78 @@ def draw_detections(
         path.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(path)
     return canvas
+
+
+def save_confusion_matrix(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """A ``(C, C)`` confusion matrix (rows: true class, columns: predicted) as a heat map of the row-normalised
+    rates (each row sums to 1 over the images of that class; a class without images stays empty). Class names
+    label the axes up to 60 classes; above that the picture is kept to a fixed size and unlabelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(matrix, dtype=np.float64)
+    names = [str(c) for c in classes]
+    if cm.ndim != 2 or cm.shape != (len(names), len(names)):
+        raise ValueError(f"matrix must be (C, C) with C = {len(names)} class names, got shape {cm.shape}")
+    rows = cm.sum(axis=1, keepdims=True)
+    rates = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+    c = len(names)
+    side = min(16.0, 3.0 + 0.22 * c)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if c <= 60:
+        ax.set_xticks(range(c), names, rotation=90, fontsize="x-small")
+        ax.set_yticks(range(c), names, fontsize="x-small")
+    acc = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"confusion matrix (accuracy {acc:.3f})")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def save_reliability_diagram(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Reliability diagram (Guo et al., ICML 2017): per confidence bin, accuracy against mean confidence, one
+    line per entry of ``curves`` (label -> :func:`frugalvision.metrics.classification.reliability_bins` output,
+    e.g. before and after temperature scaling); the diagonal is perfect calibration; empty bins are skipped. A
+    lower panel shows how many images fall in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not curves:
+        raise ValueError("nothing to draw: no reliability curves")
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    width = None
+    for i, (label, bins) in enumerate(curves.items()):
+        conf, acc = np.asarray(bins["confidence"], float), np.asarray(bins["accuracy"], float)
+        count = np.asarray(bins["count"], float)
+        lower, upper = np.asarray(bins["lower"], float), np.asarray(bins["upper"], float)
+        keep = count > 0
+        ax.plot(conf[keep], acc[keep], marker="o", color=f"C{i}", label=label)
+        width = (upper - lower) / (len(curves) + 1)
+        ax_n.bar(lower + width * (i + 0.5), count, width=width, align="edge", color=f"C{i}", alpha=0.7)
+    ax.set(title=title or "reliability diagram", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize="small", loc="upper left")
+    ax.grid(alpha=0.3)
+    ax_n.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    ax_n.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

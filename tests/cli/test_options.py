@@ -93,7 +93,9 @@ def test_train_task_choices_come_from_the_task_registry(monkeypatch: pytest.Monk
     result = CliRunner().invoke(cli, ["train", "--task", "detection"])
     assert result.exit_code == 1 and "Invalid value for '--task'" not in result.output, result.output
     bad = CliRunner().invoke(cli, ["train", "--task", "segmentation"])
-    assert bad.exit_code == 2 and "'embedding', 'multilabel', 'detection'" in bad.output, bad.output
+    assert bad.exit_code == 2 and "'embedding', 'multilabel', 'classification', 'detection'" in bad.output, (
+        bad.output
+    )
 
 
 def test_one_default_model_everywhere() -> None:

@@ -73,6 +73,12 @@ def cli() -> None:
       frugalvision train --data photos/ --out runs/x --freeze-backbone
       frugalvision embed photos/ --model runs/x/model --out store/
 
+    Classifying images (one label each, calibrated probabilities):
+
+    \b
+      frugalvision train --task classification --data photos/ --out runs/c --freeze-backbone
+      frugalvision predict runs/c/model photos/ --top-k 3
+
     Tagging images with several labels each:
 
     \b

@@ -540,7 +540,9 @@ def evaluate(
     Every labelled image is a query against all the others (leave-one-out); unlabeled images are ignored.
 
     A multilabel BUNDLE (frugalvision train --task multilabel) gets tagging metrics instead: mAP, and CP/CR/CF1,
-    OP/OR/OF1 at its tuned thresholds, at 0.5 and at top-K (the largest -k), with a per-class table.
+    OP/OR/OF1 at its tuned thresholds, at 0.5 and at top-K (the largest -k), with a per-class table. A
+    classification BUNDLE gets top-1 / top-K accuracy, balanced accuracy, macro-F1, ECE and NLL (calibrated and
+    raw) and a per-class table.
     """
     from frugalvision.bundle import is_bundle
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
@@ -554,6 +556,18 @@ def evaluate(
             )
         from frugalvision.bundle import read_bundle_config
 
+        if read_bundle_config(store_dir).get("task") == "classification":
+            from frugalvision.cli.classify import evaluate_classification
+
+            evaluate_classification(
+                store_dir,
+                data,
+                as_json=as_json,
+                workers=workers,
+                progress=progress,
+                top_k=max(ks) if ks else 5,
+            )
+            return
         if read_bundle_config(store_dir).get("task") == "multilabel":
             from frugalvision.cli.tagging import evaluate_tagging
 

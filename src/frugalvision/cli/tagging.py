@@ -1,5 +1,6 @@
-"""``frugalvision predict``: tag images with a multi-label model (training bundle or ONNX deploy bundle); and the
-multi-label side of ``frugalvision evaluate``."""
+"""``frugalvision predict``: classify images with a classification model, or tag them with a multi-label model
+(training bundle or ONNX deploy bundle; dispatched on the bundle's task); and the multi-label side of
+``frugalvision evaluate``."""
 
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ from frugalvision.errors import FrugalVisionError
     "--top-k",
     type=click.IntRange(min=1),
     default=None,
-    help="Print the K most probable classes of each image instead of those over their thresholds.",
+    help="Print the K most probable classes of each image (classification: default 5; multilabel: instead of those over their thresholds).",
 )
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
     default=None,
-    help="One decision threshold for every class instead of the per-class thresholds saved in the bundle.",
+    help="Multilabel: one decision threshold for every class instead of the per-class thresholds saved in the bundle.",
 )
 @click.option(
     "--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch."
@@ -42,13 +43,16 @@ def predict(
     threshold: float | None,
     batch_size: int,
 ) -> None:
-    """Tag IMAGES (files or folders) with the multi-label MODEL and print each image's labels with scores.
+    """Classify or tag IMAGES (files or folders) with MODEL and print each image's labels with probabilities.
 
-    MODEL is a bundle from `frugalvision train --task multilabel` (runs on torch) or a deploy bundle from
-    `frugalvision export` (runs on ONNX Runtime, no torch). A label is printed when its probability reaches the
-    class's threshold (tuned on validation images when the model was trained).
+    MODEL is a bundle from `frugalvision train --task classification` or `--task multilabel` (runs on torch) or a
+    deploy bundle from `frugalvision export` (runs on ONNX Runtime, no torch). Classification: the top-k classes
+    with their calibrated probabilities (softmax of the logits divided by the temperature fitted on validation
+    images). Multilabel: a label is printed when its probability reaches the class's threshold (tuned on
+    validation images when the model was trained).
 
     \b
+      frugalvision predict runs/cls/model photo.jpg --top-k 3
       frugalvision predict runs/tags/model photos/ --json
       frugalvision predict runs/tags/deploy a.jpg b.jpg --top-k 3
     """
@@ -58,14 +62,29 @@ def predict(
     files = expand_images(images)
     if not files:
         raise click.UsageError("no image files found in " + ", ".join(map(str, images)))
-    if is_deploy_bundle(model):
+    task = _task_of(model)
+    if task == "classification" and threshold is not None:
+        raise click.UsageError(
+            "--threshold is for multilabel models; a classifier prints its --top-k classes"
+        )
+    if task == "embedding":
+        raise FrugalVisionError(
+            f"{model} is an embedding model; `predict` classifies or tags with classification or multilabel "
+            "models (embedding models are used with `frugalvision search`)"
+        )
+    if task == "classification" and is_deploy_bundle(model):
         from frugalvision.runtime import Predictor
 
         predictor = Predictor(model, batch_size=batch_size)
-        if predictor.task != "multilabel":
-            raise FrugalVisionError(
-                f"{model} is a {predictor.task} model; `predict` tags with multilabel models"
-            )
+        results = predictor.predict([str(f) for f in files], top_k=top_k or 5)
+    elif task == "classification":
+        from frugalvision.classify import Classifier
+
+        results = Classifier(model).predict(files, top_k=top_k or 5, batch_size=batch_size)
+    elif is_deploy_bundle(model):
+        from frugalvision.runtime import Predictor
+
+        predictor = Predictor(model, batch_size=batch_size)
         probs = predictor.probabilities(predictor.run(predictor.preprocess([str(f) for f in files])))
         from frugalvision.tagging import decide
 
@@ -82,6 +101,17 @@ def predict(
         else:
             shown = ", ".join(f"{label} {score:.2f}" for label, score in zip(p.labels, p.scores, strict=True))
             click.echo(f"{path}: {shown or '(no label over its threshold)'}")
+
+
+def _task_of(model: Path) -> str:
+    """The task recorded in a deploy bundle's ``deploy.json`` or a model bundle's ``config.json``."""
+    from frugalvision.runtime.config import is_deploy_bundle, read_deploy_config
+
+    if is_deploy_bundle(model):
+        return read_deploy_config(model).task
+    from frugalvision.bundle import read_bundle_config
+
+    return str(read_bundle_config(model).get("task", "embedding"))
 
 
 def evaluate_tagging(

@@ -57,7 +57,7 @@ option = config_option(TRAIN, _FLAG_KEYS)
 @option(
     "--task",
     type=LazyChoice(_task_names, metavar="[embedding|multilabel|...]"),
-    help="What to train: embedding = an image-retrieval embedding (metric learning); multilabel = a tagger that gives each image any number of labels; or any task registered with frugalvision.train.register_task.",
+    help="What to train: embedding = an image-retrieval embedding (metric learning); classification = a calibrated classifier (one label per image); multilabel = a tagger that gives each image any number of labels; or any task registered with frugalvision.train.register_task.",
 )
 @click.option(
     "--data",
@@ -132,7 +132,7 @@ option = config_option(TRAIN, _FLAG_KEYS)
     "--val-split",
     type=click.Choice(["auto", "classes", "images", "none"]),
     help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, or none.",
-    note=" = classes for embedding, images for multilabel",
+    note=" = classes for embedding, images for multilabel and classification",
 )
 @option(
     "--val-fraction",
@@ -161,11 +161,16 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
       frugalvision train --data photos/ --out runs/x --loss triplet --epochs 5  # fine-tune everything
       frugalvision train --out runs/x --resume                                  # continue a killed run
       frugalvision train --task multilabel --data tags.jsonl --out runs/t --freeze-backbone --loss asl
+      frugalvision train --task classification --data photos/ --out runs/c --epochs 3
 
     Embeddings: every epoch reports Recall@K, MAP@R and NMI on the validation split; the best epoch (by MAP@R) is
     kept. The bundle in OUT/model loads with frugalvision.load() and works with `frugalvision embed --model
     OUT/model`. Multilabel: every epoch reports mAP and CF1/OF1; the best epoch (by mAP) is kept, per-class
     thresholds are tuned on the validation images, and `frugalvision predict OUT/model IMAGES` tags images.
+    Classification: every epoch reports top-1/top-5 accuracy, balanced accuracy and macro-F1; the best epoch (by
+    top-1) is kept, a temperature is fitted on the validation images (calibrated probabilities), and
+    `frugalvision predict OUT/model IMAGES` prints the top classes. LP-FT: --set model.head_epochs=N; Mixup /
+    CutMix: --set augment.mixup=0.2 / augment.cutmix=1.0; class-balanced batches: --set data.sampler=class_aware.
     """
     from frugalvision.train import fit, load_config, parse_override
     from frugalvision.train.config import ConfigError, read_yaml
@@ -195,14 +200,17 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
         return
     click.echo(f"\nbest epoch {result.metrics.get('best_epoch', '-')} of {config.trainer.epochs}")
     if any(k.startswith("val/") for k in result.metrics):
-        click.echo(f"  {'metric':<12} {'trained':>8} {'backbone':>9}")
+        width = max(12, *(len(k) - 4 for k in result.metrics if k.startswith("val/")))
+        click.echo(f"  {'metric':<{width}} {'trained':>8} {'backbone':>9}")
         for key, value in result.metrics.items():
             if key.startswith("val/"):
                 before = result.baseline.get(key)
                 shown = f"{before:>9.4f}" if before is not None else f"{'-':>9}"
-                click.echo(f"  {key[4:]:<12} {value:>8.4f} {shown}")
+                click.echo(f"  {key[4:]:<{width}} {value:>8.4f} {shown}")
     click.echo(f"model bundle: {result.bundle}  (report: {result.bundle / 'report.md'})")
-    if config.task == "multilabel":
+    if config.task in ("multilabel", "classification"):
+        if result.temperature is not None:
+            click.echo(f"temperature (fitted on the validation images): {result.temperature:.4f}")
         click.echo(f"try: frugalvision predict {result.bundle} IMAGES... --json")
         return
     click.echo(

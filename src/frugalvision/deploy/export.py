@@ -185,6 +185,7 @@ def export_onnx(
     sample_images: Sequence[Any] | None = None,
     min_cosine: float = 0.9999,
     seed: int = 0,
+    extra: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export ``model`` (images ``(B, 3, H, W)`` -> ``(B, D)``) to the deploy bundle ``out_dir``.
 
@@ -209,6 +210,7 @@ def export_onnx(
         sample_images: images (paths, PIL images...) preprocessed by the runtime and added to the parity check.
         min_cosine: smallest per-row cosine between ONNX Runtime's and PyTorch's outputs accepted.
         seed: seed of the random parity inputs.
+        extra: more JSON-able fields for ``deploy.json`` (e.g. ``calibration``).
 
     Returns:
         :class:`ExportResult`.
@@ -246,7 +248,7 @@ def export_onnx(
     try:
         return _export_eval_model(
             model, target, data_config, task, classes, thresholds, normalization, source, metrics, exporter, opset,
-            sample_images, min_cosine, seed,
+            sample_images, min_cosine, seed, extra,
         )  # fmt: skip
     finally:
         model.train(was_training)
@@ -267,6 +269,7 @@ def _export_eval_model(
     sample_images: Sequence[Any] | None,
     min_cosine: float,
     seed: int,
+    extra: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     chosen = _resolve_exporter(exporter)
     output_name = "embeddings" if task == "embedding" else "logits"
@@ -343,6 +346,7 @@ def _export_eval_model(
             source=_jsonable(dict(source or {})),
             metrics=_jsonable(dict(metrics or {})),
             extra={
+                **_jsonable(dict(extra or {})),
                 "frugalvision_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
@@ -426,10 +430,28 @@ def export_backbone(
     )
 
 
+class _TemperatureScaled(nn.Module):
+    """``model(x) / T``: a classifier's calibrated logits (temperature scaling), whose softmax is the calibrated
+    probability."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
 def export_bundle(
     bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], **kwargs: Any
 ) -> ExportResult:
     """Export a trained model bundle (``frugalvision.load``) with its task, classes, thresholds and metrics.
+
+    A ``classification`` bundle's temperature ``T`` is applied in the graph: its output ``logits`` are the
+    calibrated logits ``z / T``, so the runtime's softmax (:class:`frugalvision.runtime.Predictor`, ``serve
+    /predict``) gives the calibrated probabilities ``softmax(z / T)`` without knowing ``T``; ``deploy.json`` records
+    ``calibration: {"temperature": T, "applied_in_graph": true}`` (do not divide again).
 
     ``kwargs`` go to :func:`export_onnx`.
 
@@ -461,8 +483,14 @@ def export_bundle(
     data_config = getattr(model, "data_config", None) or config.get("data_config")
     if not data_config:
         raise StoreError(f"{bundle_dir}: the bundle records no preprocessing (data_config)")
+    exported: nn.Module = model
+    if task == "classification":
+        temperature = float(config.get("temperature") or 1.0)
+        exported = _TemperatureScaled(model, temperature)
+        kwargs = {**kwargs, "extra": {**dict(kwargs.get("extra") or {}), "calibration": {
+            "temperature": temperature, "applied_in_graph": True}}}  # fmt: skip
     return export_onnx(
-        model,
+        exported,
         out_dir,
         data_config=data_config,
         task=task,

@@ -64,7 +64,8 @@ class DeployConfig:
     """What a deployed model is and how to feed it.
 
     Attributes:
-        task: ``"embedding"`` (output ``(B, D)`` vectors), ``"classification"`` (``(B, C)`` logits, softmax),
+        task: ``"embedding"`` (output ``(B, D)`` vectors), ``"classification"`` (``(B, C)`` logits, softmax; a
+            trained classifier's export outputs its calibrated logits ``z / T``, see ``extra["calibration"]``),
             ``"multilabel"`` (``(B, C)`` logits, independent sigmoids with per-class ``thresholds``) or
             ``"detection"`` (boxes after the NMS inside the graph, see :mod:`frugalvision.runtime.detection`;
             ``output_size`` is the number of classes).

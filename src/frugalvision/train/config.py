@@ -90,7 +90,9 @@ class ModelConfig:
     ``freeze_backbone`` switches to the fast path: pooled features computed once and cached, only the head and
     the loss train. ``freeze_norm`` keeps the backbone's BatchNorm statistics fixed while fine-tuning (common in
     deep metric learning, where m-per-class batches are small and unlike ImageNet's). ``drop_rate`` is dropout on
-    the pooled features, ``drop_path_rate`` timm's stochastic depth.
+    the pooled features, ``drop_path_rate`` timm's stochastic depth. ``head_epochs`` (classification task, when
+    fine-tuning): LP-FT (Kumar et al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022) -- the first
+    ``head_epochs`` epochs train only the head (backbone frozen, in eval mode), then the whole network.
     """
 
     name: str = DEFAULT_MODEL
@@ -111,10 +113,11 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     freeze_backbone: bool = False
     freeze_norm: bool = True
+    head_epochs: int = 0
 
 
 #: The loss ``loss.name="auto"`` stands for, per task.
-DEFAULT_LOSSES = {"embedding": "proxynca++", "multilabel": "asl"}
+DEFAULT_LOSSES = {"embedding": "proxynca++", "multilabel": "asl", "classification": "cross_entropy"}
 
 #: Defaults of the multi-label task on the frozen-backbone fast path, where a linear classifier on cached features
 #: is all that trains: head learning rate ``1e-4 x 100 = 1e-2`` instead of the fine-tuning ``1e-4 x 10``. Applied
@@ -188,8 +191,10 @@ class AugmentConfig:
     """Training augmentation on timm's pipeline (``timm.data.create_transform(is_training=True)``).
 
     ``random_crop=False`` uses the evaluation preprocessing (no augmentation at all). ``auto_augment`` is a timm
-    policy string such as ``"rand-m9-n2-mstd0.5"`` (RandAugment). ``mixup``/``cutmix`` must stay 0 for metric-
-    learning losses (they need hard labels). The frozen-backbone fast path ignores this section.
+    policy string such as ``"rand-m9-n2-mstd0.5"`` (RandAugment). ``mixup``/``cutmix`` are the ``alpha`` of the
+    Beta(alpha, alpha) mixing weight of Mixup / CutMix (timm's ``Mixup``: one of the two per batch, chosen with
+    probability 0.5 when both are > 0); only the ``classification`` task takes them (soft targets; metric-learning
+    and multi-label losses need hard labels). The frozen-backbone fast path ignores this section.
     """
 
     random_crop: bool = True

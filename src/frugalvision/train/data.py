@@ -170,7 +170,7 @@ def labelled_split(dataset: ImageDataset, info: dict[str, Any] | None = None) ->
 
 
 def split_dataset(
-    dataset: ImageDataset, how: str, fraction: float, seed: int
+    dataset: ImageDataset, how: str, fraction: float, seed: int, *, require_pairs: bool = True
 ) -> tuple[LabelledSplit, LabelledSplit | None]:
     """Split into training and validation parts.
 
@@ -182,6 +182,8 @@ def split_dataset(
             go to validation, classes shared; ``"none"`` -- no validation.
         fraction: share held out, in ``(0, 1)``.
         seed: seed of the random choice.
+        require_pairs: check that a validation class has 2 images or more (:func:`check_validation_split`: the
+            retrieval metrics need it; a classifier's accuracy does not).
 
     Raises:
         DataError: too few classes or images for the requested split.
@@ -218,7 +220,8 @@ def split_dataset(
         val = LabelledSplit(full.dataset.subset(np.flatnonzero(is_val)), labels[is_val], full.classes, info)
     else:
         raise ValueError(f"val_split must be 'classes', 'images' or 'none', got {how!r}")
-    check_validation_split(val, dataset.source)
+    if require_pairs:
+        check_validation_split(val, dataset.source)
     return train, val
 
 

@@ -108,6 +108,7 @@ class FitResult:
         history: one dict per epoch.
         best_checkpoint: path of the best checkpoint.
         thresholds: the multi-label per-class decision thresholds (None for embeddings).
+        temperature: the classification task's temperature fitted on the validation images (else None).
     """
 
     out: Path
@@ -118,6 +119,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: str | None = None
     thresholds: list[float] | None = None
+    temperature: float | None = None
 
 
 def build_model(
@@ -131,13 +133,16 @@ def build_model(
     normalisation; its weights start small (normal, std 0.01) and its biases at the log-odds of each class's
     training frequency ``prior`` (clipped to [0.001, 0.5]; 0.01 when not given), so training starts from "predict
     the base rate" instead of a loss dominated by the many negatives (the prior initialisation of the focal-loss
-    paper, Lin et al. 2017, Sec. 4.1, per class).
+    paper, Lin et al. 2017, Sec. 4.1, per class). For the single-label ``classification`` task the head is the
+    same classifier (one logit per class, no normalisation) with weights normal (std 0.01) and zero biases:
+    a softmax that starts near uniform.
     """
     config = resolve_config(config)
     m = config.model
     multilabel = config.task == "multilabel"
-    if multilabel and not num_classes:
-        raise ConfigError("the multilabel task needs the number of classes to build its classifier head")
+    classifier = multilabel or config.task == "classification"
+    if classifier and not num_classes:
+        raise ConfigError(f"the {config.task} task needs the number of classes to build its classifier head")
     frozen = m.freeze_backbone
     model_kwargs = dict(m.model_kwargs)
     if m.drop_path_rate > 0 and not frozen:
@@ -150,7 +155,7 @@ def build_model(
         gem_p=m.gem_p,
         gem_learnable=m.gem_learnable and not frozen,
         head=m.head,
-        embedding_size=int(num_classes) if multilabel and num_classes else m.embedding_size,
+        embedding_size=int(num_classes) if classifier and num_classes else m.embedding_size,
         normalization=m.normalization,
         hidden_size=m.hidden_size,
         dropout=m.drop_rate,
@@ -163,13 +168,20 @@ def build_model(
         model.backbone.requires_grad_(False)
     if multilabel:
         _init_classifier(model, prior)
+    elif classifier:
+        _init_classifier(model, None, zero_bias=True)
     return model
 
 
-def _init_classifier(model: EmbeddingModel, prior: np.ndarray | None) -> None:
+def _init_classifier(model: EmbeddingModel, prior: np.ndarray | None, zero_bias: bool = False) -> None:
     last = model.head.out
-    if not isinstance(last, torch.nn.Linear):  # pragma: no cover - the multilabel head is always linear
-        raise ConfigError("the multilabel classifier head must end in a linear layer")
+    if not isinstance(last, torch.nn.Linear):  # pragma: no cover - the classifier head is always linear
+        raise ConfigError("the classifier head must end in a linear layer")
+    if zero_bias:
+        with torch.no_grad():
+            torch.nn.init.normal_(last.weight, std=0.01)
+            last.bias.zero_()
+        return
     p = (
         np.full(last.out_features, 0.01)
         if prior is None

@@ -19,6 +19,10 @@ medium    medium1/2 w/o Mx   ``rand-m15-n2-mstd0.5``  (0.2, 1)     0.5    0.1   
 strong    strong1/2 w/o Mx   ``rand-m20-n2-mstd0.5``  (0.08, 1)    0.5    0.25            0.1      0.1         0.1
 ========  =================  ======================  ===========  =====  ==============  =======  ==========  ======
 
+The ``classification`` task (soft targets) also takes AugReg's Mixup (:data:`TASK_RECIPES`): ``medium`` adds
+Mixup 0.2 (medium1), ``strong`` Mixup 0.5 (strong1); ``light`` stays without (light1/light2 differ only by Mixup,
+and short fine-tunes -- the frugal case -- converge more slowly with it).
+
 Any key set in the YAML file or on the command line wins over the preset. The frozen-backbone fast path computes
 its features once without augmentation, so only the head-side settings (dropout, weight decay) matter there.
 """
@@ -33,7 +37,7 @@ from timm.data import create_transform
 
 from frugalvision.train.config import AugmentConfig
 
-__all__ = ["RECIPES", "train_transform"]
+__all__ = ["RECIPES", "TASK_RECIPES", "train_transform"]
 
 #: preset name -> dotted config keys it sets (lower precedence than anything the user sets).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -75,6 +79,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model.drop_path_rate": 0.1,
         "optim.weight_decay": 0.1,
     },
+}
+
+
+#: task -> preset name -> extra keys of that task (between the preset and the user's settings).
+TASK_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "classification": {"medium": {"augment.mixup": 0.2}, "strong": {"augment.mixup": 0.5}},
 }
 
 

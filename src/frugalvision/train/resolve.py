@@ -36,7 +36,7 @@ from frugalvision._config import coerce_value, merged, parse_override, read_yaml
 from frugalvision._fields import MAX_INPUT_SIDE
 from frugalvision.train.config import FROZEN_MULTILABEL_PRESET, ConfigError, ModelConfig, TrainConfig
 from frugalvision.train.losses import head_normalization
-from frugalvision.train.recipes import RECIPES
+from frugalvision.train.recipes import RECIPES, TASK_RECIPES
 from frugalvision.train.run import task_spec
 
 __all__ = ["load_config", "resolve_config", "validate"]
@@ -74,7 +74,8 @@ def load_config(
     recipe = user.get("recipe", TrainConfig.recipe)
     if recipe not in RECIPES:
         raise ConfigError(f"recipe must be one of {', '.join(map(repr, RECIPES))}; got {recipe!r}")
-    values = {**RECIPES[recipe], **user} if base is None else user
+    task_presets = TASK_RECIPES.get(str(user.get("task", TrainConfig.task)), {}).get(recipe, {})
+    values = {**RECIPES[recipe], **task_presets, **user} if base is None else user
     if (
         base is None
         and _frozen_multilabel(values)
@@ -235,9 +236,20 @@ def validate(config: TrainConfig) -> None:
     check = task_spec(config.task).check
     if check is not None:
         check(config)
-    if a.mixup > 0 or a.cutmix > 0:
+    if a.mixup < 0 or a.cutmix < 0:
+        raise ConfigError(
+            f"augment.mixup / augment.cutmix are Beta(alpha, alpha) parameters >= 0, got {a.mixup} / {a.cutmix}"
+        )
+    if m.head_epochs < 0 or (m.head_epochs >= t.epochs and m.head_epochs > 0 and not m.freeze_backbone):
+        raise ConfigError(
+            f"model.head_epochs must be in [0, trainer.epochs) (LP-FT: head-only epochs, then fine-tuning), "
+            f"got {m.head_epochs} with trainer.epochs={t.epochs}"
+        )
+    if m.head_epochs and config.task != "classification":
+        raise ConfigError("model.head_epochs (LP-FT) applies to the classification task only; set it to 0")
+    if (a.mixup > 0 or a.cutmix > 0) and config.task != "classification":
         raise ConfigError(
             f"augment.mixup={a.mixup} / augment.cutmix={a.cutmix}: Mixup and CutMix blend labels into soft "
             "targets, but metric-learning losses compare samples through hard class labels, and the multi-label "
-            "losses here take hard (possibly unknown) targets; set both to 0"
+            "losses here take hard (possibly unknown) targets; set both to 0 (the classification task takes them)"
         )
