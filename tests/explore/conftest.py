@@ -1,5 +1,5 @@
 """Fixtures of the explorer tests: a tiny store + index made with a tiny random backbone, a label manifest, and a
-session-scoped headless Chromium (Debian's, driven by Playwright; skipped with the reason when there is none)."""
+module-scoped headless Chromium (Debian's, driven by Playwright; skipped with the reason when there is none)."""
 
 from __future__ import annotations
 
@@ -77,9 +77,13 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """A headless Chromium for the session (the system's, via Playwright's ``executable_path``)."""
+    """A headless Chromium for one test module (the system's, via Playwright's ``executable_path``).
+
+    Module-scoped, not session-scoped: Playwright's sync API keeps an asyncio event loop running in the main thread
+    while it is open, and every later test that calls ``asyncio.run`` (the service's micro-batcher tests) would
+    fail with "cannot be called from a running event loop"."""
     exe = find_chromium()
     if exe is None:
         pytest.skip(
