@@ -36,6 +36,18 @@ _GREY = (150, 150, 150)
 _QUERY = (40, 90, 200)
 
 
+def _save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out ``fig``, write it as a PNG at ``path`` (folders created), close it and return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def thumbnail(path: str | os.PathLike[str], size: int) -> Image.Image:
     """The image at ``path`` padded (white) to ``size`` x ``size``; a grey square when it cannot be read (it vanished
     or broke since it was listed)."""
@@ -151,12 +163,7 @@ def save_per_class_ap_plot(
         ax.legend(loc="lower right", fontsize="small")
     ax.set(title=title, xlabel="average precision", xlim=(0, 1.1), ylim=(len(order) - 0.5, -0.5))
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def save_training_curves(
@@ -191,11 +198,7 @@ def save_training_curves(
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    path = Path(out)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, out)
 
 
 def save_pr_curves(
@@ -242,12 +245,7 @@ def save_pr_curves(
     ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", loc="lower left")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def save_detection_confusion_matrix(
@@ -304,12 +302,7 @@ def save_detection_confusion_matrix(
                         fontsize="x-small",
                         color=colour,
                     )
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def _palette(k: int) -> tuple[int, int, int]:
@@ -398,12 +391,7 @@ def save_confusion_matrix(
         ax.set_yticks(range(c), names, fontsize="x-small")
     acc = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
     ax.set(xlabel="predicted", ylabel="true", title=title or f"confusion matrix (accuracy {acc:.3f})")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
 
 
 def save_reliability_diagram(
@@ -437,9 +425,4 @@ def save_reliability_diagram(
     ax.grid(alpha=0.3)
     ax_n.set(xlabel="confidence (top-1 probability)", ylabel="images")
     ax_n.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, path)
