@@ -26,6 +26,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from frugalvision._fields import (
 )
 from frugalvision._fs import replacing_dir
 from frugalvision._version import __version__
-from frugalvision.errors import StoreError
+from frugalvision.errors import DataWarning, FrugalVisionError, StoreError
 from frugalvision.models import Backbone, backbone_from_spec
 from frugalvision.models.detection import Detector, DetectorConfig, create_detector
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
@@ -54,6 +55,7 @@ from frugalvision.plots import save_per_class_ap_plot, save_training_curves
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "BundleRunner",
     "QueryEmbedder",
     "check_bundle_fields",
     "embedder_from_spec",
@@ -323,6 +325,94 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Em
         raise StoreError(f"{weights} does not fit the architecture in config.json: {e}") from e
     model.config, model.bundle_path, model.bundle_id = config, str(folder), config.get("id")
     return model.to(device).eval()
+
+
+class BundleRunner:
+    """A trained bundle's model applied to images and data sets (torch): what :class:`frugalvision.tagging.Tagger`
+    and :class:`frugalvision.classify.Classifier` share. Subclasses turn the raw outputs (logits) into what they
+    report.
+
+    Args:
+        bundle: model bundle folder.
+        device: where the model runs.
+        task: the bundle's task this runner needs; another raises :class:`~frugalvision.errors.FrugalVisionError`
+            ending with ``need`` (what is needed and how such a bundle is made).
+    """
+
+    def __init__(
+        self, bundle: str | os.PathLike[str], device: str | torch.device, task: str, need: str
+    ) -> None:
+        self.model = load(bundle, device=device)
+        config = self.model.config
+        if config.get("task") != task:
+            raise FrugalVisionError(
+                f"{bundle} holds a model of task {config.get('task', 'embedding')!r}; {need}"
+            )
+        self.device = torch.device(device)
+        self.classes: list[str] = list(config.get("classes") or [])
+        self._transform = self.model.transform()
+
+    @torch.inference_mode()
+    def raw_outputs(self, images: Sequence[Any], batch_size: int = 32) -> Any:
+        """``(N, C)`` float32 logits for image files or PIL images (unreadable files raise
+        :class:`~frugalvision.errors.CorruptImageError` naming the file)."""
+        import numpy as np
+        from PIL import Image
+
+        from frugalvision.data import load_for_transform
+
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            x = torch.stack(
+                [
+                    self._transform(im.convert("RGB"))
+                    if isinstance(im, Image.Image)
+                    else load_for_transform(im, self._transform)
+                    for im in chunk
+                ]
+            ).to(self.device)
+            out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    @torch.inference_mode()
+    def dataset_outputs(
+        self,
+        dataset: Any,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        progress: bool = True,
+        desc: str = "running",
+    ) -> tuple[Any, Any]:
+        """``(logits (N', C), kept (N,) bool)`` for an :class:`~frugalvision.data.ImageDataset`; unreadable images
+        are skipped with one :class:`~frugalvision.errors.DataWarning` listing them (``kept`` is False for them)."""
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        from frugalvision.data import collate_images
+
+        loader = torch.utils.data.DataLoader(
+            dataset.with_transform(self._transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+        )
+        logits, kept = [], np.zeros(len(dataset), dtype=bool)
+        skipped: list[str] = []
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            skipped += [msg for _, msg in batch["skipped"]]
+            if batch["image"] is None:
+                continue
+            logits.append(self.model(batch["image"].to(self.device)).float().cpu().numpy())
+            kept[batch["index"].numpy()] = True
+        if skipped:
+            listed = "\n  ".join(skipped[:10])
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable image(s):\n  {listed}", DataWarning, stacklevel=3
+            )
+        return (np.concatenate(logits) if logits else np.zeros((0, len(self.classes)), np.float32)), kept
 
 
 # ------------------------------------------------------------------------------------------------ detection

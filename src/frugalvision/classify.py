@@ -17,17 +17,16 @@ Exported to ONNX (``frugalvision export``), the same probabilities come from the
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
-from frugalvision.data import ImageDataset, collate_images, load_for_transform
-from frugalvision.errors import DataWarning, FrugalVisionError
+from frugalvision.bundle import BundleRunner
+from frugalvision.data import ImageDataset
+from frugalvision.errors import FrugalVisionError
 from frugalvision.runtime.predictor import Prediction
 
 __all__ = ["Classifier", "evaluate_classifier", "top_k_predictions"]
@@ -36,7 +35,7 @@ ImageLike = str | os.PathLike[str] | Image.Image
 N_BINS = 15
 
 
-class Classifier:
+class Classifier(BundleRunner):
     """A classification model bundle, ready to classify images.
 
     Args:
@@ -54,22 +53,17 @@ class Classifier:
         device: str | torch.device = "cpu",
         temperature: float | None = None,
     ) -> None:
-        from frugalvision.bundle import load
-
-        self.model = load(bundle, device=device)
-        config = self.model.config
-        if config.get("task") != "classification":
-            raise FrugalVisionError(
-                f"{bundle} holds a model of task {config.get('task', 'embedding')!r}; this needs a classification "
-                "bundle (frugalvision train --task classification)"
-            )
-        self.device = torch.device(device)
-        self.classes: list[str] = list(config.get("classes") or [])
-        t = float(config.get("temperature") or 1.0) if temperature is None else float(temperature)
+        super().__init__(
+            bundle,
+            device,
+            "classification",
+            "this needs a classification bundle (frugalvision train --task classification)",
+        )
+        saved = self.model.config.get("temperature")
+        t = float(saved or 1.0) if temperature is None else float(temperature)
         if not (np.isfinite(t) and t > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         self.temperature = t
-        self._transform = self.model.transform()
 
     def __repr__(self) -> str:
         return f"Classifier({len(self.classes)} classes, T={self.temperature:.4g}, bundle={self.model.bundle_path!r})"
@@ -83,25 +77,11 @@ class Classifier:
             return np.zeros((0, len(self.classes)), np.float32)
         return softmax(z, self.temperature).astype(np.float32)
 
-    @torch.inference_mode()
     def logits(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 32) -> np.ndarray:
         """``(N, C)`` float32 raw logits for image files or PIL images (unreadable files raise
         :class:`~frugalvision.errors.CorruptImageError` naming the file)."""
-        if isinstance(images, (str, os.PathLike, Image.Image)):
-            images = [images]
-        out = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            x = torch.stack(
-                [
-                    self._transform(im.convert("RGB"))
-                    if isinstance(im, Image.Image)
-                    else load_for_transform(im, self._transform)
-                    for im in chunk
-                ]
-            ).to(self.device)
-            out.append(self.model(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        logits: np.ndarray = self.raw_outputs(images, batch_size)  # type: ignore[arg-type]
+        return logits
 
     def probabilities(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 32) -> np.ndarray:
         """``(N, C)`` calibrated probabilities ``softmax(logits / T)``."""
@@ -113,32 +93,13 @@ class Classifier:
         """The ``top_k`` most probable classes of each image with their calibrated probabilities."""
         return top_k_predictions(self.probabilities(images, batch_size=batch_size), self.classes, top_k)
 
-    @torch.inference_mode()
     def dataset_logits(
         self, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0, progress: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(logits (N', C), kept (N,) bool)`` for a data set; unreadable images are skipped with one
         :class:`~frugalvision.errors.DataWarning` listing them (``kept`` is False for them)."""
-        loader = torch.utils.data.DataLoader(
-            dataset.with_transform(self._transform),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_images,
-        )
-        logits, kept = [], np.zeros(len(dataset), dtype=bool)
-        skipped: list[str] = []
-        for batch in tqdm(loader, desc="classifying", unit="batch", disable=not progress):
-            skipped += [msg for _, msg in batch["skipped"]]
-            if batch["image"] is None:
-                continue
-            logits.append(self.model(batch["image"].to(self.device)).float().cpu().numpy())
-            kept[batch["index"].numpy()] = True
-        if skipped:
-            listed = "\n  ".join(skipped[:10])
-            warnings.warn(
-                f"skipped {len(skipped)} unreadable image(s):\n  {listed}", DataWarning, stacklevel=2
-            )
-        return (np.concatenate(logits) if logits else np.zeros((0, len(self.classes)), np.float32)), kept
+        logits, kept = self.dataset_outputs(dataset, batch_size, num_workers, progress, desc="classifying")
+        return logits, kept
 
 
 def top_k_predictions(probabilities: np.ndarray, classes: Sequence[str], top_k: int = 5) -> list[Prediction]:

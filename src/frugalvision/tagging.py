@@ -15,7 +15,6 @@ Exported to ONNX (``frugalvision export``), the same decisions come from the tor
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from frugalvision._fs import list_images
-from frugalvision.data import ImageDataset, collate_images, load_for_transform
-from frugalvision.errors import DataWarning, FrugalVisionError
+from frugalvision.bundle import BundleRunner
+from frugalvision.data import ImageDataset
+from frugalvision.errors import FrugalVisionError
 from frugalvision.runtime.predictor import Prediction
 
 __all__ = ["Tagger", "decide", "evaluate_tagger", "expand_images"]
@@ -35,7 +34,7 @@ __all__ = ["Tagger", "decide", "evaluate_tagger", "expand_images"]
 ImageLike = str | os.PathLike[str] | Image.Image
 
 
-class Tagger:
+class Tagger(BundleRunner):
     """A multi-label model bundle, ready to tag images.
 
     Args:
@@ -53,20 +52,15 @@ class Tagger:
         device: str | torch.device = "cpu",
         thresholds: float | Sequence[float] | None = None,
     ) -> None:
-        from frugalvision.bundle import load
-
-        self.model = load(bundle, device=device)
-        config = self.model.config
-        if config.get("task") != "multilabel":
-            raise FrugalVisionError(
-                f"{bundle} holds a model of task {config.get('task', 'embedding')!r}; tagging needs a multilabel bundle "
-                "(frugalvision train --task multilabel). Embedding models are used with `frugalvision search`."
-            )
-        self.device = torch.device(device)
-        self.classes: list[str] = list(config.get("classes") or [])
-        saved = config.get("thresholds") or [0.5] * len(self.classes)
+        super().__init__(
+            bundle,
+            device,
+            "multilabel",
+            "tagging needs a multilabel bundle (frugalvision train --task multilabel). Embedding models are used "
+            "with `frugalvision search`.",
+        )
+        saved = self.model.config.get("thresholds") or [0.5] * len(self.classes)
         self.thresholds = _thresholds(saved if thresholds is None else thresholds, len(self.classes))
-        self._transform = self.model.transform()
 
     def __repr__(self) -> str:
         return f"Tagger({len(self.classes)} classes, bundle={self.model.bundle_path!r})"
@@ -75,21 +69,10 @@ class Tagger:
     def probabilities(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """``(N, C)`` float32 sigmoid probabilities for image files or PIL images (unreadable files raise
         :class:`~frugalvision.errors.CorruptImageError` naming the file)."""
-        if isinstance(images, (str, os.PathLike, Image.Image)):
-            images = [images]
-        out = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            x = torch.stack(
-                [
-                    self._transform(im.convert("RGB"))
-                    if isinstance(im, Image.Image)
-                    else load_for_transform(im, self._transform)
-                    for im in chunk
-                ]
-            ).to(self.device)
-            out.append(torch.sigmoid(self.model(x).float()).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        probabilities: np.ndarray = torch.sigmoid(
+            torch.from_numpy(self.raw_outputs(images, batch_size))
+        ).numpy()
+        return probabilities
 
     def decide(self, probabilities: np.ndarray, top_k: int | None = None) -> list[Prediction]:
         """A :class:`~frugalvision.runtime.Prediction` per row (see :func:`decide`)."""
@@ -101,32 +84,13 @@ class Tagger:
         """Tags for each image (see :meth:`decide`)."""
         return self.decide(self.probabilities(images, batch_size=batch_size), top_k=top_k)
 
-    @torch.inference_mode()
     def dataset_probabilities(
         self, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0, progress: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities (N', C), kept (N,) bool)`` for a data set; unreadable images are skipped with one
         :class:`~frugalvision.errors.DataWarning` listing them (``kept`` is False for them)."""
-        loader = torch.utils.data.DataLoader(
-            dataset.with_transform(self._transform),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_images,
-        )
-        probs, kept = [], np.zeros(len(dataset), dtype=bool)
-        skipped: list[str] = []
-        for batch in tqdm(loader, desc="tagging", unit="batch", disable=not progress):
-            skipped += [msg for _, msg in batch["skipped"]]
-            if batch["image"] is None:
-                continue
-            probs.append(torch.sigmoid(self.model(batch["image"].to(self.device)).float()).cpu().numpy())
-            kept[batch["index"].numpy()] = True
-        if skipped:
-            listed = "\n  ".join(skipped[:10])
-            warnings.warn(
-                f"skipped {len(skipped)} unreadable image(s):\n  {listed}", DataWarning, stacklevel=2
-            )
-        return (np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)), kept
+        logits, kept = self.dataset_outputs(dataset, batch_size, num_workers, progress, desc="tagging")
+        return torch.sigmoid(torch.from_numpy(logits)).numpy(), kept
 
 
 def decide(
