@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "foundation",
     "ood",
     "retrieval",
+    "select",
     "serve",
     "tagging",
     "train",
