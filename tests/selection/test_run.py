@@ -215,3 +215,14 @@ def test_speed_is_measured_once_and_cached(
     assert again.models[0].speed == speed and len(exports) == 1  # read back, not measured again
     other = select_backbones(open_dataset(folder), cands, tmp_path / "cache", threads=1, **kw)
     assert other.models[0].speed != speed and len(exports) == 1  # remeasured for 1 thread, export reused
+
+
+def test_random_weights_are_seeded_and_cached_per_seed(
+    folder: Path, tmp_path: Path, counted: dict[str, Counter[str]]
+) -> None:
+    a = _run(folder, tmp_path / "cache", "test_vit", seed=0)
+    b = _run(folder, tmp_path / "other", "test_vit", seed=0)
+    assert a.models[0].scores["logme"] == b.models[0].scores["logme"]  # the same random weights
+    c = _run(folder, tmp_path / "cache", "test_vit", seed=1)
+    assert counted["built"]["test_vit"] == 3 and c.models[0].key != a.models[0].key
+    assert c.models[0].scores["logme"] != a.models[0].scores["logme"]

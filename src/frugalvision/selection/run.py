@@ -170,6 +170,12 @@ def labelled_subset(
     return dataset.subset(rows), ids
 
 
+def _cache_name(candidate: Candidate, seed: int) -> str:
+    """The candidate's cache folder; random weights (``pretrained=False``, no file) depend on ``seed`` too."""
+    random_weights = not candidate.pretrained and candidate.weights is None
+    return candidate.key() + (f"-seed{seed}" if random_weights else "")
+
+
 def _features(
     candidate: Candidate,
     dataset: ImageDataset,
@@ -311,7 +317,7 @@ def select_backbones(
                 *_features(
                     cand,
                     subset,
-                    cache / cand.key(),
+                    cache / _cache_name(cand, seed),
                     speed=speed,
                     threads=threads,
                     speed_seconds=speed_seconds,
@@ -337,7 +343,7 @@ def select_backbones(
         reports.append(
             ModelReport(
                 model=cand.label,
-                key=cand.key(),
+                key=_cache_name(cand, seed),
                 backbone=record["backbone"],
                 dim=int(record["dim"]),
                 parameters=int(record["parameters"]),
