@@ -228,6 +228,8 @@ def main() -> None:
             logme = "-" if r["logme"] is None else f"{r['logme']:.3f}"
             print(f"{name:<36} {r['knn_recall_at_1']:6.3f} {r['map_at_r']:6.3f} {r['linear_probe']:6.3f} "
                   f"{logme:>7} {r['params'] / 1e6:6.2f}M {r['fine_tuned']:10.3f} {r['fine_tune_s']:5.0f}")  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
         order = sorted(MODELS, key=lambda n: -rows[n]["fine_tuned"])
         print("ranking by fine-tuned accuracy: " + " > ".join(n.split(".")[0][-5:] for n in order))
         for score in SCORE_NAMES:
