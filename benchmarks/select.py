@@ -177,6 +177,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "frugalvision-bench-select")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--sets", default="caltech101-dev,omniglot,cifar10-test", help="comma-separated data sets"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -185,6 +188,7 @@ def main() -> None:
         "omniglot": lambda: omniglot(args.data / "omniglot" / "images_background_small1"),
         "cifar10-test": lambda: open_dataset(args.data / "cifar10-test"),
     }
+    sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     cands = parse_candidates(",".join(MODELS))
     results: dict[str, Any] = {"settings": vars(args) | {"data": str(args.data), "cache": str(args.cache)}}
     speeds: dict[str, dict[str, float]] = {}
@@ -196,7 +200,7 @@ def main() -> None:
             train,
             cands,
             args.cache / set_name,
-            speed=i == 0,
+            speed=i == 0 and not args.no_speed,
             threads=args.threads,
             seed=args.seed,
             progress=False,
@@ -229,7 +233,7 @@ def main() -> None:
             print(f"{name:<36} {r['knn_recall_at_1']:6.3f} {r['map_at_r']:6.3f} {r['linear_probe']:6.3f} "
                   f"{logme:>7} {r['params'] / 1e6:6.2f}M {r['fine_tuned']:10.3f} {r['fine_tune_s']:5.0f}")  # fmt: skip
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+            args.json.write_text(json.dumps(results, indent=2, default=str))
         order = sorted(MODELS, key=lambda n: -rows[n]["fine_tuned"])
         print("ranking by fine-tuned accuracy: " + " > ".join(n.split(".")[0][-5:] for n in order))
         for score in SCORE_NAMES:
@@ -261,7 +265,7 @@ def main() -> None:
         )
     results["speed"] = speeds
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":
