@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "frugalvision-bench-select")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--no-speed", action="store_true", help="skip the ONNX export and timing")
     ap.add_argument(
         "--sets", default="caltech101-dev,omniglot,cifar10-test", help="comma-separated data sets"
     )
