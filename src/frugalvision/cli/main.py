@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "foundation",
     "ood",
     "retrieval",
+    "select",
     "serve",
     "tagging",
     "train",
