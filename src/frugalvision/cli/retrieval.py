@@ -20,7 +20,7 @@ from frugalvision.cli._options import (
     progress_option,
     workers_option,
 )
-from frugalvision.errors import StoreError
+from frugalvision.errors import FrugalVisionError, StoreError
 
 
 def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) -> Any:
@@ -355,6 +355,8 @@ def index(
         else:
             idx = EmbeddingIndex.build(store.vectors, kind=kind, **common, **options)  # type: ignore[arg-type]
             idx.save(out)
+    except FrugalVisionError:  # a store / disk error: printed as one line by the CLI, exit 1
+        raise
     except ValueError as err:  # an option that does not fit the kind or the data
         raise click.UsageError(str(err)) from err
     recall = (
