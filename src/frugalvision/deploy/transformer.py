@@ -21,6 +21,7 @@ within a point of fp32 on held-out Caltech-101 classes, ``benchmarks/deploy.py``
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import platform
@@ -127,9 +128,8 @@ def add_fused(
     fp32_path = config.model_path("fp32")
     t0 = time.perf_counter()
     try:
-        with _quiet(
-            "onnxruntime.transformers", "root"
-        ):  # notes on auto-detected heads and on the producer name
+        # quiet: notes on auto-detected heads and the producer name (logging), shape-inference notes (print)
+        with _quiet("onnxruntime.transformers", "root"), contextlib.redirect_stdout(io.StringIO()):
             optimized = optimize_model(
                 str(fp32_path), model_type="vit", num_heads=0, hidden_size=0, opt_level=1
             )
