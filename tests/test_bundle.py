@@ -179,8 +179,8 @@ def _edit(config: dict, key: str, value: object) -> dict:
 
 
 BAD_FIELDS = [
-    ("task", 5, "'task' must be one of 'embedding', 'multilabel', got 5"),
-    ("task", "detection", "'task' must be one of"),
+    ("task", 5, "'task' must be one of 'embedding', 'multilabel', 'detection', got 5"),
+    ("task", "segmentation", "'task' must be one of"),
     ("classes", "notalist", "'classes' must be a list of strings, got 'notalist'"),
     ("classes", ["a", 3], "'classes' must be a list of strings"),
     ("thresholds", [0.5], "'thresholds' must be null or a list of 2 numbers"),

@@ -44,6 +44,7 @@ from frugalvision._fs import replacing_dir
 from frugalvision._version import __version__
 from frugalvision.errors import StoreError
 from frugalvision.models import Backbone, backbone_from_spec
+from frugalvision.models.detection import Detector, DetectorConfig, create_detector
 from frugalvision.models.embedding_model import EmbeddingModel, embedding_model_from_description
 from frugalvision.models.heads import HEAD_KINDS, NORMALIZATIONS, POOLINGS
 from frugalvision.plots import save_per_class_ap_plot, save_training_curves
@@ -56,8 +57,10 @@ __all__ = [
     "embedder_from_spec",
     "is_bundle",
     "load",
+    "load_detector",
     "read_bundle_config",
     "save_bundle",
+    "save_detection_bundle",
 ]
 
 BUNDLE_FORMAT = "frugalvision-bundle"
@@ -109,7 +112,10 @@ def check_bundle_fields(config: Mapping[str, Any], where: str) -> None:
     for key in ("task", "model", "data_config"):
         if key not in config:
             raise StoreError(f"{where} has no {key!r} field")
-    task = check_choice_field(config["task"], ("embedding", "multilabel"), where, "task")
+    task = check_choice_field(config["task"], ("embedding", "multilabel", "detection"), where, "task")
+    if task == "detection":
+        _check_detection_fields(config, where)
+        return
     model = check_mapping_field(config["model"], where, "model")
     backbone = check_mapping_field(model.get("backbone"), where, "model.backbone")
     if not isinstance(backbone.get("name"), str) or not backbone["name"]:
@@ -278,6 +284,10 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Em
 
     folder = Path(path).expanduser().resolve()
     config = read_bundle_config(folder)
+    if config["task"] == "detection":
+        raise StoreError(
+            f"{folder} holds a detector (task 'detection'): load it with frugalvision.bundle.load_detector(path)"
+        )
     weights = folder / _WEIGHTS
     try:  # reads and checks the header only: a truncated or corrupt file fails here, before the model is built
         with safe_open(str(weights), framework="pt"):
@@ -295,6 +305,127 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Em
     except (RuntimeError, OSError, SafetensorError) as e:
         raise StoreError(f"{weights} does not fit the architecture in config.json: {e}") from e
     model.config, model.bundle_path, model.bundle_id = config, str(folder), config.get("id")
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------ detection
+def _check_detection_fields(config: Mapping[str, Any], where: str) -> None:
+    """The fields of a detection bundle: ``model.detector`` (a :class:`DetectorConfig`), ``data_config``,
+    ``classes`` (one per detector class)."""
+    model = check_mapping_field(config["model"], where, "model")
+    spec = check_mapping_field(model.get("detector"), where, "model.detector")
+    try:
+        detector = DetectorConfig.from_dict(dict(spec))
+    except (ValueError, TypeError) as e:
+        raise StoreError(f"{where}: field 'model.detector' is not a detector configuration: {e}") from None
+    if detector.image_size > MAX_INPUT_SIDE:
+        raise field_error(
+            where, "model.detector.image_size", f"at most {MAX_INPUT_SIDE}", detector.image_size
+        )
+    check_data_config(config["data_config"], where, "data_config")
+    classes = check_str_list_field(config.get("classes", []), where, "classes")
+    if len(classes) != detector.num_classes:
+        raise StoreError(
+            f"{where}: a detector of {detector.num_classes} classes (model.detector.num_classes) needs as many "
+            f"'classes', got {len(classes)}"
+        )
+    for key in ("loss", "training", "metrics", "data"):
+        check_mapping_field(config.get(key), where, key, optional=True)
+    rows = config.get("history")
+    if rows is not None and (not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows)):
+        raise field_error(where, "history", "null or a list of objects", rows)
+
+
+def save_detection_bundle(
+    model: Detector,
+    path: str | os.PathLike[str],
+    *,
+    classes: Sequence[str],
+    loss: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
+    data: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a :class:`~frugalvision.models.detection.Detector` and its record to the bundle folder ``path``
+    (atomically), as :func:`save_bundle` does for embedding models; ``config.json`` has ``task: "detection"``,
+    ``model.detector`` (its :class:`DetectorConfig`), ``data_config`` (input ``[3, S, S]`` letterboxed, the
+    backbone's mean / std) and the class names. The weights are the unfused model's (``fuse()`` is for export)."""
+    from safetensors.torch import save_model
+
+    if not isinstance(model, Detector):
+        raise TypeError(f"save_detection_bundle saves a Detector, got {type(model).__name__}")
+    if len(classes) != model.num_classes:
+        raise ValueError(
+            f"a detector of {model.num_classes} classes needs as many class names, got {len(classes)}"
+        )
+    size = model.image_size
+    data_config = {
+        "input_size": [3, size, size],
+        "interpolation": "bilinear",
+        "mean": list(model.data_config["mean"]),
+        "std": list(model.data_config["std"]),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    target = Path(path).expanduser().resolve()
+    config: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "frugalvision_version": __version__,
+        "id": uuid.uuid4().hex,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "task": "detection",
+        "model": {"detector": model.config.to_dict(), "strides": list(model.strides), "letterbox": True},
+        "data_config": data_config,
+        "classes": list(classes),
+        "loss": _jsonable(dict(loss or {})),
+        "training": _jsonable(dict(training or {})),
+        "metrics": _jsonable(dict(metrics or {})),
+        "history": _jsonable([dict(h) for h in history]),
+        "data": _jsonable(dict(data or {})),
+    }
+    check_bundle_fields(config, "the detection bundle being saved")
+    with replacing_dir(target) as tmp:
+        was_training = model.training
+        model.eval()
+        save_model(model, str(tmp / _WEIGHTS))
+        model.train(was_training)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
+        save_training_curves(config["history"], tmp / "curves.png")
+    return target
+
+
+def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
+    """Rebuild the :class:`~frugalvision.models.detection.Detector` saved in detection bundle ``path``, in eval
+    mode, offline (backbone built with ``pretrained=False``, every weight from ``model.safetensors``).
+
+    Raises:
+        StoreError: not a detection bundle, a bad field, corrupt weights or weights that do not fit.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_model
+
+    folder = Path(path).expanduser().resolve()
+    config = read_bundle_config(folder)
+    if config["task"] != "detection":
+        raise StoreError(
+            f"{folder} holds a {config['task']} model, not a detector: load it with frugalvision.load"
+        )
+    weights = folder / _WEIGHTS
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise StoreError(f"{weights} is corrupt or truncated ({e}); save or copy the bundle again") from e
+    spec = DetectorConfig.from_dict({**config["model"]["detector"], "pretrained": False})
+    try:
+        model = create_detector(spec)
+        load_model(model, str(weights), strict=True, device="cpu")
+    except (RuntimeError, OSError, SafetensorError, ValueError) as e:
+        raise StoreError(f"{weights} does not fit the detector in config.json: {e}") from e
+    model.bundle_path, model.bundle_id, model.bundle_config = str(folder), config.get("id"), config  # type: ignore[assignment]
     return model.to(device).eval()
 
 
@@ -334,6 +465,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def render_report(config: Mapping[str, Any]) -> str:
     """``report.md``: the bundle's metrics, settings and data as Markdown."""
+    if config.get("task") == "detection":
+        return _render_detection_report(config)
     model, metrics = config.get("model", {}), config.get("metrics", {})
     head, pool = model.get("head", {}), model.get("pooling", {})
     lines = [
@@ -381,6 +514,56 @@ def render_report(config: Mapping[str, Any]) -> str:
         for row in per_class:
             lines.append(f"| {row.get('class', '?')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
         lines.append("")
+    history = config.get("history") or []
+    if history:
+        keys = [k for k in history[-1] if k != "epoch"]
+        lines += ["## Per epoch", "", "| epoch | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for row in history:
+            lines.append(f"| {row.get('epoch')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+        lines += ["", "![curves](curves.png)", ""]
+    data = config.get("data") or {}
+    if data:
+        lines += ["## Data", ""] + [f"- {k}: {_fmt(v)}" for k, v in _flatten(data).items()] + [""]
+    training = config.get("training") or {}
+    if training:
+        lines += ["## Settings", "", "| key | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(training).items()] + [""]
+    return "\n".join(lines)
+
+
+def _render_detection_report(config: Mapping[str, Any]) -> str:
+    """``report.md`` of a detection bundle: the detector, validation mAP, per-epoch history, data, settings."""
+    det = config.get("model", {}).get("detector", {})
+    metrics = config.get("metrics", {})
+    lines = [
+        "# frugalvision model bundle (detection)",
+        "",
+        f"Created {config.get('created', '?')} with frugalvision {config.get('frugalvision_version', '?')}. "
+        "Load it with `frugalvision.bundle.load_detector(path)`.",
+        "",
+        "## Model",
+        "",
+        f"- backbone: `{det.get('backbone', '?')}`, size {det.get('size', '?')}, head {det.get('head', '?')}"
+        + (", RepConv" if det.get("repconv") else "")
+        + (", auxiliary head" if det.get("aux_head") else ""),
+        f"- input: {det.get('image_size', '?')} x {det.get('image_size', '?')} letterboxed; "
+        f"{len(config.get('classes', []))} classes: {', '.join(config.get('classes', [])[:20])}",
+        f"- loss: `{config.get('loss', {}).get('name', '?')}` {json.dumps(config.get('loss', {}).get('kwargs', {}))}",
+        "",
+    ]
+    final = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    if final:
+        lines += [
+            "## Validation metrics (EMA weights)",
+            "",
+            f"Best epoch: {metrics.get('best_epoch', '?')} (chosen by mAP).",
+            "",
+        ]
+        lines += (
+            ["| metric | value |", "|---|---|"]
+            + [f"| {k[4:]} | {_fmt(v)} |" for k, v in final.items()]
+            + [""]
+        )
     history = config.get("history") or []
     if history:
         keys = [k for k in history[-1] if k != "epoch"]

@@ -116,7 +116,7 @@ def test_output_folder_rules_and_argument_checks(tmp_path: Path) -> None:
     second = export_onnx(model, tmp_path / "d", **kw)  # a deploy bundle is replaced
     assert first.folder == second.folder and (tmp_path / "d" / "deploy.json").is_file()
     with pytest.raises(ValueError, match="task"):
-        export_onnx(model, tmp_path / "e", data_config=DATA_CONFIG, task="detection")
+        export_onnx(model, tmp_path / "e", data_config=DATA_CONFIG, task="segmentation")
     with pytest.raises(ValueError, match="opset"):
         export_onnx(model, tmp_path / "e", data_config=DATA_CONFIG, opset=11)
     with pytest.raises(ValueError, match="input_size"):

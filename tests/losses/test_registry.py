@@ -130,10 +130,10 @@ def test_losses_are_listed_by_task(clean_registry) -> None:
     assert "toy_tagging" not in list_losses(task="embedding") and "arcface" in list_losses(task="embedding")
     assert "arcface" not in list_losses(task="multilabel")
     assert loss_task("toy_tagging") == "multilabel" and loss_task("ArcFace") == "embedding"
-    with pytest.raises(ValueError, match="task must be one of embedding, multilabel"):
-        list_losses(task="detection")
+    with pytest.raises(ValueError, match="task must be one of embedding, multilabel, detection"):
+        list_losses(task="segmentation")
     with pytest.raises(ValueError, match="register_loss task must be one of"):
-        register_loss("toy_detect", task="detection")
+        register_loss("toy_segment", task="segmentation")
 
 
 @pytest.mark.parametrize("name", list_losses())

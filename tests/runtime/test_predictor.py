@@ -119,7 +119,7 @@ def test_deploy_config_validation(tiny_bundle) -> None:
     data = json.loads((folder / "deploy.json").read_text())
     assert DeployConfig.from_dict(data).to_dict()["output"] == data["output"]
     for change, match in [
-        ({"task": "detection"}, "task"),
+        ({"task": "segmentation"}, "task"),
         ({"format_version": 99}, "version"),
         ({"format": "other"}, "format"),
         ({"task": "classification", "classes": ["a"]}, "one class name per output"),

@@ -281,7 +281,7 @@ def test_no_route_serves_files(predictor: Predictor, tmp_path: Path) -> None:
     app = create_app(predictor)
     docs = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
     api = {r.path for r in app.routes if isinstance(r, APIRoute)}
-    assert api == {"/health", "/info", "/embed", "/predict", "/search"}
+    assert api == {"/health", "/info", "/embed", "/predict", "/search", "/detect"}
     assert {
         getattr(r, "path", None) for r in app.routes
     } == api | docs  # no Mount (StaticFiles), no file route

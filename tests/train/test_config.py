@@ -104,7 +104,9 @@ def test_load_config_resolves_every_auto_once() -> None:
     assert resolve_config(cfg) is cfg  # resolved once: no second pass, no second validation
     built = TrainConfig()  # built in Python: resolved by fit / build_model through the same step
     assert built.data.sampler == "auto" and resolve_config(built).data.sampler == "m_per_class"
-    with pytest.raises(ConfigError, match=r"task must be one of 'embedding' \| 'multilabel'; got 'nope'"):
+    with pytest.raises(
+        ConfigError, match=r"task must be one of 'embedding' \| 'multilabel' \| 'detection'; got 'nope'"
+    ):
         load_config(overrides=["task=nope"])
 
 

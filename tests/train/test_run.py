@@ -78,7 +78,7 @@ def test_a_registered_task_runs_through_fit_with_checkpoints_and_resume(
             defaults={"data.sampler": "shuffle", "data.val_split": "images"},  # no loss of the loss registry
         )
     )
-    assert list_tasks() == ["embedding", "multilabel", "regression"]
+    assert sorted(list_tasks()) == ["detection", "embedding", "multilabel", "regression"]
     args = ["task=regression", f"out={tmp_path}", "trainer.progress=false", "trainer.accelerator=cpu"]
     best = fit(load_config(None, [*args, "trainer.epochs=2"]))
     assert best == str(tmp_path / "checkpoints" / "best.ckpt")

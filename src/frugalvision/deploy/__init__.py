@@ -3,6 +3,8 @@
 - :func:`export_onnx` (any module + its timm ``data_config``), :func:`export_bundle` (a trained model bundle) and
   :func:`export_backbone` (a plain timm backbone, no training) write ``model.onnx`` + ``deploy.json``, checked
   with ``onnx.checker`` and against PyTorch (per-row cosine >= 0.9999).
+- :func:`export_detector` writes a detector (issue 14's contract) with the class-aware NMS inside the ONNX graph
+  (``NonMaxSuppression``), checked against ``torchvision.ops.batched_nms``.
 - :func:`quantize_int8` adds ``model.int8.onnx`` (ONNX Runtime static quantisation, QDQ, per-channel), calibrated
   on the user's images through the runtime's own preprocessing.
 - :func:`compare_precisions` reports accuracy (Recall@1 / MAP@R, accuracy or mAP) next to speed per precision.
@@ -10,6 +12,7 @@
 Needs torch (``frugalvision[full]``); the exported bundle runs with :class:`frugalvision.runtime.Predictor` alone.
 """
 
+from frugalvision.deploy.detection import DetectionExportResult, detection_agreement, export_detector
 from frugalvision.deploy.evaluate import compare_precisions, mean_average_precision, throughput
 from frugalvision.deploy.export import (
     EXPORTERS,
@@ -34,14 +37,17 @@ from frugalvision.deploy.quantize import (
 __all__ = [
     "CALIBRATION_METHODS",
     "EXPORTERS",
+    "DetectionExportResult",
     "ExportError",
     "ExportResult",
     "ImageCalibrationReader",
     "QuantizeResult",
     "add_bf16_fastmath",
     "compare_precisions",
+    "detection_agreement",
     "export_backbone",
     "export_bundle",
+    "export_detector",
     "export_onnx",
     "is_model_bundle",
     "list_images",

@@ -223,6 +223,10 @@ def export_onnx(
     data_config = _check_data_config(data_config)
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "detection":
+        raise ValueError(
+            "detectors are exported with frugalvision.deploy.export_detector (NMS inside the graph)"
+        )
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
@@ -442,6 +446,10 @@ def export_bundle(
     task = str(config.get("task", "embedding"))
     if task not in TASKS:
         raise StoreError(f"{bundle_dir}: task {task!r} cannot be exported; supported: {', '.join(TASKS)}")
+    if task == "detection":
+        raise StoreError(
+            f"{bundle_dir} is a detection model: export it with frugalvision.deploy.export_detector_bundle"
+        )
     head = (config.get("model") or {}).get("head") or {}
     normalization = str(head.get("normalization", getattr(model, "normalization", "none")))
     source = {

@@ -31,10 +31,12 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from frugalvision._fs import IMAGE_EXTENSIONS
 from frugalvision._fs import list_images as _list_images
+from frugalvision.deploy.detection import int8_detection_agreement, nms_nodes
 from frugalvision.deploy.export import output_agreement, set_onnx_metadata
 from frugalvision.errors import DataError, FrugalVisionError
 from frugalvision.runtime import ImageInput
 from frugalvision.runtime.config import DeployConfig, read_deploy_config
+from frugalvision.runtime.detection import LetterboxPreprocessor
 from frugalvision.runtime.predictor import BF16_FASTMATH_KEY
 from frugalvision.runtime.preprocess import Preprocessor
 
@@ -153,7 +155,9 @@ def quantize_int8(
             will see. A few hundred are plenty; ``max_images`` are drawn at random (``seed``).
         max_images: calibration images used at most.
         check_images: further images (not used for calibration, when available) on which int8 outputs are
-            compared with fp32 (:func:`~frugalvision.deploy.output_agreement`, recorded in ``deploy.json``).
+            compared with fp32 (:func:`~frugalvision.deploy.output_agreement`, recorded in ``deploy.json``;
+            detectors: :func:`~frugalvision.deploy.detection_agreement` of the detections, and the NMS nodes of
+            the graph stay float).
         method: activation range estimate: ``"minmax"`` (fast, default), ``"percentile"`` (99.999th percentile)
             or ``"entropy"`` (KL divergence; slower, more memory).
         per_channel: one weight scale per output channel (recommended for depthwise convolutions).
@@ -191,7 +195,9 @@ def quantize_int8(
     calib, check = (chosen[:max_images], chosen[max_images:]) if len(chosen) > max_images else (chosen, [])
     if not check:  # too few images to hold some back: check on (part of) the calibration set
         check = calib[:check_images]
-    preprocessor = Preprocessor(config.data_config)
+    preprocessor: Any = Preprocessor(config.data_config)
+    if config.detection is not None:  # detectors: letterboxed as in training; the NMS part stays float
+        preprocessor = LetterboxPreprocessor.from_config(config.data_config, config.detection)
     reader = ImageCalibrationReader(calib, preprocessor, config.input_name, batch_size)
 
     t0 = time.perf_counter()
@@ -216,6 +222,7 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[method],
                 op_types_to_quantize=chosen_ops,
+                nodes_to_exclude=nms_nodes(prepped) if config.detection is not None else None,
                 extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False},
             )
         except Exception as e:  # ORT's quantiser raises plain exceptions of many kinds
@@ -229,7 +236,10 @@ def quantize_int8(
     agreement: dict[str, float] = {}
     if check:
         check_batch = preprocessor.batch(check)
-        agreement = output_agreement(_run(fp32_path, check_batch), _run(folder / INT8_FILE, check_batch))
+        if config.detection is not None:
+            agreement = int8_detection_agreement(fp32_path, folder / INT8_FILE, check_batch)
+        else:
+            agreement = output_agreement(_run(fp32_path, check_batch), _run(folder / INT8_FILE, check_batch))
     record = {
         "file": INT8_FILE,
         "method": method,

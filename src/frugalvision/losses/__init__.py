@@ -132,3 +132,25 @@ __all__ += [
     "distribution_balanced_loss",
     "focal_loss",
 ]
+
+# Object detection (task="detection"): box losses, the task-aligned assigner and the detector's loss.
+from frugalvision.losses.box_iou import box_iou_loss, ciou_loss, giou_loss, paired_box_iou  # noqa: E402
+from frugalvision.losses.detection import DetectionLoss, pad_targets, varifocal_loss  # noqa: E402
+from frugalvision.losses.detection_assigner import (  # noqa: E402
+    Assignment,
+    TaskAlignedAssigner,
+    pairwise_box_iou,
+)
+
+__all__ += [
+    "Assignment",
+    "DetectionLoss",
+    "TaskAlignedAssigner",
+    "box_iou_loss",
+    "ciou_loss",
+    "giou_loss",
+    "pad_targets",
+    "paired_box_iou",
+    "pairwise_box_iou",
+    "varifocal_loss",
+]

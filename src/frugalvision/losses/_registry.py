@@ -55,8 +55,9 @@ __all__ = [
 
 _LossT = TypeVar("_LossT", bound=type[nn.Module])
 
-#: The tasks a loss can train: metric learning on embeddings, or multi-label classification on logits.
-LOSS_TASKS = ("embedding", "multilabel")
+#: The tasks a loss can train: metric learning on embeddings, multi-label classification on logits, or object
+#: detection (``loss(detector outputs (dict), targets (list of dicts))``, :mod:`frugalvision.losses.detection`).
+LOSS_TASKS = ("embedding", "multilabel", "detection")
 #: Where a loss expects its inputs: unit vectors, inside the Poincaré ball, or anywhere in R^D.
 LOSS_SPACES = ("sphere", "poincare", "euclidean")
 #: What a loss can need from the training run -> the constructor argument that receives it.
@@ -74,7 +75,7 @@ class LossEntry:
         name: the canonical name (the first registered).
         aliases: the other names.
         cls: the ``nn.Module`` class.
-        task: ``"embedding"`` or ``"multilabel"``.
+        task: ``"embedding"``, ``"multilabel"`` or ``"detection"``.
         space: ``"sphere"``, ``"poincare"`` or ``"euclidean"``; ``None`` for a loss that ``wraps`` another and
             takes its space.
         needs: a subset of :data:`LOSS_NEEDS`, in that order.
@@ -126,8 +127,9 @@ def register_loss(
 
     Args:
         names: the canonical name, then aliases.
-        task: ``"embedding"`` (called as ``loss(embeddings (B, D), labels (B,))``) or ``"multilabel"`` (called as
-            ``loss(logits (B, C), targets (B, C))`` with targets 1 = present, 0 = absent, -1 = unknown).
+        task: ``"embedding"`` (called as ``loss(embeddings (B, D), labels (B,))``), ``"multilabel"`` (called as
+            ``loss(logits (B, C), targets (B, C))`` with targets 1 = present, 0 = absent, -1 = unknown) or
+            ``"detection"`` (``loss(detector outputs, per-image target dicts)``).
         space: one of :data:`LOSS_SPACES`; default ``"sphere"`` for an embedding loss, ``"euclidean"`` (logits)
             for a multi-label one, and the wrapped loss's space for a loss that ``wraps`` another.
             ``"poincare"`` requires a constructor argument ``c`` (the ball's curvature).

@@ -3,7 +3,9 @@
 Needs only numpy, Pillow and onnxruntime (``pip install frugalvision[runtime]``); importing this package never
 imports torch (a test checks it).
 
-- :class:`Predictor` runs a deploy bundle written by ``frugalvision export`` (``embed`` / ``predict``).
+- :class:`Predictor` runs a deploy bundle written by ``frugalvision export`` (``embed`` / ``predict`` /
+  ``detect``; detectors are letterboxed by :class:`LetterboxPreprocessor`, their boxes come back as
+  :class:`Detection` in the original image's pixels).
 - :class:`Preprocessor` is timm's evaluation transform in numpy + Pillow (equal to ``backbone.transform()``).
 - :func:`decode_image` turns files, bytes or arrays into upright RGB with the same rules as training, and
   refuses unaccepted formats and oversized images before decoding them.
@@ -26,6 +28,7 @@ from frugalvision.runtime.config import (
     is_deploy_bundle,
     read_deploy_config,
 )
+from frugalvision.runtime.detection import Detection, LetterboxMeta, LetterboxPreprocessor, letterbox_geometry
 from frugalvision.runtime.predictor import PRECISIONS, Prediction, Predictor, bf16_fastmath_available
 from frugalvision.runtime.preprocess import INTERPOLATIONS, Preprocessor
 
@@ -37,8 +40,11 @@ __all__ = [
     "PRECISIONS",
     "TASKS",
     "DeployConfig",
+    "Detection",
     "ImageInput",
     "ImageTooLargeError",
+    "LetterboxMeta",
+    "LetterboxPreprocessor",
     "Prediction",
     "Predictor",
     "Preprocessor",
@@ -46,6 +52,7 @@ __all__ = [
     "bf16_fastmath_available",
     "decode_image",
     "is_deploy_bundle",
+    "letterbox_geometry",
     "read_deploy_config",
     "to_rgb",
 ]

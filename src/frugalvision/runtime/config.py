@@ -32,6 +32,7 @@ from frugalvision._fields import (
 )
 from frugalvision._fs import write_text_atomic
 from frugalvision.errors import StoreError
+from frugalvision.runtime.detection import check_detection_record, square_side
 
 __all__ = [
     "DEPLOY_FILE",
@@ -51,11 +52,11 @@ DEPLOY_FILE = "deploy.json"
 #: Key of the JSON record in an ONNX model's ``metadata_props``.
 METADATA_KEY = "frugalvision"
 #: What a deployed model computes.
-TASKS: tuple[str, ...] = ("embedding", "classification", "multilabel")
+TASKS: tuple[str, ...] = ("embedding", "classification", "multilabel", "detection")
 #: Normalisation of an embedding output.
 NORMALIZATIONS: tuple[str, ...] = ("l2", "poincare", "none")
 _KNOWN_FIELDS = ("format", "format_version", "task", "classes", "thresholds", "output", "input", "data_config",
-                 "models", "source", "metrics")  # fmt: skip
+                 "models", "source", "metrics", "detection")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ class DeployConfig:
     """What a deployed model is and how to feed it.
 
     Attributes:
-        task: ``"embedding"`` (output ``(B, D)`` vectors), ``"classification"`` (``(B, C)`` logits, softmax) or
-            ``"multilabel"`` (``(B, C)`` logits, independent sigmoids with per-class ``thresholds``).
+        task: ``"embedding"`` (output ``(B, D)`` vectors), ``"classification"`` (``(B, C)`` logits, softmax),
+            ``"multilabel"`` (``(B, C)`` logits, independent sigmoids with per-class ``thresholds``) or
+            ``"detection"`` (boxes after the NMS inside the graph, see :mod:`frugalvision.runtime.detection`;
+            ``output_size`` is the number of classes).
         data_config: timm preprocessing (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
             ``crop_mode``).
         output_size: ``D`` or ``C``.
@@ -78,6 +81,9 @@ class DeployConfig:
         metrics: the bundle's validation metrics, copied for reference.
         extra: any other fields of ``deploy.json``, kept on rewrite.
         folder: the deploy bundle folder (``None`` for a config read from a lone ONNX file).
+        detection: detectors only: ``{"letterbox": {"fill", "interpolation"}, "nms": {"score_threshold",
+            "iou_threshold", "max_detections", "multi_label"}, "outputs": [...]}`` (the NMS settings baked into
+            the graph, and the letterbox preprocessing of training).
     """
 
     task: str
@@ -93,6 +99,7 @@ class DeployConfig:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None
+    detection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         where = f" in {self.folder / DEPLOY_FILE}" if self.folder else ""
@@ -124,6 +131,13 @@ class DeployConfig:
                 raise StoreError(
                     f"thresholds must have one value per class ({len(self.classes)}), got {len(self.thresholds)}{where}"
                 )
+        if (self.task == "detection") != (self.detection is not None):
+            raise StoreError(
+                f"field 'detection' is required for a detection model and only for one (task {self.task!r}){where}"
+            )
+        if self.detection is not None:
+            check_detection_record(self.detection, origin, self.output_size)
+            square_side(self.data_config, origin)
         for precision, record in self.models.items():
             if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
                 raise StoreError(f"models[{precision!r}] must be an object with a 'file' name{where}")
@@ -132,7 +146,7 @@ class DeployConfig:
     # -- (de)serialisation ----------------------------------------------------------------------------------
     def essentials(self) -> dict[str, Any]:
         """The fields stored in each ONNX file's metadata (enough to run a lone ``.onnx`` file)."""
-        return {
+        out = {
             "format": DEPLOY_FORMAT,
             "format_version": DEPLOY_VERSION,
             "task": self.task,
@@ -146,6 +160,9 @@ class DeployConfig:
             "input": {"name": self.input_name, "shape": [None, *self.data_config["input_size"]]},
             "data_config": _jsonable_data_config(self.data_config),
         }
+        if self.detection is not None:
+            out["detection"] = dict(self.detection)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """``deploy.json``'s content."""
@@ -197,6 +214,9 @@ class DeployConfig:
             check_relative_file(record.get("file"), origin, f"models.{precision}.file")
         for key in ("source", "metrics"):
             check_mapping_field(d.get(key), origin, key, optional=True)
+        detection = d.get("detection")
+        if detection is not None:
+            detection = dict(check_mapping_field(detection, origin, "detection"))
         try:
             known = set(_KNOWN_FIELDS)
             return cls(
@@ -213,6 +233,7 @@ class DeployConfig:
                 metrics=dict(d.get("metrics") or {}),
                 extra={k: v for k, v in d.items() if k not in known},
                 folder=folder,
+                detection=detection,
             )
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise StoreError(f"{origin} is incomplete or malformed: {type(e).__name__}: {e}") from e

@@ -6,6 +6,7 @@
     p = Predictor("model-onnx/", precision="int8", threads=2)
     vectors = p.embed(["a.jpg", "b.jpg"])          # (2, D), unit rows for an l2 model
     p.predict(["a.jpg"])[0].labels                 # classifiers: top classes; multilabel: classes over threshold
+    p.detect(["a.jpg"])[0].boxes                   # detectors: (n, 4) xyxy boxes in the image's own pixels
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from PIL import Image
 from frugalvision.errors import FrugalVisionError, StoreError
 from frugalvision.runtime._image import ImageInput
 from frugalvision.runtime.config import DEPLOY_FILE, DeployConfig, read_deploy_config
+from frugalvision.runtime.detection import (
+    DETECTION_OUTPUTS,
+    Detection,
+    LetterboxPreprocessor,
+    pack_detections,
+    unpack_detections,
+)
 from frugalvision.runtime.preprocess import Preprocessor
 
 __all__ = ["PRECISIONS", "Prediction", "Predictor", "bf16_fastmath_available"]
@@ -158,9 +166,24 @@ class Predictor:
         self._origin = f"{path} metadata" if Path(path).is_file() else str(Path(path) / DEPLOY_FILE)
         self._check_signature()
         self.preprocessor = Preprocessor(self.config.data_config, max_pixels=max_pixels)
+        #: Detectors only: the letterbox of training (:mod:`frugalvision.runtime.detection`).
+        self.letterbox: LetterboxPreprocessor | None = None
+        if self.config.detection is not None:
+            self.letterbox = LetterboxPreprocessor.from_config(
+                self.config.data_config, self.config.detection, max_pixels=max_pixels
+            )
 
     def _check_signature(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if self.task == "detection":
+            names = tuple(o.name for o in outputs)
+            if len(inputs) != 1 or names != DETECTION_OUTPUTS:
+                raise StoreError(
+                    f"{self.model_path} must have one input and the outputs {', '.join(DETECTION_OUTPUTS)} of an "
+                    f"exported detector, got {len(inputs)} inputs and {list(names)}; export it with export_detector"
+                )
+            self._input_name, self._output_name = inputs[0].name, ""
+            return
         if len(inputs) != 1 or len(outputs) != 1:
             raise StoreError(
                 f"{self.model_path} must have one input and one output, got {len(inputs)} and {len(outputs)}"
@@ -220,11 +243,14 @@ class Predictor:
             "data_config": self.config.essentials()["data_config"],
             "source": self.config.source,
             "model_file": self.model_path.name,
+            **({"detection": self.config.detection} if self.config.detection is not None else {}),
         }
 
     # -- inference ------------------------------------------------------------------------------------------
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Decode and preprocess images to the model's ``(B, 3, H, W)`` float32 input."""
+        """Decode and preprocess images to the model's ``(B, 3, H, W)`` float32 input (letterboxed for detectors)."""
+        if self.letterbox is not None:
+            return self.letterbox.batch(_as_list(images))
         return self.preprocessor.batch(_as_list(images))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -240,6 +266,18 @@ class Predictor:
                 f"batch must have shape (B, {', '.join(map(str, self.input_size))}), got {batch.shape}"
             )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.task == "detection":  # (B, K, 6): x1, y1, x2, y2, score, label (-1 on padding rows)
+            if batch.shape[0] == 0:
+                return np.zeros((0, 0, 6), dtype=np.float32)
+            packed = [
+                pack_detections(
+                    self.session.run(
+                        list(DETECTION_OUTPUTS), {self._input_name: batch[i : i + self.batch_size]}
+                    )
+                )
+                for i in range(0, batch.shape[0], self.batch_size)
+            ]
+            return packed[0] if len(packed) == 1 else np.concatenate(packed)
         if batch.shape[0] == 0:
             return np.zeros((0, self.output_size), dtype=np.float32)
         parts = [
@@ -262,7 +300,8 @@ class Predictor:
         """
         if self.task != "embedding":
             raise FrugalVisionError(
-                f"this is a {self.task} model; use predict() (embed() needs an embedding model)"
+                f"this is a {self.task} model; use {'detect' if self.task == 'detection' else 'predict'}() "
+                "(embed() needs an embedding model)"
             )
         return self.run(self.preprocess(images))
 
@@ -304,4 +343,23 @@ class Predictor:
         """Class decisions for images (classification and multilabel models); see :meth:`decide`."""
         if self.task == "embedding":
             raise FrugalVisionError("this is an embedding model; it has no classes to predict (use embed())")
+        if self.task == "detection":
+            raise FrugalVisionError("this is a detection model; use detect() for its boxes")
         return self.decide(self.run(self.preprocess(images)), top_k=top_k)
+
+    def detect(
+        self, images: ImageInput | Sequence[ImageInput], score_threshold: float | None = None
+    ) -> list[Detection]:
+        """Objects in images (detection models): one :class:`~frugalvision.runtime.detection.Detection` per image,
+        boxes ``(n, 4)`` xyxy in the ORIGINAL image's pixels, scores, class ids and names, best first.
+
+        Images are letterboxed as in training; the NMS ran inside the ONNX graph with the thresholds recorded in
+        ``deploy.json`` (``detection.nms``). ``score_threshold`` keeps only detections scoring at least that much
+        (it can raise the exported threshold, not lower it).
+        """
+        if self.letterbox is None:
+            raise FrugalVisionError(f"this is a {self.task} model; detect() needs a detection model")
+        if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        batch, metas = self.letterbox.batch_with_meta(_as_list(images))
+        return unpack_detections(self.run(batch), metas, self.classes, score_threshold or 0.0)

@@ -5,6 +5,7 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 * ``POST /embed``   one or more images (multipart field ``file``, repeatable) -> embeddings
 * ``POST /predict`` images -> class labels and probabilities (classification / multilabel models)
 * ``POST /search``  images -> the ``k`` nearest items of a saved :class:`~frugalvision.index.EmbeddingIndex`
+* ``POST /detect``  images -> boxes (xyxy, in each image's own pixels), scores and classes (detection models)
 * ``GET /health``, ``GET /info``
 
 Untrusted input is bounded before work is spent on it, and every refusal is a JSON ``{"detail": ...}``. The
@@ -74,6 +75,7 @@ from frugalvision.errors import (
     UnsupportedImageError,
 )
 from frugalvision.runtime import DEFAULT_FORMATS, Predictor, decode_image
+from frugalvision.runtime.detection import unpack_detections
 from frugalvision.serve._batching import Admission, BatcherFullError, MicroBatcher
 
 __all__ = [
@@ -94,7 +96,7 @@ log = logging.getLogger("frugalvision.serve")
 PATH_MODES: tuple[str, ...] = ("relative", "name", "full", "none")
 #: Host names a local service answers to when no list is given to the CLI.
 LOCAL_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
-_IMAGE_ENDPOINTS = frozenset({"/embed", "/predict", "/search"})
+_IMAGE_ENDPOINTS = frozenset({"/embed", "/predict", "/search", "/detect"})
 _OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -150,6 +152,18 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionItem]
 
 
+class DetectionItem(BaseModel):
+    boxes: list[list[float]] = Field(description="[x1, y1, x2, y2] per object, in the image's own pixels.")
+    scores: list[float] = Field(description="Class probabilities, best first.")
+    labels: list[int] = Field(description="Class ids.")
+    names: list[str] = Field(description="Class names.")
+
+
+class DetectResponse(BaseModel):
+    task: str
+    detections: list[DetectionItem] = Field(description="One entry per image, in upload order.")
+
+
 class Hit(BaseModel):
     rank: int
     id: int = Field(description="Row of the item in the index.")
@@ -194,6 +208,14 @@ FileField = Annotated[
     File(description="Image file(s) (JPEG, PNG, WebP, BMP, GIF, TIFF); repeat the field for several."),
 ]
 TopK = Annotated[int, Query(ge=1, le=1000, description="Classes per image (classification).")]
+ScoreThreshold = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=1,
+        description="Keep detections scoring at least this (above the model's exported threshold).",
+    ),
+]
 SearchK = Annotated[int | None, Query(ge=1, le=1000, description="Hits per image (default: the service's).")]
 
 
@@ -560,7 +582,11 @@ def create_app(
     )
     app.add_middleware(InternalErrorMiddleware)
 
-    def decode_all(blobs: Sequence[tuple[str, bytes]], cancelled: threading.Event) -> np.ndarray | None:
+    letterbox = predictor.letterbox  # detectors: letterboxed, and each image's meta kept to map boxes back
+
+    def decode_all(
+        blobs: Sequence[tuple[str, bytes]], cancelled: threading.Event, metas: list[Any] | None = None
+    ) -> np.ndarray | None:
         pixels = np.empty((len(blobs), pre.height, pre.width, 3), dtype=np.uint8)
         for i, (name, data) in enumerate(blobs):
             if cancelled.is_set():  # the client left: stop after the current image
@@ -575,13 +601,20 @@ def create_app(
                 raise HTTPException(415, str(e)) from e
             except CorruptImageError as e:
                 raise HTTPException(422, str(e)) from e
-            pixels[i] = pre.resize_crop(image)
-        return pre.normalize(pixels)
+            if letterbox is not None and metas is not None:
+                pixels[i], meta = letterbox.letterbox(image)
+                metas.append(meta)
+            else:
+                pixels[i] = pre.resize_crop(image)
+        return letterbox.normalize(pixels) if letterbox is not None else pre.normalize(pixels)
 
     async def compute(
-        blobs: list[tuple[str, bytes]], admission: Admission, cancelled: threading.Event
+        blobs: list[tuple[str, bytes]],
+        admission: Admission,
+        cancelled: threading.Event,
+        metas: list[Any] | None = None,
     ) -> np.ndarray:
-        batch = await anyio.to_thread.run_sync(decode_all, blobs, cancelled, limiter=decode_limiter)
+        batch = await anyio.to_thread.run_sync(decode_all, blobs, cancelled, metas, limiter=decode_limiter)
         if batch is None:
             raise asyncio.CancelledError
         return await batcher.submit(batch, admission)
@@ -604,7 +637,9 @@ def create_app(
             raise HTTPException(503, "the client disconnected; its work was cancelled")
         return task.result()
 
-    async def run_images(request: Request, files: list[UploadFile]) -> np.ndarray:
+    async def run_images(
+        request: Request, files: list[UploadFile], metas: list[Any] | None = None
+    ) -> np.ndarray:
         if len(files) > limits.max_files:
             raise HTTPException(413, f"{len(files)} images in one request; the limit is {limits.max_files}")
         blobs = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
@@ -624,7 +659,7 @@ def create_app(
             raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from e
         with admission:
             cancelled = threading.Event()
-            return await unless_disconnected(request, compute(blobs, admission, cancelled), cancelled)
+            return await unless_disconnected(request, compute(blobs, admission, cancelled, metas), cancelled)
 
     @app.get("/health", response_model=HealthResponse, summary="Liveness check")
     async def health() -> HealthResponse:
@@ -649,7 +684,8 @@ def create_app(
     @app.post("/embed", response_model=EmbedResponse, responses=_ERRORS, summary="Embed images")
     async def embed(request: Request, file: FileField) -> EmbedResponse:
         if predictor.task != "embedding":
-            raise HTTPException(400, f"this is a {predictor.task} model; use /predict")
+            use = "/detect" if predictor.task == "detection" else "/predict"
+            raise HTTPException(400, f"this is a {predictor.task} model; use {use}")
         vectors = await run_images(request, file)
         return EmbedResponse(
             embeddings=vectors.tolist(),
@@ -661,9 +697,24 @@ def create_app(
     async def predict(request: Request, file: FileField, top_k: TopK = 5) -> PredictResponse:
         if predictor.task == "embedding":
             raise HTTPException(400, "this is an embedding model: it has no classes; use /embed or /search")
+        if predictor.task == "detection":
+            raise HTTPException(400, "this is a detection model; use /detect")
         logits = await run_images(request, file)
         items = [PredictionItem(**p.to_dict()) for p in predictor.decide(logits, top_k=top_k)]
         return PredictResponse(task=predictor.task, predictions=items)
+
+    @app.post("/detect", response_model=DetectResponse, responses=_ERRORS, summary="Detect objects (boxes)")
+    async def detect(
+        request: Request, file: FileField, score_threshold: ScoreThreshold = None
+    ) -> DetectResponse:
+        if predictor.task != "detection":
+            raise HTTPException(
+                400, f"this is a {predictor.task} model: it finds no boxes; use /predict or /embed"
+            )
+        metas: list[Any] = []
+        packed = await run_images(request, file, metas)
+        found = unpack_detections(packed, metas, predictor.classes, score_threshold or 0.0)
+        return DetectResponse(task="detection", detections=[DetectionItem(**d.to_dict()) for d in found])
 
     @app.post("/search", response_model=SearchResponse, responses=_ERRORS, summary="Nearest indexed images")
     async def search(request: Request, file: FileField, k: SearchK = None) -> SearchResponse:

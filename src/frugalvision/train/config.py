@@ -28,6 +28,7 @@ __all__ = [
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "DetectionConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -228,6 +229,33 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    """The detector and its training (``task="detection"``, :mod:`frugalvision.train.detection`); the backbone is
+    ``model.name`` (``model.pretrained``, ``model.model_kwargs``).
+
+    ``size``: ``n`` / ``s`` / ``m`` (neck and head width and depth); ``image_size``: the letterboxed input side (a
+    multiple of 32); ``head``: ``anchor_free`` (default) or ``anchor`` (YOLOv5-style anchors, fitted by k-means to
+    the training boxes when YOLOv3's reach fewer than 98 % of them); ``repconv`` / ``aux_head``: RepConv blocks in
+    the neck and the auxiliary head, both removed by ``Detector.fuse()`` at export. ``mosaic`` / ``mixup``: their
+    probabilities (:class:`frugalvision.data.detection.DetectionAugment`; flips follow ``augment.hflip``);
+    ``close_mosaic``: the last epochs train without mosaic and mixup; ``ema_decay``: timm's ``ModelEmaV3`` (with
+    warm-up) -- validation and the bundle use the averaged weights. ``class_agnostic``: every box is one class,
+    ``object``.
+    """
+
+    size: Literal["n", "s", "m"] = "n"
+    image_size: int = 416
+    head: Literal["anchor_free", "anchor"] = "anchor_free"
+    repconv: bool = False
+    aux_head: bool = False
+    mosaic: float = 1.0
+    mixup: float = 0.0
+    close_mosaic: int = 2
+    ema_decay: float = 0.9998
+    class_agnostic: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig(Settings):
     """A whole training run. ``task``: a name in the task registry (:func:`frugalvision.train.list_tasks`):
     ``"embedding"`` (metric learning: an image-retrieval embedding) or ``"multilabel"`` (tagging: one independent
@@ -251,3 +279,4 @@ class TrainConfig(Settings):
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)

@@ -300,10 +300,10 @@ class TaskSpec:
 
 _TASKS: dict[str, TaskSpec] = {}
 
-#: The modules that register the built-in tasks when imported (``embedding`` and ``multilabel``). They are
+#: The modules that register the built-in tasks when imported (``embedding``, ``multilabel``, ``detection``). They are
 #: imported on the first look-up of the registry -- by name, as plug-ins are -- so that the torch-free parts of
 #: :mod:`frugalvision.train` (its ``config``) can be imported without them.
-BUILTIN_TASK_MODULES = ("frugalvision.train.engine",)
+BUILTIN_TASK_MODULES = ("frugalvision.train.engine", "frugalvision.train.detection")
 
 
 def _tasks() -> dict[str, TaskSpec]:

@@ -1,0 +1,180 @@
+"""The detection task on the run scaffold: a tiny COCO set of coloured rectangles, bundle round trip, exact
+resume after a crash, anchors, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from frugalvision.bundle import load_detector
+from frugalvision.errors import DataError, StoreError
+from frugalvision.train import ConfigError, fit, load_config
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+]
+
+COLOURS = [(220, 40, 40), (40, 40, 220)]
+
+
+def write_coco(root: Path, n: int = 10, seed: int = 0, boxes: bool = True) -> Path:
+    """``n`` images of 1-2 red / blue rectangles (the last one empty: a negative) and their COCO JSON."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n):
+        w, h = (96, 64) if i % 2 else (64, 80)  # two aspect ratios: the letterbox pads both ways
+        pixels = np.full((h, w, 3), 128, np.uint8)
+        for _ in range(0 if i == n - 1 else int(rng.integers(1, 3))):
+            bw, bh = int(rng.integers(12, 30)), int(rng.integers(12, 30))
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            c = int(rng.integers(0, 2))
+            pixels[y : y + bh, x : x + bw] = COLOURS[c]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": c + 1, "bbox": [x, y, bw, bh]}
+            )
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+    data = {
+        "images": images,
+        "annotations": annotations if boxes else [],
+        "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}],
+    }
+    path = root / "train.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def detection_config(data: Path, out: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            "task=detection",
+            f"data.path={data}",
+            f"out={out}",
+            "model.name=test_efficientnet",
+            "model.pretrained=false",
+            "detection.image_size=64",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "data.val_fraction=0.3",
+            "data.num_workers=0",
+            "optim.lr=1e-3",
+            "trainer.epochs=2",
+            "trainer.progress=false",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_coco(tmp_path_factory.mktemp("coco"))
+
+
+def test_fit_writes_a_detection_bundle_that_loads(coco: Path, tmp_path: Path) -> None:
+    result = fit(detection_config(coco, tmp_path / "run"))
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    assert {"val/map", "val/ap50", "val/ap75", "train/loss"} <= set(result.history[-1])
+    config = json.loads((result.bundle / "config.json").read_text())
+    assert config["task"] == "detection" and config["classes"] == ["red", "blue"]
+    assert config["model"]["detector"]["image_size"] == 64 and config["data_config"]["input_size"] == [
+        3,
+        64,
+        64,
+    ]
+    assert config["data"]["train"]["images"] + config["data"]["val"]["images"] == 10
+    assert "mAP" in (result.bundle / "report.md").read_text()
+    loaded = load_detector(result.bundle)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(loaded(x), result.model(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    import frugalvision
+
+    with pytest.raises(StoreError, match="load_detector"):
+        frugalvision.load(result.bundle)
+
+
+class _CrashAtEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resumed_run_equals_uninterrupted_run(coco: Path, tmp_path: Path) -> None:
+    settings = (
+        "trainer.epochs=3",
+        "detection.close_mosaic=1",
+        "detection.mixup=0.5",
+        "detection.ema_decay=0.9",
+    )
+    reference = fit(detection_config(coco, tmp_path / "ref", *settings))
+    cfg = detection_config(coco, tmp_path / "crash", *settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, callbacks=[_CrashAtEpoch(2)])
+    resumed = fit(cfg, resume=True)
+    # losses and metrics of every epoch, bit for bit (JSON: NaN, an AP of an absent size range, equals itself)
+    assert json.dumps(resumed.history) == json.dumps(reference.history)
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_anchor_head_and_class_agnostic(coco: Path, tmp_path: Path) -> None:
+    result = fit(
+        detection_config(
+            coco, tmp_path, "detection.head=anchor", "detection.class_agnostic=true", "trainer.epochs=1"
+        )
+    )
+    config = json.loads((result.bundle / "config.json").read_text())
+    assert config["classes"] == ["object"] and config["model"]["detector"]["head"] == "anchor"
+    assert len(config["model"]["detector"]["anchors"]) == 3 and 0 <= config["data"]["anchor_bpr"] <= 1
+
+
+def test_bad_input(tmp_path: Path, coco: Path) -> None:
+    no_boxes = write_coco(tmp_path / "plain", n=3, boxes=False)
+    # a COCO file without annotations still has boxes (empty arrays): all negatives is allowed, a folder is not
+    folder = tmp_path / "folder" / "cat"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    Image.new("RGB", (8, 8)).save(folder / "b.png")
+    with pytest.raises(DataError, match="has no boxes"):
+        fit(detection_config(folder.parent, tmp_path / "a"))
+    with pytest.raises(ConfigError, match=r"detection\.image_size must be a positive multiple of 32"):
+        detection_config(coco, tmp_path / "b", "detection.image_size=100")
+    with pytest.raises(ConfigError, match="val_split=classes"):
+        detection_config(coco, tmp_path / "c", "data.val_split=classes")
+    with pytest.raises(ConfigError, match="is a loss for the embedding task"):
+        detection_config(coco, tmp_path / "d", "loss.name=triplet")
+    assert no_boxes.is_file()
+
+
+BCCD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "bccd"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BCCD.is_dir(), reason="real data ../shared/data/bccd is absent")
+def test_real_voc_folder_uses_its_own_split(tmp_path: Path) -> None:
+    train_ids = (BCCD / "ImageSets" / "Main" / "train.txt").read_text().split()
+    val_ids = (BCCD / "ImageSets" / "Main" / "val.txt").read_text().split()
+    cfg = detection_config(
+        BCCD, tmp_path, "trainer.epochs=1", "data.steps_per_epoch=1", "data.eval_batch_size=32"
+    )
+    result = fit(cfg)
+    data = json.loads((result.bundle / "config.json").read_text())["data"]
+    assert data["train"]["images"] == len(train_ids) and data["val"]["images"] == len(val_ids)
+    assert json.loads((result.bundle / "config.json").read_text())["classes"] == ["Platelets", "RBC", "WBC"]
+    assert 0.0 <= result.metrics["val/map"] <= 1.0
