@@ -34,6 +34,12 @@ from frugalvision.errors import FrugalVisionError
 @click.option(
     "--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch."
 )
+@click.option(
+    "--draw",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Detection models: write each image with its boxes drawn as a PNG into this folder.",
+)
 def predict(
     model: Path,
     images: tuple[Path, ...],
@@ -41,8 +47,12 @@ def predict(
     top_k: int | None,
     threshold: float | None,
     batch_size: int,
+    draw: Path | None,
 ) -> None:
     """Tag IMAGES (files or folders) with the multi-label MODEL and print each image's labels with scores.
+
+    With a detection MODEL (`frugalvision train --task detection`, or its deploy bundle) print each image's boxes
+    in its own pixels, with class and score over --threshold (default 0.25); --draw DIR writes them as PNGs.
 
     MODEL is a bundle from `frugalvision train --task multilabel` (runs on torch) or a deploy bundle from
     `frugalvision export` (runs on ONNX Runtime, no torch). A label is printed when its probability reaches the
@@ -58,6 +68,17 @@ def predict(
     files = expand_images(images)
     if not files:
         raise click.UsageError("no image files found in " + ", ".join(map(str, images)))
+    from frugalvision.cli.detection import is_detection_bundle, is_detection_deploy_bundle
+
+    if is_detection_bundle(model) or is_detection_deploy_bundle(model):
+        from frugalvision.cli.detection import predict_detection
+
+        predict_detection(
+            model, files, as_json=as_json, draw=draw, threshold=threshold, batch_size=batch_size
+        )
+        return
+    if draw is not None:
+        raise click.UsageError("--draw goes with a detection model")
     if is_deploy_bundle(model):
         from frugalvision.runtime import Predictor
 

@@ -205,6 +205,9 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
     if config.task == "multilabel":
         click.echo(f"try: frugalvision predict {result.bundle} IMAGES... --json")
         return
+    if config.task == "detection":
+        click.echo(f"try: frugalvision predict {result.bundle} IMAGES... --draw boxes/")
+        return
     click.echo(
         f"try: frugalvision embed {config.data.path} --model {result.bundle} --out {Path(config.out) / 'embeddings'}"
     )
