@@ -15,8 +15,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TinyDetector(nn.Module):
-    def __init__(self, num_classes: int = 3, image_size: int = 64, width: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 3,
+        image_size: int = 64,
+        width: int = 8,
+        seed: int = 0,
+        upsample: bool = False,
+    ) -> None:
         super().__init__()
+        self.upsample = (
+            upsample  # a PAN-like top-down path (Resize in ONNX: ORT's symbolic shapes cannot follow it)
+        )
         torch.manual_seed(seed)
         self.num_classes, self.image_size, self.strides = num_classes, image_size, (8, 16)
         self.stem = nn.Sequential(
@@ -44,18 +54,20 @@ class TinyDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f8 = self.stem(images)
         f16 = self.down(f8)
+        if self.upsample:
+            f8 = f8 + nn.functional.interpolate(f16, scale_factor=2.0)
         parts = [
             self._decode(head(f), s) for head, f, s in zip(self.heads, (f8, f16), self.strides, strict=True)
         ]
         return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
-def export_tiny(folder, *, classes=("a", "b", "c"), image_size: int = 64, **kwargs):
+def export_tiny(folder, *, classes=("a", "b", "c"), image_size: int = 64, upsample: bool = False, **kwargs):
     """Export a :class:`TinyDetector` with the NMS inside (``frugalvision.deploy.export_detector``); returns
     ``(model, result)``."""
     from frugalvision.deploy import export_detector
 
-    model = TinyDetector(num_classes=len(classes), image_size=image_size).eval()
+    model = TinyDetector(num_classes=len(classes), image_size=image_size, upsample=upsample).eval()
     kwargs = {"score_threshold": 0.5, "iou_threshold": 0.5, **kwargs}
     result = export_detector(
         model, folder, image_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes, **kwargs

@@ -18,6 +18,7 @@ bfloat16: ONNX Runtime's CPU execution provider has no bfloat16 Conv/MatMul/Gemm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -203,10 +204,16 @@ def quantize_int8(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=folder) as tmp:
         prepped = Path(tmp) / "prepped.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
-        except Exception:  # symbolic shape inference does not know every op; plain ONNX shape inference does
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        # ONNX Runtime's symbolic shape inference, when it cannot follow a graph (e.g. a Resize), saves
+        # sym_shape_infer_temp.onnx and its data into the working folder before raising: run it from the temporary
+        # folder so nothing is left behind (a process-wide chdir: do not quantise from several threads at once)
+        with _working_folder(Path(tmp)):
+            try:
+                quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+            except (
+                Exception
+            ):  # symbolic shape inference does not know every op; plain ONNX shape inference does
+                quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         out_tmp = Path(tmp) / INT8_FILE
         chosen_ops = (
             _op_types(prepped) if op_types == "auto" else (None if op_types is None else list(op_types))
@@ -260,6 +267,17 @@ def quantize_int8(
 
 
 _TRANSFORMER_OPS = frozenset({"LayerNormalization", "Softmax"})
+
+
+@contextlib.contextmanager
+def _working_folder(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` of Python 3.11, for 3.10: the process's working folder is ``path`` inside the block."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _op_types(model_path: Path) -> list[str] | None:
