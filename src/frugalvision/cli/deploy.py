@@ -128,6 +128,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "record the fastest within the accuracy budget as the one `serve` and Predictor run (auto: for transformer "
     "graphs, e.g. ViTs; on: for any model).",
 )
+@click.option(
+    "--score-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Detection models: the score threshold of the NMS inside the graph (0.001 for mAP evaluation).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_cmd(
     source: str,
@@ -148,6 +155,7 @@ def export_cmd(
     weights: Path | None,
     normalize: bool,
     optimize: str,
+    score_threshold: float,
     as_json: bool,
 ) -> None:
     """Export SOURCE (a trained model bundle folder, or a backbone name such as
@@ -156,6 +164,9 @@ def export_cmd(
     The export is checked against PyTorch (per-row cosine >= 0.9999). With --int8 --calibrate DIR an int8 model is
     added and compared with fp32; with --validate DATA the accuracy and speed of each precision are reported, so
     you can choose. Serve the result with `frugalvision serve OUT`.
+
+    A detection bundle (`frugalvision train --task detection`) is fused (RepConv, auxiliary head dropped) and
+    exported with the class-aware NMS inside the ONNX graph; `frugalvision predict OUT IMAGES` and `serve` run it.
     """
     from frugalvision.deploy import (
         add_bf16_fastmath,
@@ -178,6 +189,26 @@ def export_cmd(
             "--int8 and --calibrate DIR go together: int8 ranges are calibrated on your images"
         )
     out = out or _default_out(source)
+    from frugalvision.cli.detection import is_detection_bundle
+
+    if Path(source).is_dir() and is_detection_bundle(source):
+        if int8 or bf16 or validate is not None:
+            raise click.UsageError(
+                "--int8, --bf16 and --validate are not available for detection bundles yet"
+            )
+        from frugalvision.cli.detection import export_detection
+
+        det = export_detection(
+            Path(source), out, exporter=exporter, opset=opset, score_threshold=score_threshold
+        )
+        if as_json:
+            click.echo(json.dumps({"out": str(det.folder), "exporter": det.exporter, "parity_fp32": det.parity},
+                                  indent=2, default=str))  # fmt: skip
+        else:
+            click.echo(f"exported {det.model_path} with NMS inside the graph ({det.exporter} exporter, opset {opset})",
+                       err=True)  # fmt: skip
+            click.echo(f"deploy bundle: {out}  (serve it: frugalvision serve {out})")
+        return
     if Path(source).is_dir():
         if not is_model_bundle(source):
             raise click.UsageError(f"{source} is not a model bundle (config.json + model.safetensors)")

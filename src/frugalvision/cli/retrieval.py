@@ -527,6 +527,17 @@ def search(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @workers_option("With --data: data-loading processes [default: one per core, at most 8].")
 @progress_option("With --data: show a progress bar.")
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Detection bundles: folder for report.md, PR curves and confusion matrix PNGs [default: BUNDLE-eval].",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="Detection bundles on a PASCAL-VOC folder: the ImageSets/Main list to evaluate on (e.g. test).",
+)
 def evaluate(
     store_dir: Path,
     data: Path | None,
@@ -535,6 +546,8 @@ def evaluate(
     as_json: bool,
     workers: int | None,
     progress: bool,
+    report: Path | None,
+    split: str | None,
 ) -> None:
     """Retrieval metrics of a labelled embedding STORE, or of a model BUNDLE on --data: Recall@K, Precision@1,
     R-Precision, MAP@R, NMI.
@@ -545,6 +558,10 @@ def evaluate(
     OP/OR/OF1 at its tuned thresholds, at 0.5 and at top-K (the largest -k), with a per-class table. A
     classification BUNDLE gets top-1 / top-K accuracy, balanced accuracy, macro-F1, ECE and NLL (calibrated and
     raw) and a per-class table.
+
+
+    A detection BUNDLE (frugalvision train --task detection) gets COCO metrics on --data (COCO JSON, YOLO or VOC):
+    mAP, AP50, AP75, AP S/M/L, per-class AP, and a report folder with PR curves and a confusion matrix.
     """
     from frugalvision.bundle import is_bundle
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
@@ -558,6 +575,11 @@ def evaluate(
             )
         from frugalvision.bundle import read_bundle_config
 
+        if read_bundle_config(store_dir).get("task") == "detection":
+            from frugalvision.cli.detection import evaluate_detection
+
+            evaluate_detection(store_dir, data, as_json=as_json, report=report, split=split)
+            return
         if read_bundle_config(store_dir).get("task") == "classification":
             from frugalvision.cli.classify import evaluate_classification
 

@@ -35,6 +35,12 @@ from frugalvision.errors import FrugalVisionError
 @click.option(
     "--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch."
 )
+@click.option(
+    "--draw",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Detection models: write each image with its boxes drawn as a PNG into this folder.",
+)
 def predict(
     model: Path,
     images: tuple[Path, ...],
@@ -42,6 +48,7 @@ def predict(
     top_k: int | None,
     threshold: float | None,
     batch_size: int,
+    draw: Path | None,
 ) -> None:
     """Classify or tag IMAGES (files or folders) with MODEL and print each image's labels with probabilities.
 
@@ -50,6 +57,9 @@ def predict(
     with their calibrated probabilities (softmax of the logits divided by the temperature fitted on validation
     images). Multilabel: a label is printed when its probability reaches the class's threshold (tuned on
     validation images when the model was trained).
+
+    With a detection MODEL (`frugalvision train --task detection`, or its deploy bundle) print each image's boxes
+    in its own pixels, with class and score over --threshold (default 0.25); --draw DIR writes them as PNGs.
 
     \b
       frugalvision predict runs/cls/model photo.jpg --top-k 3
@@ -62,6 +72,17 @@ def predict(
     files = expand_images(images)
     if not files:
         raise click.UsageError("no image files found in " + ", ".join(map(str, images)))
+    from frugalvision.cli.detection import is_detection_bundle, is_detection_deploy_bundle
+
+    if is_detection_bundle(model) or is_detection_deploy_bundle(model):
+        from frugalvision.cli.detection import predict_detection
+
+        predict_detection(
+            model, files, as_json=as_json, draw=draw, threshold=threshold, batch_size=batch_size
+        )
+        return
+    if draw is not None:
+        raise click.UsageError("--draw goes with a detection model")
     task = _task_of(model)
     if task == "classification" and threshold is not None:
         raise click.UsageError(

@@ -213,6 +213,9 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
             click.echo(f"temperature (fitted on the validation images): {result.temperature:.4f}")
         click.echo(f"try: frugalvision predict {result.bundle} IMAGES... --json")
         return
+    if config.task == "detection":
+        click.echo(f"try: frugalvision predict {result.bundle} IMAGES... --draw boxes/")
+        return
     click.echo(
         f"try: frugalvision embed {config.data.path} --model {result.bundle} --out {Path(config.out) / 'embeddings'}"
     )

@@ -1,0 +1,157 @@
+"""The BCCD detection table of issue 14 in one run: ``benchmarks/detection.py``'s training and test evaluation of our
+detector and torchvision RetinaNet / FCOS on the same offline Lite0 backbone, plus
+
+* the ONNX Runtime latency (batch 1, 2 threads, NMS inside the graph) of our detector exported as
+  ``frugalvision export`` does it (fused, :func:`frugalvision.deploy.export_detector`); the torchvision peers keep
+  their torch CPU latency (their ONNX export is not part of this toolkit);
+* a centred-box baseline with no learning at all: for every test image and every class ``c`` one box centred on
+  the image, of the mean relative size of class ``c``'s training boxes (``w_c / W``, ``h_c / H`` averaged over the
+  training boxes, times the test image's ``W, H``), scored by the class's share of the training boxes. It is the
+  floor a detector must clear (BCCD's cells are everywhere, so it scores near 0 at IoU 0.5).
+
+Test metrics: COCO mAP@[.5:.95] and AP50 (pycocotools via :func:`frugalvision.metrics.coco_evaluate`, original
+pixels). Times are wall-clock on whatever machine runs it (indicative on a shared CPU).
+
+Usage (the small CPU budget of the issue's table, then a larger one on a GPU)::
+
+    python benchmarks/detection_table.py --epochs 2 --image-size 320
+    python benchmarks/detection_table.py --epochs 50 --image-size 416 --sizes n s \\
+        --variants plain rep+aux --accelerator gpu
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import detection as bench
+from frugalvision.cli.detection import export_detection
+from frugalvision.data import load_image
+from frugalvision.data.dataset import ImageDataset
+from frugalvision.discover import read_voc
+from frugalvision.metrics import coco_evaluate
+from frugalvision.runtime import Predictor
+
+
+def onnx_latency_ms(bundle: Path, size: int, runs: int = 30, threads: int = 2) -> float:
+    """Median ONNX Runtime latency (ms) of the exported bundle at batch 1 on ``threads`` threads."""
+    with tempfile.TemporaryDirectory(prefix="det-bench-") as tmp:
+        export_detection(bundle, Path(tmp) / "onnx")
+        predictor = Predictor(Path(tmp) / "onnx", threads=threads)
+        x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+        times = []
+        for i in range(runs + 3):
+            start = time.perf_counter()
+            predictor.run(x)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def _size(path: Path) -> tuple[float, float]:
+    """``(W, H)`` of the upright image."""
+    image = load_image(path)
+    return float(image.width), float(image.height)
+
+
+def centred_box_baseline(train: ImageDataset, test: ImageDataset) -> tuple[float, float]:
+    """``(mAP, AP50)`` of one centred box per class and image (see the module docstring)."""
+    classes = list(train.classes)
+    rel: list[list[tuple[float, float]]] = [[] for _ in classes]  # (w / W, h / H) of each training box
+    for s in train.samples:
+        if s.boxes is None or s.box_labels is None:
+            continue
+        W, H = _size(s.path)
+        for box, label in zip(np.asarray(s.boxes), np.asarray(s.box_labels), strict=True):
+            rel[int(label)].append(((box[2] - box[0]) / W, (box[3] - box[1]) / H))
+    counts = np.array([len(r) for r in rel], np.float64)
+    prior = counts / max(counts.sum(), 1.0)
+    mean = [np.mean(r, axis=0) if r else np.array([0.1, 0.1]) for r in rel]
+    preds, targets = [], []
+    for s in test.samples:
+        w, h = _size(s.path)
+        boxes = np.array(
+            [
+                [w / 2 - m[0] * w / 2, h / 2 - m[1] * h / 2, w / 2 + m[0] * w / 2, h / 2 + m[1] * h / 2]
+                for m in mean
+            ],
+            np.float32,
+        )
+        preds.append({"boxes": boxes, "scores": prior.astype(np.float32), "labels": np.arange(len(classes))})
+        has = s.boxes is not None and s.box_labels is not None
+        targets.append(
+            {
+                "boxes": np.asarray(s.boxes if has else np.zeros((0, 4)), np.float32).reshape(-1, 4),
+                "labels": np.asarray(s.box_labels if has else np.zeros(0), np.int64),
+            }
+        )
+    result = coco_evaluate(preds, targets, classes)
+    return result.map, result.ap50
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import logging
+    import warnings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=320)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sizes", nargs="+", default=["n"])
+    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux"])
+    parser.add_argument("--peers", nargs="*", default=["retinanet", "fcos"])
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--out", default="runs/bench-detection")
+    args = parser.parse_args(argv)
+    if not bench.BCCD.is_dir():
+        raise SystemExit(f"BCCD not found at {bench.BCCD} (see ../shared/data/README.md)")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    train_set, test_set = read_voc(bench.BCCD, "train"), read_voc(bench.BCCD, "test")
+    data_config = bench.create_backbone(bench.BACKBONE, pretrained=False).data_config
+    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    test = bench.DetectionDataset(test_set, image_size=args.image_size, mean=mean, std=std)
+    train = bench.DetectionDataset(
+        train_set,
+        image_size=args.image_size,
+        train=True,
+        augment=bench.DetectionAugment(close_mosaic_epoch=max(0, args.epochs - 1)),
+        mean=mean,
+        std=std,
+    )
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        for variant in args.variants:
+            row = bench.run_ours(args, size, variant == "rep+aux", test)
+            folder = Path(args.out) / f"ours-{size}{'-rep-aux' if variant == 'rep+aux' else ''}" / "model"
+            row["ORT ms"] = onnx_latency_ms(folder, args.image_size)
+            rows.append(row)
+            print(row, flush=True)
+    for kind in args.peers:
+        row = bench.run_peer(args, kind, train, test)
+        row["ORT ms"] = "n/a"
+        rows.append(row)
+        print(row, flush=True)
+    base_map, base_ap50 = centred_box_baseline(train_set, test_set)
+    rows.append({"model": "centred box per class", "params (M)": 0.0, "test mAP": base_map,
+                 "test AP50": base_ap50, "train s": 0.0, "latency ms": 0.0, "ORT ms": 0.0})  # fmt: skip
+    bench.print_table(
+        rows,
+        f"BCCD test ({len(test_set)} images), {args.image_size} px, {args.epochs} epoch(s), batch "
+        f"{args.batch_size}, lr {args.lr} (heads x10 for the peers), backbone {bench.BACKBONE}, same augmentation; "
+        "latency ms: torch CPU, ORT ms: ONNX Runtime with NMS, both batch 1, 2 threads (indicative: shared CPU)",
+    )
+
+
+if __name__ == "__main__":
+    main()
