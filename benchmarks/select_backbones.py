@@ -25,7 +25,7 @@ epochs (default 2), seed 0; frozen BatchNorms in eval mode. Accuracy is top-1 on
 With three models, Kendall's tau per data set takes only the values -1, -1/3, 1/3 and 1: read it together with
 the per-data-set rankings printed beside it. Timings are indicative (a shared 2-core machine).
 
-Run:  .venv/bin/python benchmarks/select.py [--classes 10 --train 10 --test 20 --epochs 2 --res 160]
+Run:  .venv/bin/python benchmarks/select_backbones.py [--classes 10 --train 10 --test 20 --epochs 2 --res 160]
 """
 
 from __future__ import annotations
