@@ -154,12 +154,14 @@ def torch_detect(
             for det, (_, meta) in zip(dets, items, strict=True):
                 original = boxes_to_original(
                     det["boxes"].float(), meta["scale"], meta["pad"], meta["orig_size"]
-                )
+                ).numpy()
+                # as the runtime: a box empty once clipped to the image lay in the letterbox border only
+                inside = (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1])
                 out.append(
                     {
-                        "boxes": original.numpy().astype(np.float32),
-                        "scores": det["scores"].float().numpy(),
-                        "labels": det["labels"].numpy().astype(np.int64),
+                        "boxes": original[inside].astype(np.float32),
+                        "scores": det["scores"].float().numpy()[inside],
+                        "labels": det["labels"].numpy().astype(np.int64)[inside],
                     }
                 )
     return out
