@@ -28,9 +28,10 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -366,21 +367,21 @@ def create_app(
         state.refresh_labels()
         return {"undone": None if entry is None else entry["undoes"], "can_undo": state.manifest.can_undo()}
 
+    def row_file(row: str, find: Callable[[int], Path | None], **kwargs: Any) -> Response:
+        """The file ``find`` gives for row ``row`` (404 for a bad row or a missing file): never a path from the URL."""
+        i = _row(row, n)
+        path = find(i) if i is not None else None
+        return _not_found() if path is None else FileResponse(path, **kwargs)
+
     @app.get("/thumb/{row}")
     def thumb(row: str) -> Response:
-        i = _row(row, n)
-        path = collection.thumbnail(i) if i is not None else None
-        if path is None:
-            return _not_found()
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return row_file(
+            row, collection.thumbnail, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+        )
 
     @app.get("/image/{row}")
     def image(row: str) -> Response:
-        i = _row(row, n)
-        path = collection.image_file(i) if i is not None else None
-        if path is None:
-            return _not_found()
-        return FileResponse(path)
+        return row_file(row, collection.image_file)
 
     return app
 
