@@ -10,13 +10,13 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import cache_option, model_options, out_option, run_options
+from frugalvision.cli._options import RunSettings, cache_option, model_options, out_option, run_options
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 
 
 def load_store(
-    source: Path, model: str, weights: Path | None, pretrained: bool, cache: Path | None, run: dict[str, Any]
+    source: Path, model: str, weights: Path | None, pretrained: bool, cache: Path | None, run: RunSettings
 ) -> Any:
     """An embedding store: ``source`` itself if it is one, else the images of ``source`` embedded with ``model``."""
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
@@ -29,9 +29,9 @@ def load_store(
     fm = create_feature_model(model, pretrained=pretrained, weights=weights)
     with data_warnings():
         if cache is not None:
-            return extract_embeddings(fm, dataset, cache, **run)
+            return extract_embeddings(fm, dataset, cache, **run.kwargs())
         with tempfile.TemporaryDirectory(prefix="frugalvision-") as tmp:
-            return extract_embeddings(fm, dataset, Path(tmp) / "store", **run)
+            return extract_embeddings(fm, dataset, Path(tmp) / "store", **run.kwargs())
 
 
 @cli.command()
@@ -98,10 +98,7 @@ def label(
     cache: Path | None,
     review: bool,
     sheet_size: int,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Label the images of DATA zero-shot from class names with a CLIP model (prompt ensembling).
 
@@ -128,17 +125,7 @@ def label(
     click.echo(f"data: {dataset!r}; {len(names)} classes x {len(temps)} templates", err=True)
     fm = create_feature_model(model, pretrained=pretrained, weights=weights)
     with data_warnings():
-        result = zero_shot_classify(
-            fm,
-            dataset,
-            names,
-            temps,
-            cache=cache,
-            batch_size=batch_size,
-            num_workers=workers,
-            device=device,
-            progress=progress,
-        )
+        result = zero_shot_classify(fm, dataset, names, temps, cache=cache, **run.kwargs())
     write_label_manifest(result, out, min_score=min_score, min_margin=min_margin)
     labels = result.labels(min_score, min_margin)
     counts = Counter(lab for lab in labels if lab is not None)

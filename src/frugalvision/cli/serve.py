@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._backend import backend_options, check_backend
+from frugalvision.cli._backend import backend_options, check_backend, pgvector_ef_search_option
 from frugalvision.cli._options import threads_option
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
@@ -121,13 +121,7 @@ def _limit_options(f: F) -> F:
     help="Saved EmbeddingIndex (frugalvision index) built with this model; enables POST /search.",
 )
 @backend_options
-@click.option(
-    "--ef-search",
-    type=click.IntRange(min=1),
-    default=None,
-    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
-    "[default: the server's, pgvector's 40].",
-)
+@pgvector_ef_search_option
 @click.option(
     "--host",
     default="127.0.0.1",

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._app import cli
+from frugalvision.cli._evaluate import echo_json, evaluate_on
 from frugalvision.errors import FrugalVisionError
 
 
@@ -139,16 +139,12 @@ def evaluate_tagging(
     bundle: Path, data: Path, *, as_json: bool, workers: int | None, progress: bool, top_k: int
 ) -> None:
     """``frugalvision evaluate BUNDLE --data DATA`` for a multilabel bundle: mAP, CF1/OF1 and a per-class table."""
-    from frugalvision.data import open_dataset
     from frugalvision.tagging import Tagger, evaluate_tagger
 
     tagger = Tagger(bundle)
-    with data_warnings():
-        result: dict[str, Any] = evaluate_tagger(
-            tagger, open_dataset(data), top_k=top_k, num_workers=workers or 0, progress=progress
-        )
+    result = evaluate_on(evaluate_tagger, tagger, data, workers=workers, progress=progress, top_k=top_k)
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "data": str(data), **result}, indent=2))
+        echo_json(bundle, data, result)
         return
     m = result["metrics"]
     click.echo(f"{result['images']} images, {len(tagger.classes)} classes")
