@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import config_option, lightning_run_options, out_option, workers_option
+from frugalvision.cli._options import (
+    config_option,
+    holdout_options,
+    lightning_run_options,
+    out_option,
+    workers_option,
+)
 
 #: The configuration whose field defaults the help text shows (imported only when help is shown).
 DISTILL = "frugalvision.distill.config:DistillConfig"
@@ -155,21 +161,10 @@ option = config_option(DISTILL, None)
     help="Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean "
     "images.",
 )
-@option(
-    "--val-split",
-    type=click.Choice(["images", "classes", "none"]),
-    help="Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none.",
-)
-@option(
-    "--val-fraction",
-    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    help="Share of images (or classes) held out.",
-)
-@click.option(
-    "--val-data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A separate held-out data set (wins over --val-split).",
+@holdout_options(
+    option,
+    ["images", "classes", "none"],
+    "Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none.",
 )
 @option(
     "--eval-every",

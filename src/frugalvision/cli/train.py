@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import LazyChoice, config_option, lightning_run_options, workers_option
+from frugalvision.cli._options import (
+    LazyChoice,
+    config_option,
+    holdout_options,
+    lightning_run_options,
+    workers_option,
+)
 
 #: The configuration whose field defaults the help text shows (imported only when help is shown).
 TRAIN = "frugalvision.train.config:TrainConfig"
@@ -128,22 +134,12 @@ option = config_option(TRAIN, _FLAG_KEYS)
     type=click.Choice(["none", "light", "medium", "strong"]),
     help="Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes).",
 )
-@option(
-    "--val-split",
-    type=click.Choice(["auto", "classes", "images", "none"]),
-    help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, or none.",
-    note=" = classes for embedding, images for multilabel and classification",
-)
-@option(
-    "--val-fraction",
-    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    help="Share of classes or images held out for validation.",
-)
-@click.option(
-    "--val-data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A separate validation data set (wins over --val-split).",
+@holdout_options(
+    option,
+    ["auto", "classes", "images", "none"],
+    "Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, "
+    "or none.",
+    " = classes for embedding, images for multilabel and classification",
 )
 @workers_option()
 @option(
