@@ -45,6 +45,7 @@ _FLAG_KEYS = {
     "precision": "trainer.precision",
     "progress": "trainer.progress",
     "partial": "loss.partial",
+    "class_agnostic": "detection.class_agnostic",
 }
 
 
@@ -147,6 +148,13 @@ option = config_option(TRAIN, _FLAG_KEYS)
     type=click.Choice(["ignore", "negative", "selective"]),
     help="Multilabel: what unknown (unannotated) labels mean: ignore them, take them as absent, or selective (class-aware selective loss: ignored for likely-present classes).",
 )
+@click.option(
+    "--class-agnostic",
+    is_flag=True,
+    default=None,
+    help="Detection: train one class, 'object', from boxes of any class (e.g. the pseudo-boxes of `frugalvision "
+    "discover`, CutLER's second stage); the same as --set detection.class_agnostic=true.",
+)
 @lightning_run_options(option)
 def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **flags: Any) -> None:
     """Train an embedding model (or, with --task multilabel, a tagger) on labelled images and save it as a
@@ -186,6 +194,8 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
         saved = Path(out) / "config.yaml"
         base = read_yaml(saved) if saved.is_file() else None
     config = load_config(config_file, values, base=base)
+    if flags["class_agnostic"] and config.task != "detection":
+        raise ConfigError(f"--class-agnostic goes with --task detection (the task is {config.task!r})")
     if config.data.path is None:
         raise ConfigError("no training data: pass --data (or set data.path in --config)")
     if out is None and base is None:
