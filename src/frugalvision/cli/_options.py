@@ -34,6 +34,7 @@ __all__ = [
     "clusters_option",
     "config_default",
     "config_option",
+    "data_option",
     "device_option",
     "format_option",
     "holdout_options",
@@ -95,11 +96,17 @@ def pretrained_option(help: str = _PRETRAINED_HELP) -> Callable[[F], F]:
     return click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=help)
 
 
-def weights_option(help: str = _WEIGHTS_HELP) -> Callable[[F], F]:
-    """``--weights FILE``: local weights for a backbone name."""
+def weights_option(help: str = _WEIGHTS_HELP, name: str = "--weights") -> Callable[[F], F]:
+    """``--weights FILE`` (or another ``name``, e.g. ``--teacher-weights``): local weights for a backbone name."""
     return click.option(
-        "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
+        name, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
     )
+
+
+def data_option(help: str) -> Callable[[F], F]:
+    """``--data DATA``: the labelled images a command trains or evaluates on (a folder, a manifest, COCO JSON...,
+    whatever :func:`frugalvision.data.open_dataset` reads); ``None`` when left out."""
+    return click.option("--data", type=click.Path(exists=True, path_type=Path), default=None, help=help)
 
 
 def batch_size_option(default: int = 64, help: str = "Images per forward pass.") -> Callable[[F], F]:

@@ -11,9 +11,11 @@ import click
 from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._options import (
     config_option,
+    data_option,
     holdout_options,
     lightning_run_options,
     out_option,
+    weights_option,
     workers_option,
 )
 
@@ -36,11 +38,8 @@ option = config_option(DISTILL, None)
 
 
 @cli.command()
-@click.option(
-    "--data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Images to distil on: a folder of photos (labels not needed), a class-per-folder tree or a manifest.",
+@data_option(
+    "Images to distil on: a folder of photos (labels not needed), a class-per-folder tree or a manifest."
 )
 @option(
     "--teacher",
@@ -57,12 +56,7 @@ option = config_option(DISTILL, None)
     "Run folder: config.yaml, teacher_cache/, checkpoints/, logs/ and the student bundle model/.",
     required=False,
 )
-@click.option(
-    "--teacher-weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Local .safetensors/.pth weights for a teacher model name.",
-)
+@weights_option("Local .safetensors/.pth weights for a teacher model name.", name="--teacher-weights")
 @option(
     "--teacher-pretrained/--no-teacher-pretrained",
     help="Load the teacher model's pretrained weights.",
@@ -83,12 +77,7 @@ option = config_option(DISTILL, None)
     "--student-pretrained/--no-student-pretrained",
     help="Start the student from pretrained weights (--no-student-pretrained: from scratch, offline).",
 )
-@click.option(
-    "--student-weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Local .safetensors/.pth weights to start the student from.",
-)
+@weights_option("Local .safetensors/.pth weights to start the student from.", name="--student-weights")
 @click.option(
     "--input-size",
     type=click.IntRange(min=8),

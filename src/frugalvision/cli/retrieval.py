@@ -15,6 +15,7 @@ from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._backend import backend_options, check_backend, pgvector_ef_search_option
 from frugalvision.cli._options import (
     batch_size_option,
+    data_option,
     device_option,
     format_option,
     json_option,
@@ -510,12 +511,7 @@ _TASK_EVALUATORS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
 
 @cli.command()
 @click.argument("store_dir", metavar="STORE_OR_BUNDLE", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="With a model bundle: the labelled images to embed and evaluate (class folders or manifest).",
-)
+@data_option("With a model bundle: the labelled images to embed and evaluate (class folders or manifest).")
 @click.option(
     "-k",
     "ks",

@@ -12,8 +12,10 @@ from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._options import (
     LazyChoice,
     config_option,
+    data_option,
     holdout_options,
     lightning_run_options,
+    out_option,
     workers_option,
 )
 
@@ -66,19 +68,12 @@ option = config_option(TRAIN, _FLAG_KEYS)
     type=LazyChoice(_task_names, metavar="[embedding|multilabel|...]"),
     help="What to train: embedding = an image-retrieval embedding (metric learning); classification = a calibrated classifier (one label per image); multilabel = a tagger that gives each image any number of labels; or any task registered with frugalvision.train.register_task.",
 )
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Training images: a class-per-folder tree or a CSV/JSONL manifest (path,label; multilabel: path,labels[,unknown]).",
+@data_option(
+    "Training images: a class-per-folder tree or a CSV/JSONL manifest (path,label; multilabel: "
+    "path,labels[,unknown])."
 )
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run folder: config.yaml, checkpoints/, logs/, tensorboard/ and the bundle model/.",
+@out_option(
+    "Run folder: config.yaml, checkpoints/, logs/, tensorboard/ and the bundle model/.", required=False
 )
 @click.option(
     "--config",
