@@ -36,6 +36,7 @@ __all__ = [
     "config_option",
     "data_option",
     "device_option",
+    "duplicate_threshold_option",
     "format_option",
     "holdout_options",
     "json_option",
@@ -164,6 +165,12 @@ def format_option(choices: Sequence[str], help: str) -> Callable[[F], F]:
     return click.option(
         "--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True, help=help
     )
+
+
+def duplicate_threshold_option(name: str, help: str) -> Callable[[F], F]:
+    """A cosine similarity from which two images are near duplicates (``None``:
+    :data:`frugalvision.curation.NEAR_DUPLICATE_THRESHOLD`, said in ``help``)."""
+    return click.option(name, type=click.FloatRange(-1, 1, min_open=True), default=None, help=help)
 
 
 def clusters_option(help: str, min: int = 1) -> Callable[[F], F]:

@@ -14,6 +14,7 @@ from frugalvision.cli._options import (
     RunSettings,
     cache_option,
     clusters_option,
+    duplicate_threshold_option,
     model_options,
     out_option,
     run_options,
@@ -37,11 +38,9 @@ _CACHE_HELP = "Keep the embeddings of DATA in this store folder."
 @curate.command()
 @click.argument("source", metavar="STORE_OR_DATA", type=click.Path(exists=True, path_type=Path))
 @out_option("Write exact.csv, near.csv and near_pairs.png to this folder.", required=False)
-@click.option(
+@duplicate_threshold_option(
     "--threshold",
-    default=None,
-    type=click.FloatRange(-1, 1, min_open=True),
-    help="Cosine similarity from which two images are near duplicates [default: frugalvision.curation."
+    "Cosine similarity from which two images are near duplicates [default: frugalvision.curation."
     "NEAR_DUPLICATE_THRESHOLD, calibrated for the default model by benchmarks/duplicates.py; tune it for others].",
 )
 @click.option(

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._options import threads_option, weights_option
+from frugalvision.cli._options import json_option, threads_option, weights_option
 
 
 def _default_out(source: str) -> Path:
@@ -135,7 +135,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     show_default=True,
     help="Detection models: the score threshold of the NMS inside the graph (0.001 for mAP evaluation).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 def export_cmd(
     source: str,
     fmt: str,

@@ -8,7 +8,7 @@ import click
 
 from frugalvision.cli._app import cli
 from frugalvision.cli._listen import allowed_host_option, allowed_hosts_for, host_option
-from frugalvision.cli._options import device_option
+from frugalvision.cli._options import device_option, duplicate_threshold_option
 
 
 @cli.command()
@@ -29,11 +29,9 @@ from frugalvision.cli._options import device_option
     help="OOD detector (`frugalvision ood fit`) fitted on these embeddings: colour by OOD score, most-OOD view.",
 )
 @click.option("--duplicates", is_flag=True, help="Find near-duplicate groups (colour and view).")
-@click.option(
+@duplicate_threshold_option(
     "--duplicate-threshold",
-    type=click.FloatRange(-1, 1, min_open=True),
-    default=None,
-    help="Cosine from which two images are near duplicates [default: frugalvision.curation.NEAR_DUPLICATE_THRESHOLD].",
+    "Cosine from which two images are near duplicates [default: frugalvision.curation.NEAR_DUPLICATE_THRESHOLD].",
 )
 @click.option(
     "--layout",

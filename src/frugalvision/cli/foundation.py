@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +14,7 @@ from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._options import RunSettings, cache_option, model_options, out_option, run_options
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_store(
@@ -34,6 +36,17 @@ def load_store(
             return extract_embeddings(fm, dataset, Path(tmp) / "store", **run.kwargs())
 
 
+def _abstain_option(name: str, what: str) -> Callable[[F], F]:
+    """``--min-score`` / ``--min-margin``: an image whose ``what`` falls below this is left unlabeled (0: none is)."""
+    return click.option(
+        name,
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(0, 1),
+        help=f"Leave images unlabeled when {what} is below this.",
+    )
+
+
 @cli.command()
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -53,20 +66,8 @@ def load_store(
     show_default=True,
     help="Prompt templates: default, simple, or a file with one template per line ({} = class name).",
 )
-@click.option(
-    "--min-score",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Leave images unlabeled when their top-1 probability is below this.",
-)
-@click.option(
-    "--min-margin",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Leave images unlabeled when top-1 minus top-2 probability is below this.",
-)
+@_abstain_option("--min-score", "their top-1 probability")
+@_abstain_option("--min-margin", "top-1 minus top-2 probability")
 @cache_option(
     "Keep the image features in this store folder (re-labeling with other classes is then instant)."
 )

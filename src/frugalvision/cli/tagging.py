@@ -11,15 +11,14 @@ import click
 
 from frugalvision.cli._app import cli
 from frugalvision.cli._evaluate import echo_json, evaluate_on
+from frugalvision.cli._options import batch_size_option, json_option
 from frugalvision.errors import FrugalVisionError
 
 
 @cli.command()
 @click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object per image (path, labels, scores)."
-)
+@json_option("Print one JSON object per image (path, labels, scores).")
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
@@ -32,9 +31,7 @@ from frugalvision.errors import FrugalVisionError
     default=None,
     help="Multilabel: one decision threshold for every class instead of the per-class thresholds saved in the bundle.",
 )
-@click.option(
-    "--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch."
-)
+@batch_size_option(32, "Images per batch.")
 @click.option(
     "--draw",
     type=click.Path(file_okay=False, path_type=Path),
