@@ -131,3 +131,14 @@ def test_help_of_train_and_distill_imports_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_recipe_choices_are_the_recipes() -> None:
+    """``--recipe`` of train and distill offers exactly the presets of frugalvision.train.recipes."""
+    from frugalvision.cli._options import RECIPE_NAMES
+    from frugalvision.train.recipes import RECIPES
+
+    assert sorted(RECIPE_NAMES) == sorted(RECIPES)
+    for command in ("train", "distill"):
+        recipe = next(p for p in cli.commands[command].params if p.name == "recipe")
+        assert list(recipe.type.choices) == list(RECIPE_NAMES), command  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from frugalvision._defaults import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_MODEL",
+    "RECIPE_NAMES",
     "ConfigDefaultOption",
     "LazyChoice",
     "RunSettings",
@@ -47,6 +48,7 @@ __all__ = [
     "out_option",
     "pretrained_option",
     "progress_option",
+    "recipe_option",
     "run_options",
     "seed_option",
     "threads_option",
@@ -55,6 +57,9 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The augmentation presets, = ``frugalvision.train.recipes.RECIPES`` (not imported here: it imports torch).
+RECIPE_NAMES = ("none", "light", "medium", "strong")
 
 _MODEL_HELP = "timm name, offline backbone name, or open_clip:ARCH/TAG."
 _WEIGHTS_HELP = "Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained."
@@ -345,6 +350,12 @@ def lightning_run_options(option: Callable[..., Callable[[F], F]]) -> Callable[[
         ),
         option("--progress/--no-progress", help="Show progress bars."),
     )
+
+
+def recipe_option(option: Callable[..., Callable[[F], F]], help: str) -> Callable[[F], F]:
+    """``--recipe`` of a run (``train``, ``distill``): one of :data:`RECIPE_NAMES`; ``option`` is the command's
+    :func:`config_option`."""
+    return option("--recipe", type=click.Choice(RECIPE_NAMES), help=help)
 
 
 def holdout_options(

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +16,7 @@ from frugalvision.cli._options import (
     holdout_options,
     lightning_run_options,
     out_option,
+    recipe_option,
     weights_option,
     workers_option,
 )
@@ -30,11 +32,17 @@ _FLAGS = (
     "weight_decay", "warmup_epochs", "head_only_epochs", "recipe", "val_split", "val_fraction", "val_data", "eval_every", "num_workers",
     "seed", "accelerator", "devices", "strategy", "precision", "progress",
 )  # fmt: skip
+F = TypeVar("F", bound=Callable[..., Any])
 _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", "val_data")
 
 
 #: ``click.option`` for a flag of this command: default None, help ending in the configuration's default.
 option = config_option(DISTILL, None)
+
+
+def _resolution_option(name: str, help: str) -> Callable[[F], F]:
+    """The input side in pixels of the teacher or the student; ``None``: the model's own (its pretrained config)."""
+    return click.option(name, type=click.IntRange(min=8), default=None, help=help)
 
 
 @cli.command()
@@ -61,12 +69,7 @@ option = config_option(DISTILL, None)
     "--teacher-pretrained/--no-teacher-pretrained",
     help="Load the teacher model's pretrained weights.",
 )
-@click.option(
-    "--teacher-input-size",
-    type=click.IntRange(min=8),
-    default=None,
-    help="Teacher resolution in pixels [default: the teacher's own].",
-)
+@_resolution_option("--teacher-input-size", "Teacher resolution in pixels [default: the teacher's own].")
 @click.option(
     "--teacher-cache",
     type=click.Path(file_okay=False, path_type=Path),
@@ -78,11 +81,9 @@ option = config_option(DISTILL, None)
     help="Start the student from pretrained weights (--no-student-pretrained: from scratch, offline).",
 )
 @weights_option("Local .safetensors/.pth weights to start the student from.", name="--student-weights")
-@click.option(
+@_resolution_option(
     "--input-size",
-    type=click.IntRange(min=8),
-    default=None,
-    help="Student resolution in pixels, e.g. 128 or 160 for a fast CPU model [default: the student's own].",
+    "Student resolution in pixels, e.g. 128 or 160 for a fast CPU model [default: the student's own].",
 )
 @option(
     "--pooling",
@@ -144,11 +145,9 @@ option = config_option(DISTILL, None)
     help="Train only the student's head for this many epochs first (linear probing, then fine-tuning): for "
     "pretrained students.",
 )
-@option(
-    "--recipe",
-    type=click.Choice(["none", "light", "medium", "strong"]),
-    help="Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean "
-    "images.",
+@recipe_option(
+    option,
+    "Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean images.",
 )
 @holdout_options(
     option,

@@ -16,6 +16,7 @@ from frugalvision.cli._options import (
     holdout_options,
     lightning_run_options,
     out_option,
+    recipe_option,
     workers_option,
 )
 
@@ -125,11 +126,7 @@ option = config_option(TRAIN, _FLAG_KEYS)
     type=float,
     help="Backbone learning rate; the head gets 10x, a loss's proxies their own multiple.",
 )
-@option(
-    "--recipe",
-    type=click.Choice(["none", "light", "medium", "strong"]),
-    help="Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes).",
-)
+@recipe_option(option, "Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes).")
 @holdout_options(
     option,
     ["auto", "classes", "images", "none"],
