@@ -1,11 +1,13 @@
 """Option declarations shared by the commands, each written once.
 
 The options every command that embeds images takes (``--model/--weights/--pretrained``, ``--batch-size``,
-``--workers``, ``--device``, ``--on-corrupt``, ``--progress``), the ONNX Runtime ``--threads``, and for the run
-commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read from the
-configuration dataclass when help is shown (so help text cannot drift from the configuration),
-:func:`lightning_run_options`, the flags both runs take, and :class:`LazyChoice`, a choice whose values come from
-a registry when a value is checked (``train --task``).
+``--workers``, ``--device``, ``--on-corrupt``, ``--progress``; :func:`run_options` hands the last four to the
+command as one :class:`RunSettings`), those several commands take alike (``--data``, ``--out``, ``--format``,
+``--seed``, ``--clusters``, ``--cache``, ``--json``, a near-duplicate threshold), the ONNX Runtime ``--threads``,
+and for the run commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read
+from the configuration dataclass when help is shown (so help text cannot drift from the configuration),
+:func:`lightning_run_options`, :func:`holdout_options` and :func:`recipe_option`, the flags both runs take, and
+:class:`LazyChoice`, a choice whose values come from a registry when a value is checked (``train --task``).
 
 Importing this module imports neither torch nor the configurations: the command line starts fast. Showing
 ``train --help`` or ``distill --help`` imports the configuration's package (and with it torch).
