@@ -131,3 +131,22 @@ def test_help_of_train_and_distill_imports_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "param", "names"),
+    [
+        ("train", "recipe", "frugalvision.train.recipes:RECIPES"),
+        ("distill", "recipe", "frugalvision.train.recipes:RECIPES"),
+        ("select", "rank_by", "frugalvision.selection:SCORES"),
+    ],
+)
+def test_choices_written_in_the_cli_are_the_library_names(command: str, param: str, names: str) -> None:
+    """Choices the command line states itself (importing their registry would import torch at start) are exactly
+    the names the library knows."""
+    import importlib
+
+    module, _, attr = names.partition(":")
+    expected = getattr(importlib.import_module(module), attr)
+    option = next(p for p in cli.commands[command].params if p.name == param)
+    assert sorted(option.type.choices) == sorted(expected)  # type: ignore[attr-defined]

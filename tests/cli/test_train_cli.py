@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -284,3 +286,55 @@ def test_ddp_on_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     metrics = (out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
     steps = [int(line.split(",")[1]) for line in metrics[1:]]
     assert max(steps) == 2 * (30 // 16) - 1  # 2 epochs of 1 step (30 training images / (8 x 2 processes))
+
+
+def _write_rectangles_coco(root: Path, n: int = 8) -> Path:
+    """``n`` 48x48 grey images with one red or blue rectangle each (two classes) and their COCO JSON."""
+    (root / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for i in range(n):
+        pixels = np.full((48, 48, 3), 128, np.uint8)
+        x, y, colour = 4 + 2 * i, 20 - 2 * i, i % 2
+        pixels[y : y + 16, x : x + 20] = [(220, 40, 40), (40, 40, 220)][colour]
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 48, "height": 48})
+        annotations.append(
+            {"id": i + 1, "image_id": i + 1, "category_id": colour + 1, "bbox": [x, y, 20, 16]}
+        )
+    path = root / "boxes.json"
+    categories = [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def test_class_agnostic_flag_trains_one_object_class(tmp_path: Path) -> None:
+    """``--class-agnostic`` sets detection.class_agnostic: the two colours of the boxes train one class."""
+    coco = _write_rectangles_coco(tmp_path / "coco")
+    out = tmp_path / "run"
+    tiny = ["--model", "test_efficientnet", "--no-pretrained", "-b", "4", "--epochs", "1", "--no-progress"]
+    settings = ["--set", "detection.image_size=64", "--set", "data.eval_batch_size=4", "--workers", "0"]
+    _run(
+        [
+            "train",
+            "--task",
+            "detection",
+            "--data",
+            str(coco),
+            "--out",
+            str(out),
+            "--class-agnostic",
+            *tiny,
+            *settings,
+        ]
+    )
+    assert json.loads((out / "model" / "config.json").read_text())["classes"] == ["object"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["detection"]["class_agnostic"] is True
+
+
+def test_class_agnostic_flag_goes_with_the_detection_task(data: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--class-agnostic"]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: --class-agnostic goes with --task detection (the task is 'embedding')\n"
+    assert not (tmp_path / "x").exists()

@@ -1,4 +1,5 @@
-"""Options choosing where ``index``, ``search`` and ``serve`` keep the vectors: a faiss folder or PostgreSQL."""
+"""Options choosing where ``index``, ``search`` and ``serve`` keep the vectors: a faiss folder or PostgreSQL (and
+the pgvector search's ``--ef-search``)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def backend_options(f: F) -> F:
     ):
         f = option(f)
     return f
+
+
+#: ``--ef-search`` of the commands that search a pgvector table (``search``, ``serve``).
+pgvector_ef_search_option = click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
+    "[default: the server's, pgvector's 40].",
+)
 
 
 def check_backend(backend: str, dsn: str | None) -> None:

@@ -1,11 +1,13 @@
 """Option declarations shared by the commands, each written once.
 
 The options every command that embeds images takes (``--model/--weights/--pretrained``, ``--batch-size``,
-``--workers``, ``--device``, ``--on-corrupt``, ``--progress``), the ONNX Runtime ``--threads``, and for the run
-commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read from the
-configuration dataclass when help is shown (so help text cannot drift from the configuration),
-:func:`lightning_run_options`, the flags both runs take, and :class:`LazyChoice`, a choice whose values come from
-a registry when a value is checked (``train --task``).
+``--workers``, ``--device``, ``--on-corrupt``, ``--progress``; :func:`run_options` hands the last four to the
+command as one :class:`RunSettings`), those several commands take alike (``--data``, ``--out``, ``--format``,
+``--seed``, ``--clusters``, ``--cache``, ``--json``, a near-duplicate threshold), the ONNX Runtime ``--threads``,
+and for the run commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read
+from the configuration dataclass when help is shown (so help text cannot drift from the configuration),
+:func:`lightning_run_options`, :func:`holdout_options` and :func:`recipe_option`, the flags both runs take, and
+:class:`LazyChoice`, a choice whose values come from a registry when a value is checked (``train --task``).
 
 Importing this module imports neither torch nor the configurations: the command line starts fast. Showing
 ``train --help`` or ``distill --help`` imports the configuration's package (and with it torch).
@@ -14,6 +16,7 @@ Importing this module imports neither torch nor the configurations: the command 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,26 +28,40 @@ from frugalvision._defaults import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_MODEL",
+    "RECIPE_NAMES",
     "ConfigDefaultOption",
     "LazyChoice",
+    "RunSettings",
     "batch_size_option",
     "cache_option",
+    "clusters_option",
     "config_default",
     "config_option",
+    "data_option",
     "device_option",
+    "duplicate_threshold_option",
+    "format_option",
+    "holdout_options",
     "json_option",
     "lightning_run_options",
+    "model_option",
     "model_options",
     "on_corrupt_option",
     "out_option",
+    "pretrained_option",
     "progress_option",
+    "recipe_option",
     "run_options",
+    "seed_option",
     "threads_option",
     "weights_option",
     "workers_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The augmentation presets, = ``frugalvision.train.recipes.RECIPES`` (not imported here: it imports torch).
+RECIPE_NAMES = ("none", "light", "medium", "strong")
 
 _MODEL_HELP = "timm name, offline backbone name, or open_clip:ARCH/TAG."
 _WEIGHTS_HELP = "Local .safetensors/.pth weights for --model (timm key names). Wins over --pretrained."
@@ -73,17 +90,31 @@ def model_options(
 ) -> Callable[[F], F]:
     """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with."""
     return _stack(
-        click.option("--model", "-m", default=default, show_default=True, help=model_help),
-        weights_option(weights_help),
-        click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=pretrained_help),
+        model_option(default, model_help), weights_option(weights_help), pretrained_option(pretrained_help)
     )
 
 
-def weights_option(help: str = _WEIGHTS_HELP) -> Callable[[F], F]:
-    """``--weights FILE``: local weights for a backbone name."""
+def model_option(default: str = DEFAULT_MODEL, help: str = _MODEL_HELP) -> Callable[[F], F]:
+    """``--model/-m NAME``: a backbone name (default :data:`DEFAULT_MODEL`, the offline one)."""
+    return click.option("--model", "-m", default=default, show_default=True, help=help)
+
+
+def pretrained_option(help: str = _PRETRAINED_HELP) -> Callable[[F], F]:
+    """``--pretrained/--no-pretrained`` (default on)."""
+    return click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=help)
+
+
+def weights_option(help: str = _WEIGHTS_HELP, name: str = "--weights") -> Callable[[F], F]:
+    """``--weights FILE`` (or another ``name``, e.g. ``--teacher-weights``): local weights for a backbone name."""
     return click.option(
-        "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
+        name, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
     )
+
+
+def data_option(help: str) -> Callable[[F], F]:
+    """``--data DATA``: the labelled images a command trains or evaluates on (a folder, a manifest, COCO JSON...,
+    whatever :func:`frugalvision.data.open_dataset` reads); ``None`` when left out."""
+    return click.option("--data", type=click.Path(exists=True, path_type=Path), default=None, help=help)
 
 
 def batch_size_option(default: int = 64, help: str = "Images per forward pass.") -> Callable[[F], F]:
@@ -120,9 +151,38 @@ def on_corrupt_option(
     )
 
 
-def threads_option(help: str = "ONNX Runtime threads [default: one per physical core].") -> Callable[[F], F]:
-    """``--threads N``: ONNX Runtime threads, ``None`` = its own choice."""
-    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+def threads_option(
+    help: str = "ONNX Runtime threads [default: one per physical core].", default: int | None = None
+) -> Callable[[F], F]:
+    """``--threads N``: ONNX Runtime threads, ``None`` = its own choice (said in ``help``); a number is shown as
+    the default."""
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=default, show_default=default is not None, help=help
+    )
+
+
+def seed_option(help: str, default: int = 0) -> Callable[[F], F]:
+    """``--seed N``: the random seed of a command that draws (k-means, samples, generated views)."""
+    return click.option("--seed", type=int, default=default, show_default=True, help=help)
+
+
+def format_option(choices: Sequence[str], help: str) -> Callable[[F], F]:
+    """``--format`` (passed as ``fmt``): how to read DATA, one of ``choices`` (``auto`` first: from what DATA is),
+    as :func:`frugalvision.data.open_dataset` takes it."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True, help=help
+    )
+
+
+def duplicate_threshold_option(name: str, help: str) -> Callable[[F], F]:
+    """A cosine similarity from which two images are near duplicates (``None``:
+    :data:`frugalvision.curation.NEAR_DUPLICATE_THRESHOLD`, said in ``help``)."""
+    return click.option(name, type=click.FloatRange(-1, 1, min_open=True), default=None, help=help)
+
+
+def clusters_option(help: str, min: int = 1) -> Callable[[F], F]:
+    """``--clusters/-k K``: k-means clusters, ``None`` = the command's rule (said in ``help``)."""
+    return click.option("--clusters", "-k", type=click.IntRange(min=min), default=None, help=help)
 
 
 def out_option(
@@ -158,11 +218,34 @@ def json_option(help: str = "Print JSON instead of a table.") -> Callable[[F], F
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-def run_options(f: F) -> F:
-    """``--batch-size/--workers/--device/--progress`` as the foundation-model commands take them."""
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How a command runs a model over a data set: what :func:`run_options` reads from the command line."""
+
+    batch_size: int
+    num_workers: int | None
+    device: str
+    progress: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments ``extract_embeddings`` and its kin take:
+        ``batch_size, num_workers, device, progress``."""
+        return dataclasses.asdict(self)
+
+
+def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--batch-size/--workers/--device/--progress`` as the foundation-model commands take them, given to the
+    command as one parameter ``run`` (a :class:`RunSettings`)."""
+
+    @functools.wraps(f)
+    def command(
+        *args: Any, batch_size: int, workers: int | None, device: str, progress: bool, **kwargs: Any
+    ) -> Any:
+        return f(*args, run=RunSettings(batch_size, workers, device, progress), **kwargs)
+
     return _stack(
         batch_size_option(), workers_option(), device_option(), progress_option("Show progress bars.")
-    )(f)
+    )(command)
 
 
 def config_default(config: str, key: str) -> Any:
@@ -268,6 +351,33 @@ def lightning_run_options(option: Callable[..., Callable[[F], F]]) -> Callable[[
             "override).",
         ),
         option("--progress/--no-progress", help="Show progress bars."),
+    )
+
+
+def recipe_option(option: Callable[..., Callable[[F], F]], help: str) -> Callable[[F], F]:
+    """``--recipe`` of a run (``train``, ``distill``): one of :data:`RECIPE_NAMES`; ``option`` is the command's
+    :func:`config_option`."""
+    return option("--recipe", type=click.Choice(RECIPE_NAMES), help=help)
+
+
+def holdout_options(
+    option: Callable[..., Callable[[F], F]], splits: Sequence[str], split_help: str, split_note: str = ""
+) -> Callable[[F], F]:
+    """The held-out images of a run (``train``, ``distill``): ``--val-split`` (one of ``splits``), ``--val-fraction``
+    and ``--val-data``; ``option`` is the command's :func:`config_option`."""
+    return _stack(
+        option("--val-split", type=click.Choice(list(splits)), help=split_help, note=split_note),
+        option(
+            "--val-fraction",
+            type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+            help="Share of classes or images held out for validation.",
+        ),
+        click.option(
+            "--val-data",
+            type=click.Path(exists=True, path_type=Path),
+            default=None,
+            help="A separate validation data set (wins over --val-split).",
+        ),
     )
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from frugalvision.cli._app import data_warnings
+from frugalvision.cli._evaluate import echo_json, evaluate_on
 
 
 def evaluate_classification(
@@ -17,15 +15,13 @@ def evaluate_classification(
     """``frugalvision evaluate BUNDLE --data DATA`` for a classification bundle: top-1 / top-k accuracy, balanced
     accuracy, macro-F1, ECE and NLL with and without the bundle's temperature, and a per-class table."""
     from frugalvision.classify import Classifier, evaluate_classifier
-    from frugalvision.data import open_dataset
 
     classifier = Classifier(bundle)
-    with data_warnings():
-        result: dict[str, Any] = evaluate_classifier(
-            classifier, open_dataset(data), top_k=top_k, num_workers=workers or 0, progress=progress
-        )
+    result = evaluate_on(
+        evaluate_classifier, classifier, data, workers=workers, progress=progress, top_k=top_k
+    )
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "data": str(data), **result}, indent=2))
+        echo_json(bundle, data, result)
         return
     m = result["metrics"]
     click.echo(f"{result['images']} images, {len(classifier.classes)} classes")

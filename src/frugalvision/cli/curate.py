@@ -5,13 +5,21 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._options import model_options, run_options
+from frugalvision.cli._options import (
+    RunSettings,
+    cache_option,
+    clusters_option,
+    duplicate_threshold_option,
+    model_options,
+    out_option,
+    run_options,
+    seed_option,
+)
 from frugalvision.cli.foundation import load_store
 
 
@@ -23,24 +31,16 @@ def curate() -> None:
     """
 
 
-def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> dict[str, Any]:
-    return {"batch_size": batch_size, "num_workers": workers, "device": device, "progress": progress}
+#: ``--cache`` of the commands that embed one DATA.
+_CACHE_HELP = "Keep the embeddings of DATA in this store folder."
 
 
 @curate.command()
 @click.argument("source", metavar="STORE_OR_DATA", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Write exact.csv, near.csv and near_pairs.png to this folder.",
-)
-@click.option(
+@out_option("Write exact.csv, near.csv and near_pairs.png to this folder.", required=False)
+@duplicate_threshold_option(
     "--threshold",
-    default=None,
-    type=click.FloatRange(-1, 1, min_open=True),
-    help="Cosine similarity from which two images are near duplicates [default: frugalvision.curation."
+    "Cosine similarity from which two images are near duplicates [default: frugalvision.curation."
     "NEAR_DUPLICATE_THRESHOLD, calibrated for the default model by benchmarks/duplicates.py; tune it for others].",
 )
 @click.option(
@@ -60,12 +60,7 @@ def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> d
     "exactly; its pair recall against exact search on a sample is printed); auto = approximate from "
     "frugalvision.curation.APPROXIMATE_FROM (200,000) images.",
 )
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Keep the embeddings of DATA in this store folder.",
-)
+@cache_option(_CACHE_HELP)
 @model_options()
 @run_options
 def duplicates(
@@ -78,10 +73,7 @@ def duplicates(
     model: str,
     weights: Path | None,
     pretrained: bool,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Find exact duplicates (same bytes) and near duplicates (cosine >= --threshold)."""
     from frugalvision.curation import (
@@ -96,7 +88,7 @@ def duplicates(
 
     if threshold is None:
         threshold = NEAR_DUPLICATE_THRESHOLD
-    store = load_store(source, model, weights, pretrained, cache, _run(batch_size, workers, device, progress))
+    store = load_store(source, model, weights, pretrained, cache, run)
     present = [i for i, p in enumerate(store.paths) if os.path.isfile(p)]
     exact = [[present[i] for i in g] for g in exact_duplicates([store.paths[i] for i in present])]
     pairs = near_duplicates(store.vectors, threshold, method=method)  # type: ignore[arg-type]  # click.Choice
@@ -132,20 +124,8 @@ def duplicates(
 @curate.command()
 @click.argument("source", metavar="STORE_OR_DATA", type=click.Path(exists=True, path_type=Path))
 @click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of images to select.")
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Manifest CSV of the selection (path,label,cluster).",
-)
-@click.option(
-    "--clusters",
-    "-k",
-    type=click.IntRange(min=1),
-    default=None,
-    help="k-means clusters (flat) [default: about sqrt(N)].",
-)
+@out_option("Manifest CSV of the selection (path,label,cluster).", kind="file")
+@clusters_option("k-means clusters (flat) [default: about sqrt(N)].")
 @click.option(
     "--levels",
     default=None,
@@ -158,13 +138,8 @@ def duplicates(
     show_default=True,
     help="How a cluster gives its quota: random members, or those closest to its centre.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (k-means and draws).")
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Keep the embeddings of DATA in this store folder.",
-)
+@seed_option("Random seed (k-means and draws).")
+@cache_option(_CACHE_HELP)
 @model_options()
 @run_options
 def select(
@@ -179,15 +154,12 @@ def select(
     model: str,
     weights: Path | None,
     pretrained: bool,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Select N images spread evenly over k-means clusters (balanced sampling) and write them as a manifest."""
     from frugalvision.curation import select_balanced
 
-    store = load_store(source, model, weights, pretrained, cache, _run(batch_size, workers, device, progress))
+    store = load_store(source, model, weights, pretrained, cache, run)
     if levels is not None:
         try:
             ks: list[int] | None = [int(v) for v in levels.split(",")]
@@ -215,20 +187,8 @@ def select(
 @curate.command()
 @click.argument("data_a", metavar="DATA_A", type=click.Path(exists=True, path_type=Path))
 @click.argument("data_b", metavar="DATA_B", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Report folder (clusters.csv, summary.json, cluster_NNN.png).",
-)
-@click.option(
-    "--clusters",
-    "-k",
-    type=click.IntRange(min=2),
-    default=None,
-    help="k-means clusters of the union [default: about sqrt(N)].",
-)
+@out_option("Report folder (clusters.csv, summary.json, cluster_NNN.png).")
+@clusters_option("k-means clusters of the union [default: about sqrt(N)].", min=2)
 @click.option(
     "--dominance",
     default=0.8,
@@ -243,7 +203,7 @@ def select(
     type=click.IntRange(min=1),
     help="Smallest cluster that can be flagged.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="k-means seed.")
+@seed_option("k-means seed.")
 @model_options()
 @run_options
 def compare(
@@ -257,15 +217,11 @@ def compare(
     model: str,
     weights: Path | None,
     pretrained: bool,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Compare two data sets (stores or images) by clustering their union: report the clusters one set dominates."""
     from frugalvision.curation import compare_datasets, write_comparison_report
 
-    run = _run(batch_size, workers, device, progress)
     a = load_store(data_a, model, weights, pretrained, None, run)
     b = load_store(data_b, model, weights, pretrained, None, run)
     result = compare_datasets(

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._options import DEFAULT_MODEL, out_option, progress_option
+from frugalvision.cli._options import model_option, out_option, progress_option, seed_option
 
 
 @cli.command()
@@ -20,16 +20,8 @@ from frugalvision.cli._options import DEFAULT_MODEL, out_option, progress_option
     type=click.IntRange(min=2),
     help="Random views (crops) generated per sample photo.",
 )
-@click.option(
-    "--seed", default=0, show_default=True, help="Seed of the generated views and of the chosen queries."
-)
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Backbone; the default loads real ImageNet weights with no network.",
-)
+@seed_option("Seed of the generated views and of the chosen queries.")
+@model_option(help="Backbone; the default loads real ImageNet weights with no network.")
 @progress_option()
 def demo(out: Path, views: int, seed: int, model: str, progress: bool) -> None:
     """Run data -> embeddings -> metrics -> index -> search offline and show where the results went.

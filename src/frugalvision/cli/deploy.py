@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._options import threads_option, weights_option
+from frugalvision.cli._options import json_option, pretrained_option, threads_option, weights_option
 
 
 def _default_out(source: str) -> Path:
@@ -106,12 +106,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     help="torch.onnx exporter: dynamo (torch.export, needs onnxscript), torchscript (legacy), auto = dynamo with fallback.",
 )
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
-@click.option(
-    "--pretrained/--no-pretrained",
-    default=True,
-    show_default=True,
-    help="For a backbone name: load its pretrained weights (--no-pretrained: random, for tests).",
-)
+@pretrained_option("For a backbone name: load its pretrained weights (--no-pretrained: random, for tests).")
 @weights_option("For a backbone name: local .safetensors/.pth weights.")
 @click.option(
     "--normalize/--no-normalize",
@@ -135,7 +130,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     show_default=True,
     help="Detection models: the score threshold of the NMS inside the graph (0.001 for mAP evaluation).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 def export_cmd(
     source: str,
     fmt: str,

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import config_option, lightning_run_options, out_option, workers_option
+from frugalvision.cli._options import (
+    config_option,
+    data_option,
+    holdout_options,
+    lightning_run_options,
+    out_option,
+    recipe_option,
+    weights_option,
+    workers_option,
+)
 
 #: The configuration whose field defaults the help text shows (imported only when help is shown).
 DISTILL = "frugalvision.distill.config:DistillConfig"
@@ -22,6 +32,7 @@ _FLAGS = (
     "weight_decay", "warmup_epochs", "head_only_epochs", "recipe", "val_split", "val_fraction", "val_data", "eval_every", "num_workers",
     "seed", "accelerator", "devices", "strategy", "precision", "progress",
 )  # fmt: skip
+F = TypeVar("F", bound=Callable[..., Any])
 _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", "val_data")
 
 
@@ -29,12 +40,14 @@ _PATHS = ("data", "out", "teacher_weights", "teacher_cache", "student_weights", 
 option = config_option(DISTILL, None)
 
 
+def _resolution_option(name: str, help: str) -> Callable[[F], F]:
+    """The input side in pixels of the teacher or the student; ``None``: the model's own (its pretrained config)."""
+    return click.option(name, type=click.IntRange(min=8), default=None, help=help)
+
+
 @cli.command()
-@click.option(
-    "--data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Images to distil on: a folder of photos (labels not needed), a class-per-folder tree or a manifest.",
+@data_option(
+    "Images to distil on: a folder of photos (labels not needed), a class-per-folder tree or a manifest."
 )
 @option(
     "--teacher",
@@ -51,22 +64,12 @@ option = config_option(DISTILL, None)
     "Run folder: config.yaml, teacher_cache/, checkpoints/, logs/ and the student bundle model/.",
     required=False,
 )
-@click.option(
-    "--teacher-weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Local .safetensors/.pth weights for a teacher model name.",
-)
+@weights_option("Local .safetensors/.pth weights for a teacher model name.", name="--teacher-weights")
 @option(
     "--teacher-pretrained/--no-teacher-pretrained",
     help="Load the teacher model's pretrained weights.",
 )
-@click.option(
-    "--teacher-input-size",
-    type=click.IntRange(min=8),
-    default=None,
-    help="Teacher resolution in pixels [default: the teacher's own].",
-)
+@_resolution_option("--teacher-input-size", "Teacher resolution in pixels [default: the teacher's own].")
 @click.option(
     "--teacher-cache",
     type=click.Path(file_okay=False, path_type=Path),
@@ -77,17 +80,10 @@ option = config_option(DISTILL, None)
     "--student-pretrained/--no-student-pretrained",
     help="Start the student from pretrained weights (--no-student-pretrained: from scratch, offline).",
 )
-@click.option(
-    "--student-weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Local .safetensors/.pth weights to start the student from.",
-)
-@click.option(
+@weights_option("Local .safetensors/.pth weights to start the student from.", name="--student-weights")
+@_resolution_option(
     "--input-size",
-    type=click.IntRange(min=8),
-    default=None,
-    help="Student resolution in pixels, e.g. 128 or 160 for a fast CPU model [default: the student's own].",
+    "Student resolution in pixels, e.g. 128 or 160 for a fast CPU model [default: the student's own].",
 )
 @option(
     "--pooling",
@@ -149,27 +145,14 @@ option = config_option(DISTILL, None)
     help="Train only the student's head for this many epochs first (linear probing, then fine-tuning): for "
     "pretrained students.",
 )
-@option(
-    "--recipe",
-    type=click.Choice(["none", "light", "medium", "strong"]),
-    help="Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean "
-    "images.",
+@recipe_option(
+    option,
+    "Augmentation of the student's images (frugalvision.train.recipes); the teacher always sees clean images.",
 )
-@option(
-    "--val-split",
-    type=click.Choice(["images", "classes", "none"]),
-    help="Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none.",
-)
-@option(
-    "--val-fraction",
-    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    help="Share of images (or classes) held out.",
-)
-@click.option(
-    "--val-data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A separate held-out data set (wins over --val-split).",
+@holdout_options(
+    option,
+    ["images", "classes", "none"],
+    "Held-out images for student-vs-teacher metrics: a share of each class's images, whole classes, or none.",
 )
 @option(
     "--eval-every",

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from frugalvision.cli._app import cli
-
-_ANY_ADDRESS = ("0.0.0.0", "::", "")
+from frugalvision.cli._listen import allowed_host_option, allowed_hosts_for, host_option
+from frugalvision.cli._options import device_option, duplicate_threshold_option
 
 
 @cli.command()
@@ -29,11 +29,9 @@ _ANY_ADDRESS = ("0.0.0.0", "::", "")
     help="OOD detector (`frugalvision ood fit`) fitted on these embeddings: colour by OOD score, most-OOD view.",
 )
 @click.option("--duplicates", is_flag=True, help="Find near-duplicate groups (colour and view).")
-@click.option(
+@duplicate_threshold_option(
     "--duplicate-threshold",
-    type=click.FloatRange(-1, 1, min_open=True),
-    default=None,
-    help="Cosine from which two images are near duplicates [default: frugalvision.curation.NEAR_DUPLICATE_THRESHOLD].",
+    "Cosine from which two images are near duplicates [default: frugalvision.curation.NEAR_DUPLICATE_THRESHOLD].",
 )
 @click.option(
     "--layout",
@@ -43,17 +41,10 @@ _ANY_ADDRESS = ("0.0.0.0", "::", "")
     help="Map layout: umap (needs umap-learn: pip install 'frugalvision[explore]'), pca, or auto (umap when "
     "installed). Computed once and cached in STORE_OR_INDEX/.explore/.",
 )
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to bind (local only by default)."
-)
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
-@click.option(
-    "--allowed-host",
-    "allowed_host",
-    multiple=True,
-    help="Host name the page may be reached by (repeat) [default: localhost, 127.0.0.1, ::1 and --host].",
-)
-@click.option("--device", default="cpu", show_default=True, help="Device that embeds uploaded photos.")
+@host_option
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@allowed_host_option
+@device_option("Device that embeds uploaded photos.")
 def explore(
     source: Path,
     labels: Path | None,
@@ -96,7 +87,7 @@ def explore(
         del vectors
     click.echo(f"laying out {len(collection)} points ({layout}; cached after the first time)...", err=True)
     state = ExploreState.build(collection, manifest=manifest, ood=ood_values, groups=groups, layout=layout)
-    hosts = list(allowed_host) or [*LOCAL_HOSTS, *([] if host in _ANY_ADDRESS else [host])]
+    hosts = allowed_hosts_for(host, allowed_host, LOCAL_HOSTS)
     app = create_app(state, allowed_hosts=hosts, device=device)
     shown = f"[{host}]" if ":" in host else host
     click.echo(

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import cache_option, model_options, out_option, run_options
+from frugalvision.cli._options import RunSettings, cache_option, model_options, out_option, run_options
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_store(
-    source: Path, model: str, weights: Path | None, pretrained: bool, cache: Path | None, run: dict[str, Any]
+    source: Path, model: str, weights: Path | None, pretrained: bool, cache: Path | None, run: RunSettings
 ) -> Any:
     """An embedding store: ``source`` itself if it is one, else the images of ``source`` embedded with ``model``."""
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
@@ -29,9 +31,20 @@ def load_store(
     fm = create_feature_model(model, pretrained=pretrained, weights=weights)
     with data_warnings():
         if cache is not None:
-            return extract_embeddings(fm, dataset, cache, **run)
+            return extract_embeddings(fm, dataset, cache, **run.kwargs())
         with tempfile.TemporaryDirectory(prefix="frugalvision-") as tmp:
-            return extract_embeddings(fm, dataset, Path(tmp) / "store", **run)
+            return extract_embeddings(fm, dataset, Path(tmp) / "store", **run.kwargs())
+
+
+def _abstain_option(name: str, what: str) -> Callable[[F], F]:
+    """``--min-score`` / ``--min-margin``: an image whose ``what`` falls below this is left unlabeled (0: none is)."""
+    return click.option(
+        name,
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(0, 1),
+        help=f"Leave images unlabeled when {what} is below this.",
+    )
 
 
 @cli.command()
@@ -53,20 +66,8 @@ def load_store(
     show_default=True,
     help="Prompt templates: default, simple, or a file with one template per line ({} = class name).",
 )
-@click.option(
-    "--min-score",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Leave images unlabeled when their top-1 probability is below this.",
-)
-@click.option(
-    "--min-margin",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Leave images unlabeled when top-1 minus top-2 probability is below this.",
-)
+@_abstain_option("--min-score", "their top-1 probability")
+@_abstain_option("--min-margin", "top-1 minus top-2 probability")
 @cache_option(
     "Keep the image features in this store folder (re-labeling with other classes is then instant)."
 )
@@ -98,10 +99,7 @@ def label(
     cache: Path | None,
     review: bool,
     sheet_size: int,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Label the images of DATA zero-shot from class names with a CLIP model (prompt ensembling).
 
@@ -128,17 +126,7 @@ def label(
     click.echo(f"data: {dataset!r}; {len(names)} classes x {len(temps)} templates", err=True)
     fm = create_feature_model(model, pretrained=pretrained, weights=weights)
     with data_warnings():
-        result = zero_shot_classify(
-            fm,
-            dataset,
-            names,
-            temps,
-            cache=cache,
-            batch_size=batch_size,
-            num_workers=workers,
-            device=device,
-            progress=progress,
-        )
+        result = zero_shot_classify(fm, dataset, names, temps, cache=cache, **run.kwargs())
     write_label_manifest(result, out, min_score=min_score, min_margin=min_margin)
     labels = result.labels(min_score, min_margin)
     counts = Counter(lab for lab in labels if lab is not None)

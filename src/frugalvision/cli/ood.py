@@ -11,7 +11,14 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import cache_option, json_option, model_options, out_option, run_options
+from frugalvision.cli._options import (
+    RunSettings,
+    cache_option,
+    json_option,
+    model_options,
+    out_option,
+    run_options,
+)
 
 
 @cli.group()
@@ -64,14 +71,14 @@ def _build(model: str, weights: Path | None, pretrained: bool, num_classes: int 
     return create_backbone(model, pretrained=pretrained, weights=weights, num_classes=n)
 
 
-def _inputs(backbone: Any, data: Path, cache: Path | None, run: dict[str, Any]) -> Any:
+def _inputs(backbone: Any, data: Path, cache: Path | None, run: RunSettings) -> Any:
     from frugalvision.foundation import open_images
     from frugalvision.ood import extract_ood_inputs
 
     dataset = open_images(data)
     click.echo(f"data: {dataset!r}", err=True)
     with data_warnings():
-        return extract_ood_inputs(backbone, dataset, cache=cache, **run)
+        return extract_ood_inputs(backbone, dataset, cache=cache, **run.kwargs())
 
 
 def _load(detector_dir: Path) -> tuple[Any, Any]:
@@ -83,10 +90,6 @@ def _load(detector_dir: Path) -> tuple[Any, Any]:
     if "backbone" not in det.info:
         raise StoreError(f"detector {detector_dir} does not record its model; score it from Python instead")
     return det, feature_model_from_spec(det.info["backbone"])
-
-
-def _run(batch_size: int, workers: int | None, device: str, progress: bool) -> dict[str, Any]:
-    return {"batch_size": batch_size, "num_workers": workers, "device": device, "progress": progress}
 
 
 @ood.command()
@@ -156,17 +159,13 @@ def fit(
     select_block: bool,
     jigsaw_images: int,
     cache: Path | None,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Fit an OOD detector on the in-distribution images of DATA (labels, if any, serve Mahalanobis)."""
     from frugalvision.foundation import open_images
     from frugalvision.ood import OODDetector, jigsaw_block_norms
 
     backbone = _build(model, weights, pretrained, num_classes)
-    run = _run(batch_size, workers, device, progress)
     inputs = _inputs(backbone, data, cache, run)
     names = [s.strip() for s in score_names.split(",")] if score_names else None
     det = OODDetector(
@@ -188,7 +187,11 @@ def fit(
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(dataset), size=min(jigsaw_images, len(dataset)), replace=False))
         pseudo = jigsaw_block_norms(
-            backbone, dataset.subset(rows), batch_size=batch_size, num_workers=workers, device=device
+            backbone,
+            dataset.subset(rows),
+            batch_size=run.batch_size,
+            num_workers=run.num_workers,
+            device=run.device,
         )
     labels = inputs.labels if (inputs.labels >= 0).sum() >= 2 else None
     det.fit(
@@ -220,15 +223,12 @@ def score(
     out: Path | None,
     as_json: bool,
     cache: Path | None,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """Score the images of DATA; an image is flagged OOD by a score when it falls below the threshold that
     keeps 95 % of the fit images."""
     det, backbone = _load(detector_dir)
-    inputs = _inputs(backbone, data, cache, _run(batch_size, workers, device, progress))
+    inputs = _inputs(backbone, data, cache, run)
     scores = det.score(features=inputs.features, logits=inputs.logits, block_norms=inputs.block_norms)
     names = list(scores)
     if out is not None:
@@ -272,10 +272,7 @@ def evaluate(
     id_data: Path,
     ood_data: Path,
     as_json: bool,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
+    run: RunSettings,
 ) -> None:
     """AUROC, AUPR-In, AUPR-Out and FPR@95TPR of every score, with ID_DATA as in- and OOD_DATA as out-of-distribution.
 
@@ -284,7 +281,6 @@ def evaluate(
     from frugalvision.ood import ood_metrics
 
     det, backbone = _load(detector_dir)
-    run = _run(batch_size, workers, device, progress)
     a = _inputs(backbone, id_data, None, run)
     b = _inputs(backbone, ood_data, None, run)
     sa = det.score(features=a.features, logits=a.logits, block_norms=a.block_norms)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,15 +12,22 @@ import click
 import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._backend import backend_options, check_backend
+from frugalvision.cli._backend import backend_options, check_backend, pgvector_ef_search_option
 from frugalvision.cli._options import (
     batch_size_option,
+    data_option,
     device_option,
+    format_option,
+    json_option,
     model_options,
     on_corrupt_option,
+    out_option,
     progress_option,
     workers_option,
 )
+from frugalvision.cli.classify import evaluate_classification
+from frugalvision.cli.detection import evaluate_detection
+from frugalvision.cli.tagging import evaluate_tagging
 from frugalvision.errors import FrugalVisionError, StoreError
 
 
@@ -43,12 +51,10 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 
 @cli.command()
 @click.argument("inputs", metavar="DATA | SHARD...", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Folder of the embedding store to write (created; resumed if it exists). Required unless --merge.",
+@out_option(
+    "Folder of the embedding store to write (created; resumed if it exists). Required unless --merge.",
+    kind="any",
+    required=False,
 )
 @click.option(
     "--shard",
@@ -94,13 +100,9 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 @model_options(
     model_help="timm model name (with optional pretrained tag), an offline backbone name, or a model bundle folder from `frugalvision train`."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "folder", "manifest", "coco", "yolo"]),
-    default="auto",
-    show_default=True,
-    help="How to read DATA: class-per-folder tree, CSV/JSONL manifest, COCO JSON, YOLO folder.",
+@format_option(
+    ["auto", "folder", "manifest", "coco", "yolo"],
+    "How to read DATA: class-per-folder tree, CSV/JSONL manifest, COCO JSON, YOLO folder.",
 )
 @batch_size_option()
 @workers_option()
@@ -217,12 +219,10 @@ def embed(
 
 @cli.command()
 @click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "-o",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Folder of the index to write (replaced atomically). Required with --backend faiss.",
+@out_option(
+    "Folder of the index to write (replaced atomically). Required with --backend faiss.",
+    kind="any",
+    required=False,
 )
 @click.option(
     "--metric",
@@ -380,7 +380,7 @@ def index(
     help="When a query image is itself in the index (the same file, however its path is written), leave it "
     "out of its own results.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option(
     "--grid",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -389,13 +389,7 @@ def index(
 )
 @device_option()
 @backend_options
-@click.option(
-    "--ef-search",
-    type=click.IntRange(min=1),
-    default=None,
-    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
-    "[default: the server's, pgvector's 40].",
-)
+@pgvector_ef_search_option
 @click.option(
     "--where",
     multiple=True,
@@ -506,14 +500,18 @@ def search(
         click.echo(f"grid: {grid}", err=True)
 
 
+#: A model bundle's task -> the function that evaluates it on --data, and which options of ``evaluate`` it takes
+#: (beside --json); an embedding bundle is evaluated by ``evaluate`` itself (retrieval metrics).
+_TASK_EVALUATORS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "classification": (evaluate_classification, ("workers", "progress", "top_k")),
+    "multilabel": (evaluate_tagging, ("workers", "progress", "top_k")),
+    "detection": (evaluate_detection, ("report", "split")),
+}
+
+
 @cli.command()
 @click.argument("store_dir", metavar="STORE_OR_BUNDLE", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="With a model bundle: the labelled images to embed and evaluate (class folders or manifest).",
-)
+@data_option("With a model bundle: the labelled images to embed and evaluate (class folders or manifest).")
 @click.option(
     "-k",
     "ks",
@@ -524,7 +522,7 @@ def search(
     help="Recall@K cut-offs (repeat: -k 1 -k 5 -k 10).",
 )
 @click.option("--no-nmi", is_flag=True, help="Skip NMI (its k-means is the slow part on big stores).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @workers_option("With --data: data-loading processes [default: one per core, at most 8].")
 @progress_option("With --data: show a progress bar.")
 @click.option(
@@ -575,34 +573,17 @@ def evaluate(
             )
         from frugalvision.bundle import read_bundle_config
 
-        if read_bundle_config(store_dir).get("task") == "detection":
-            from frugalvision.cli.detection import evaluate_detection
-
-            evaluate_detection(store_dir, data, as_json=as_json, report=report, split=split)
-            return
-        if read_bundle_config(store_dir).get("task") == "classification":
-            from frugalvision.cli.classify import evaluate_classification
-
-            evaluate_classification(
-                store_dir,
-                data,
-                as_json=as_json,
-                workers=workers,
-                progress=progress,
-                top_k=max(ks) if ks else 5,
-            )
-            return
-        if read_bundle_config(store_dir).get("task") == "multilabel":
-            from frugalvision.cli.tagging import evaluate_tagging
-
-            evaluate_tagging(
-                store_dir,
-                data,
-                as_json=as_json,
-                workers=workers,
-                progress=progress,
-                top_k=max(ks) if ks else 3,
-            )
+        task = read_bundle_config(store_dir).get("task")
+        if task in _TASK_EVALUATORS:
+            evaluate_task, takes = _TASK_EVALUATORS[task]
+            given = {
+                "workers": workers,
+                "progress": progress,
+                "top_k": max(ks),
+                "report": report,
+                "split": split,
+            }
+            evaluate_task(store_dir, data, as_json=as_json, **{name: given[name] for name in takes})
             return
         from frugalvision.data import open_dataset
 

@@ -11,8 +11,14 @@ from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._options import (
     batch_size_option,
     device_option,
+    format_option,
+    json_option,
     on_corrupt_option,
+    out_option,
+    pretrained_option,
     progress_option,
+    seed_option,
+    threads_option,
     workers_option,
 )
 
@@ -34,20 +40,11 @@ _SCORES = (
     help="Comma-separated candidates: timm names (tagged or not), offline backbone names, or ARCH=FILE for "
     "local weights of a timm architecture (e.g. resnet18=my.safetensors).",
 )
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for selection.json, selection.png and the per-model cache (cache/): re-running with more "
-    "models embeds only the new ones.",
+@out_option(
+    "Folder for selection.json, selection.png and the per-model cache (cache/): re-running with more models "
+    "embeds only the new ones."
 )
-@click.option(
-    "--pretrained/--no-pretrained",
-    default=True,
-    show_default=True,
-    help="Load pretrained weights for names without =FILE; --no-pretrained gives random weights.",
-)
+@pretrained_option("Load pretrained weights for names without =FILE; --no-pretrained gives random weights.")
 @click.option(
     "--rank-by",
     type=click.Choice(_SCORES),
@@ -64,26 +61,14 @@ _SCORES = (
 @click.option(
     "--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Linear-probe CV folds."
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="CV folds, the --per-class draw and --no-pretrained weights.",
-)
+@seed_option("CV folds, the --per-class draw and --no-pretrained weights.")
 @click.option(
     "--speed/--no-speed",
     default=True,
     show_default=True,
     help="Export each model to ONNX (cached) and measure ONNX Runtime images/s at batch 1 and 32.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="ONNX Runtime threads for the speed.",
-)
+@threads_option("ONNX Runtime threads for the speed.", default=2)
 @click.option(
     "--speed-seconds",
     type=click.FloatRange(min=0, min_open=True),
@@ -94,15 +79,11 @@ _SCORES = (
 @click.option(
     "--remeasure", is_flag=True, help="Measure the speed again instead of reading it from the cache."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "folder", "manifest"]),
-    default="auto",
-    show_default=True,
-    help="How to read DATA: class-per-folder tree or CSV/JSONL manifest (path,label).",
+@format_option(
+    ["auto", "folder", "manifest"],
+    "How to read DATA: class-per-folder tree or CSV/JSONL manifest (path,label).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @batch_size_option(32)
 @workers_option()
 @on_corrupt_option()

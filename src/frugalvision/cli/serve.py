@@ -9,26 +9,13 @@ from typing import Any, TypeVar
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._backend import backend_options, check_backend
+from frugalvision.cli._backend import backend_options, check_backend, pgvector_ef_search_option
+from frugalvision.cli._listen import ANY_ADDRESS, allowed_host_option, allowed_hosts_for, host_option
 from frugalvision.cli._options import threads_option
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
 MAX_HEADER_BYTES = 16 * 1024
 F = TypeVar("F", bound=Callable[..., Any])
-_ANY_ADDRESS = ("0.0.0.0", "::", "")
-
-
-def allowed_hosts_for(host: str, extra: tuple[str, ...]) -> list[str]:
-    """The ``Host`` names to accept: ``extra`` if given, else the local names plus the bound address.
-
-    A service bound to every interface (``0.0.0.0`` / ``::``) still answers only to the local names unless
-    ``--allowed-host`` lists the names clients use (``'*'``: any name; only behind a proxy that checks it).
-    """
-    if extra:
-        return list(extra)
-    from frugalvision.serve import LOCAL_HOSTS
-
-    return [*LOCAL_HOSTS, *([] if host in _ANY_ADDRESS else [host])]
 
 
 def uvicorn_options(
@@ -121,19 +108,8 @@ def _limit_options(f: F) -> F:
     help="Saved EmbeddingIndex (frugalvision index) built with this model; enables POST /search.",
 )
 @backend_options
-@click.option(
-    "--ef-search",
-    type=click.IntRange(min=1),
-    default=None,
-    help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
-    "[default: the server's, pgvector's 40].",
-)
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on (0.0.0.0: every interface; put a reverse proxy in front).",
-)
+@pgvector_ef_search_option
+@host_option
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @click.option(
     "--precision",
@@ -168,13 +144,7 @@ def _limit_options(f: F) -> F:
     help="Require 'Authorization: Bearer TOKEN' on every endpoint but /health and the docs (401 without). "
     "Prefer the environment variable: a flag is visible in the process list.",
 )
-@click.option(
-    "--allowed-host",
-    "allowed_host",
-    multiple=True,
-    help="A name the Host header may carry (repeatable; '*': any). Default: localhost, 127.0.0.1, ::1 and --host. "
-    "Other names get 400, so DNS rebinding cannot reach the service.",
-)
+@allowed_host_option
 @click.option(
     "-k",
     "default_k",
@@ -229,7 +199,7 @@ def serve(
     import uvicorn
 
     from frugalvision.runtime import Predictor
-    from frugalvision.serve import ServeLimits, create_app, load_index
+    from frugalvision.serve import LOCAL_HOSTS, ServeLimits, create_app, load_index
 
     check_backend(backend, dsn)
     if backend == "pgvector" and index_dir is not None:
@@ -254,7 +224,7 @@ def serve(
         max_queue_wait_s=max_queue_wait,
         read_timeout_s=read_timeout,
     )
-    hosts = allowed_hosts_for(host, allowed_host)
+    hosts = allowed_hosts_for(host, allowed_host, LOCAL_HOSTS)
     app = create_app(
         predictor,
         index=index,
@@ -266,7 +236,7 @@ def serve(
         token=token,
         allowed_hosts=hosts,
     )
-    if host in _ANY_ADDRESS and not allowed_host:
+    if host in ANY_ADDRESS and not allowed_host:
         click.echo(f"listening on every interface, but answering only to Host {', '.join(hosts)}: add "
                    "--allowed-host NAME for the names clients use", err=True)  # fmt: skip
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:

@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from frugalvision.cli._app import cli, data_warnings
+from frugalvision.cli._app import cli
+from frugalvision.cli._evaluate import echo_json, evaluate_on
+from frugalvision.cli._options import batch_size_option, json_option
 from frugalvision.errors import FrugalVisionError
 
 
 @cli.command()
 @click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object per image (path, labels, scores)."
-)
+@json_option("Print one JSON object per image (path, labels, scores).")
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
@@ -32,9 +31,7 @@ from frugalvision.errors import FrugalVisionError
     default=None,
     help="Multilabel: one decision threshold for every class instead of the per-class thresholds saved in the bundle.",
 )
-@click.option(
-    "--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch."
-)
+@batch_size_option(32, "Images per batch.")
 @click.option(
     "--draw",
     type=click.Path(file_okay=False, path_type=Path),
@@ -139,16 +136,12 @@ def evaluate_tagging(
     bundle: Path, data: Path, *, as_json: bool, workers: int | None, progress: bool, top_k: int
 ) -> None:
     """``frugalvision evaluate BUNDLE --data DATA`` for a multilabel bundle: mAP, CF1/OF1 and a per-class table."""
-    from frugalvision.data import open_dataset
     from frugalvision.tagging import Tagger, evaluate_tagger
 
     tagger = Tagger(bundle)
-    with data_warnings():
-        result: dict[str, Any] = evaluate_tagger(
-            tagger, open_dataset(data), top_k=top_k, num_workers=workers or 0, progress=progress
-        )
+    result = evaluate_on(evaluate_tagger, tagger, data, workers=workers, progress=progress, top_k=top_k)
     if as_json:
-        click.echo(json.dumps({"bundle": str(bundle), "data": str(data), **result}, indent=2))
+        echo_json(bundle, data, result)
         return
     m = result["metrics"]
     click.echo(f"{result['images']} images, {len(tagger.classes)} classes")

@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import LazyChoice, config_option, lightning_run_options, workers_option
+from frugalvision.cli._options import (
+    LazyChoice,
+    config_option,
+    data_option,
+    holdout_options,
+    lightning_run_options,
+    out_option,
+    recipe_option,
+    workers_option,
+)
 
 #: The configuration whose field defaults the help text shows (imported only when help is shown).
 TRAIN = "frugalvision.train.config:TrainConfig"
@@ -39,6 +48,7 @@ _FLAG_KEYS = {
     "precision": "trainer.precision",
     "progress": "trainer.progress",
     "partial": "loss.partial",
+    "class_agnostic": "detection.class_agnostic",
 }
 
 
@@ -59,19 +69,12 @@ option = config_option(TRAIN, _FLAG_KEYS)
     type=LazyChoice(_task_names, metavar="[embedding|multilabel|...]"),
     help="What to train: embedding = an image-retrieval embedding (metric learning); classification = a calibrated classifier (one label per image); multilabel = a tagger that gives each image any number of labels; or any task registered with frugalvision.train.register_task.",
 )
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Training images: a class-per-folder tree or a CSV/JSONL manifest (path,label; multilabel: path,labels[,unknown]).",
+@data_option(
+    "Training images: a class-per-folder tree or a CSV/JSONL manifest (path,label; multilabel: "
+    "path,labels[,unknown])."
 )
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run folder: config.yaml, checkpoints/, logs/, tensorboard/ and the bundle model/.",
+@out_option(
+    "Run folder: config.yaml, checkpoints/, logs/, tensorboard/ and the bundle model/.", required=False
 )
 @click.option(
     "--config",
@@ -123,33 +126,26 @@ option = config_option(TRAIN, _FLAG_KEYS)
     type=float,
     help="Backbone learning rate; the head gets 10x, a loss's proxies their own multiple.",
 )
-@option(
-    "--recipe",
-    type=click.Choice(["none", "light", "medium", "strong"]),
-    help="Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes).",
-)
-@option(
-    "--val-split",
-    type=click.Choice(["auto", "classes", "images", "none"]),
-    help="Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, or none.",
-    note=" = classes for embedding, images for multilabel and classification",
-)
-@option(
-    "--val-fraction",
-    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-    help="Share of classes or images held out for validation.",
-)
-@click.option(
-    "--val-data",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A separate validation data set (wins over --val-split).",
+@recipe_option(option, "Augmentation/regularisation preset after AugReg (see frugalvision.train.recipes).")
+@holdout_options(
+    option,
+    ["auto", "classes", "images", "none"],
+    "Validation: hold out a fraction of the classes (class-disjoint, the metric-learning protocol), of the images, "
+    "or none.",
+    " = classes for embedding, images for multilabel and classification",
 )
 @workers_option()
 @option(
     "--partial",
     type=click.Choice(["ignore", "negative", "selective"]),
     help="Multilabel: what unknown (unannotated) labels mean: ignore them, take them as absent, or selective (class-aware selective loss: ignored for likely-present classes).",
+)
+@click.option(
+    "--class-agnostic",
+    is_flag=True,
+    default=None,
+    help="Detection: train one class, 'object', from boxes of any class (e.g. the pseudo-boxes of `frugalvision "
+    "discover`, CutLER's second stage); the same as --set detection.class_agnostic=true.",
 )
 @lightning_run_options(option)
 def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **flags: Any) -> None:
@@ -190,6 +186,8 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
         saved = Path(out) / "config.yaml"
         base = read_yaml(saved) if saved.is_file() else None
     config = load_config(config_file, values, base=base)
+    if flags["class_agnostic"] and config.task != "detection":
+        raise ConfigError(f"--class-agnostic goes with --task detection (the task is {config.task!r})")
     if config.data.path is None:
         raise ConfigError("no training data: pass --data (or set data.path in --config)")
     if out is None and base is None:
