@@ -71,6 +71,7 @@ from frugalvision.train.losses import build_loss
 from frugalvision.train.recipes import train_transform
 from frugalvision.train.resolve import resolve_config
 from frugalvision.train.run import (
+    RunResult,
     RunSettings,
     TaskRun,
     TaskSpec,
@@ -94,7 +95,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert()
 
 
 @dataclass
-class FitResult:
+class FitResult(RunResult[EmbeddingModel]):
     """What :func:`fit` returns (on every process; ``bundle`` is written by rank 0 only).
 
     Attributes:
@@ -111,10 +112,6 @@ class FitResult:
         temperature: the classification task's temperature fitted on the validation images (else None).
     """
 
-    out: Path
-    bundle: Path | None
-    model: EmbeddingModel
-    metrics: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: str | None = None
