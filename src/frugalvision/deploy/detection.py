@@ -43,14 +43,13 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from frugalvision._fs import replacing_dir
-from frugalvision._version import __version__
 from frugalvision.deploy.export import (
     DEFAULT_OPSET,
     MODEL_FILE,
     _deploy_target,
     _export_with_fallback,
     _first_line,
-    _jsonable,
+    _fp32_fields,
     _ort_session,
     set_onnx_metadata,
 )
@@ -446,25 +445,10 @@ def export_detector(
                 data_config=data_config,
                 output_size=num_classes,
                 classes=classes,
-                models={
-                    "fp32": {
-                        "file": MODEL_FILE,
-                        "parity": parity,
-                        "exporter": chosen,
-                        "opset": opset,
-                        "export_seconds": round(export_seconds, 2),
-                    }
-                },
                 output_name="detections",
-                source=_jsonable(dict(source or {})),
-                metrics=_jsonable(dict(metrics or {})),
-                extra={
-                    "frugalvision_version": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-                },
                 folder=target,
                 detection=detection,
+                **_fp32_fields(parity, chosen, opset, export_seconds, source, metrics),
             )
             set_onnx_metadata(model_path, config, precision="fp32")
             config.write(tmp)

@@ -143,37 +143,6 @@ def _deploy_target(out_dir: str | os.PathLike[str], exporter: str, opset: int) -
     return target
 
 
-def _export_file(
-    model: nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    exporter: str,
-    opset: int,
-    output_names: Sequence[str],
-) -> None:
-    """``torch.onnx.export`` of ``model`` with input ``"images"`` and ``output_names``, every one with a dynamic
-    batch axis (dim 0)."""
-    names = list(output_names)
-    with warnings.catch_warnings():
-        # the tracer warns about Python bools taken from tensors (input checks) and the legacy exporter about itself
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
-                output_names=names, dynamic_shapes=({0: batch},), external_data=False, optimize=True,
-                verbose=False, report=False,
-            )  # fmt: skip
-        else:
-            axes = {name: {0: "batch"} for name in ["images", *names]}
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                output_names=names, dynamic_axes=axes, do_constant_folding=True,
-            )  # fmt: skip
-
-
 def _export_with_fallback(
     model: nn.Module,
     example: torch.Tensor,
@@ -184,16 +153,39 @@ def _export_with_fallback(
     *,
     what: str = "model",
 ) -> str:
-    """Export ``model`` to ``path`` with the ``exporter`` asked for (see the module docstring); with ``"auto"``, a
-    model ``torch.export`` cannot capture falls back to the TorchScript exporter with a warning. Returns the
-    exporter that produced the file (``"dynamo"`` or ``"torchscript"``).
+    """``torch.onnx.export`` of ``model`` to ``path``: input ``"images"``, ``output_names``, every one with a dynamic
+    batch axis (dim 0), with the ``exporter`` asked for (see the module docstring); with ``"auto"``, a model
+    ``torch.export`` cannot capture falls back to the TorchScript exporter with a warning. Returns the exporter that
+    produced the file (``"dynamo"`` or ``"torchscript"``).
 
     Raises:
         ExportError: the export failed with every exporter tried (``what`` names the model in the message).
     """
+    names = list(output_names)
+
+    def export(chosen: str) -> None:
+        with warnings.catch_warnings():
+            # the tracer warns about Python bools taken from tensors (input checks), the legacy exporter about itself
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            if chosen == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
+                    output_names=names, dynamic_shapes=({0: batch},), external_data=False, optimize=True,
+                    verbose=False, report=False,
+                )  # fmt: skip
+            else:
+                axes = {name: {0: "batch"} for name in ["images", *names]}
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
+                    output_names=names, dynamic_axes=axes, do_constant_folding=True,
+                )  # fmt: skip
+
     chosen = _resolve_exporter(exporter)
     try:
-        _export_file(model, example, path, chosen, opset, output_names)
+        export(chosen)
     except Exception as e:  # the exporters raise many types (TorchExportError, RuntimeError, ...)
         if exporter != "auto" or chosen != "dynamo":
             raise ExportError(f"ONNX export with the {chosen} exporter failed: {_first_line(e)}") from e
@@ -204,10 +196,42 @@ def _export_with_fallback(
         chosen = "torchscript"
         path.unlink(missing_ok=True)
         try:
-            _export_file(model, example, path, chosen, opset, output_names)
+            export(chosen)
         except Exception as e2:
             raise ExportError(f"ONNX export failed with both exporters: {_first_line(e2)}") from e2
     return chosen
+
+
+def _fp32_fields(
+    parity: Mapping[str, Any],
+    exporter: str,
+    opset: int,
+    seconds: float,
+    source: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The :class:`~frugalvision.runtime.DeployConfig` fields every export records: the fp32 model (file, parity,
+    exporter, opset, export seconds), ``source``, ``metrics`` and ``extra`` with the versions and the time."""
+    return {
+        "models": {
+            "fp32": {
+                "file": MODEL_FILE,
+                "parity": parity,
+                "exporter": exporter,
+                "opset": opset,
+                "export_seconds": round(seconds, 2),
+            }
+        },
+        "source": _jsonable(dict(source or {})),
+        "metrics": _jsonable(dict(metrics or {})),
+        "extra": {
+            **_jsonable(dict(extra or {})),
+            "frugalvision_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+        },
+    }
 
 
 def _ort_session(model: str | os.PathLike[str] | bytes) -> Any:
@@ -380,25 +404,9 @@ def _export_eval_model(
             normalization=normalization,
             classes=tuple(str(c) for c in classes),
             thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
-            models={
-                "fp32": {
-                    "file": MODEL_FILE,
-                    "parity": parity,
-                    "exporter": chosen,
-                    "opset": opset,
-                    "export_seconds": round(export_seconds, 2),
-                }
-            },
             output_name=output_name,
-            source=_jsonable(dict(source or {})),
-            metrics=_jsonable(dict(metrics or {})),
-            extra={
-                **_jsonable(dict(extra or {})),
-                "frugalvision_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-            },
             folder=target,
+            **_fp32_fields(parity, chosen, opset, export_seconds, source, metrics, extra),
         )
         set_onnx_metadata(model_path, config, precision="fp32")
         config.write(tmp)

@@ -388,20 +388,11 @@ class DetectionRun(TaskRun):
         d = self.config.data
         train_items = self._items(self.train_samples, True)
         val_items = self._items(self.val_samples, False) if self.val_samples is not None else None
-        steps = d.steps_per_epoch or max(1, len(train_items) // (d.batch_size * trainer.world_size))
-        trainer.log_every_n_steps = min(self.config.trainer.log_every_n_steps, steps)  # type: ignore[attr-defined]
-        datamodule = LabelledDataModule(
-            train_items,
-            val_items,
-            batch_size=d.batch_size,
-            m_per_class=d.m_per_class,
-            eval_batch_size=d.eval_batch_size,
-            seed=self.config.seed,
-            num_workers=default_num_workers() if d.num_workers is None else d.num_workers,
-            steps_per_epoch=steps,
-            sampler="shuffle",
+        workers = default_num_workers() if d.num_workers is None else d.num_workers
+        datamodule, steps = LabelledDataModule.for_run(
+            self.config, trainer, train_items, val_items, num_workers=workers, sampler="shuffle",
             collate_fn=collate_detection_items,
-        )
+        )  # fmt: skip
         module = DetectionModule(self.detector, self.loss, self.config, steps_per_epoch=steps)
         module.val_samples, module.class_names = self.val_samples, list(self.classes)
         return module, datamodule

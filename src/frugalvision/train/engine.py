@@ -350,19 +350,8 @@ class SupervisedRun(TaskRun):
             )
             workers = default_num_workers() if config.data.num_workers is None else config.data.num_workers
         self.val_items = val_items
-        d = config.data
-        steps = d.steps_per_epoch or max(1, len(train_items) // (d.batch_size * trainer.world_size))
-        trainer.log_every_n_steps = min(config.trainer.log_every_n_steps, steps)  # type: ignore[attr-defined]
-        datamodule = LabelledDataModule(
-            train_items,
-            val_items,
-            batch_size=d.batch_size,
-            m_per_class=d.m_per_class,
-            eval_batch_size=d.eval_batch_size,
-            seed=config.seed,
-            num_workers=workers,
-            steps_per_epoch=steps,
-            sampler=d.sampler,
+        datamodule, steps = LabelledDataModule.for_run(
+            config, trainer, train_items, val_items, num_workers=workers, sampler=config.data.sampler
         )
         task = self.module_class(model, self.loss, config, steps_per_epoch=steps, cached_features=frozen)
         return task, datamodule
