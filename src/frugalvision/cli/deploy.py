@@ -167,6 +167,7 @@ def export_cmd(
 
     A detection bundle (`frugalvision train --task detection`) is fused (RepConv, auxiliary head dropped) and
     exported with the class-aware NMS inside the ONNX graph; `frugalvision predict OUT IMAGES` and `serve` run it.
+    --int8 --calibrate DIR quantises its body on letterboxed images (the NMS stays float).
     """
     from frugalvision.deploy import (
         add_bf16_fastmath,
