@@ -225,7 +225,6 @@ def save_bundle(
     Returns:
         The bundle folder. ``model.bundle_path``, ``model.bundle_id`` and ``model.config`` are set.
     """
-    from safetensors.torch import save_model
 
     if not isinstance(model, EmbeddingModel):
         raise TypeError(f"save_bundle saves an EmbeddingModel, got {type(model).__name__}")
@@ -240,35 +239,15 @@ def save_bundle(
     if thresholds is not None and len(thresholds) != len(classes):
         raise ValueError(f"thresholds must have one value per class ({len(classes)}), got {len(thresholds)}")
     target = Path(path).expanduser().resolve()
-    config: dict[str, Any] = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
-        "frugalvision_version": __version__,
-        "id": uuid.uuid4().hex,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "task": task,
-        "model": model.describe(),
-        "data_config": model.describe()["data_config"],
-        "classes": list(classes),
+    own = {
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
         **({} if temperature is None else {"temperature": float(temperature)}),
         "per_class": None if per_class is None else _jsonable([dict(r) for r in per_class]),
-        "loss": _jsonable(dict(loss or {})),
-        "training": _jsonable(dict(training or {})),
-        "metrics": _jsonable(dict(metrics or {})),
-        "history": _jsonable([dict(h) for h in history]),
-        "data": _jsonable(dict(data or {})),
     }
+    config = _new_config(task, model.describe(), model.describe()["data_config"], classes, own, loss=loss,
+                         training=training, metrics=metrics, history=history, data=data)  # fmt: skip
     with replacing_dir(target) as tmp:
-        was_training = model.training
-        model.eval()
-        save_model(model, str(tmp / _WEIGHTS))
-        model.train(was_training)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-        (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
-        save_training_curves(
-            config["history"], tmp / "curves.png", baseline=config["metrics"].get("baseline")
-        )
+        _write_bundle(model, tmp, config)
         for name, draw in (figures or {}).items():
             draw(tmp / name)
         if config["per_class"] and task == "multilabel":
@@ -351,6 +330,22 @@ class BundleRunner:
         self.device = torch.device(device)
         self.classes: list[str] = list(config.get("classes") or [])
         self._transform = self.model.transform()
+
+    def class_index(self, dataset: Any, what: str = "classes") -> Any:
+        """``(K,)`` int64: the model's index of each of the data set's ``K`` classes, matched by name.
+
+        Raises:
+            FrugalVisionError: the data set names ``what`` (classes, labels) the model does not know.
+        """
+        import numpy as np
+
+        extra = [c for c in dataset.classes if c not in self.classes]
+        if extra:
+            raise FrugalVisionError(
+                f"{dataset.source} has {what} the model does not know: {', '.join(extra[:10])}; the model's classes "
+                f"are {', '.join(self.classes[:20])}{' ...' if len(self.classes) > 20 else ''}"
+            )
+        return np.array([self.classes.index(c) for c in dataset.classes], dtype=np.int64)
 
     @torch.inference_mode()
     def raw_outputs(self, images: Sequence[Any], batch_size: int = 32) -> Any:
@@ -458,7 +453,6 @@ def save_detection_bundle(
     (atomically), as :func:`save_bundle` does for embedding models; ``config.json`` has ``task: "detection"``,
     ``model.detector`` (its :class:`DetectorConfig`), ``data_config`` (input ``[3, S, S]`` letterboxed, the
     backbone's mean / std) and the class names. The weights are the unfused model's (``fuse()`` is for export)."""
-    from safetensors.torch import save_model
 
     if not isinstance(model, Detector):
         raise TypeError(f"save_detection_bundle saves a Detector, got {type(model).__name__}")
@@ -476,32 +470,60 @@ def save_detection_bundle(
         "crop_mode": "center",
     }
     target = Path(path).expanduser().resolve()
-    config: dict[str, Any] = {
+    record = {"detector": model.config.to_dict(), "strides": list(model.strides), "letterbox": True}
+    config = _new_config("detection", record, data_config, classes, {}, loss=loss, training=training,
+                         metrics=metrics, history=history, data=data)  # fmt: skip
+    check_bundle_fields(config, "the detection bundle being saved")
+    with replacing_dir(target) as tmp:
+        _write_bundle(model, tmp, config)
+    return target
+
+
+def _new_config(
+    task: str,
+    model: Mapping[str, Any],
+    data_config: Mapping[str, Any],
+    classes: Sequence[str],
+    own: Mapping[str, Any],
+    *,
+    loss: Mapping[str, Any] | None,
+    training: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any] | None,
+    history: Sequence[Mapping[str, Any]],
+    data: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``config.json`` of a new bundle: format, version, a new id, the time, ``task``, the ``model`` record,
+    ``data_config``, ``classes``, the task's ``own`` fields, then the training record (JSON-able)."""
+    return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "frugalvision_version": __version__,
         "id": uuid.uuid4().hex,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "task": "detection",
-        "model": {"detector": model.config.to_dict(), "strides": list(model.strides), "letterbox": True},
+        "task": task,
+        "model": model,
         "data_config": data_config,
         "classes": list(classes),
+        **own,
         "loss": _jsonable(dict(loss or {})),
         "training": _jsonable(dict(training or {})),
         "metrics": _jsonable(dict(metrics or {})),
         "history": _jsonable([dict(h) for h in history]),
         "data": _jsonable(dict(data or {})),
     }
-    check_bundle_fields(config, "the detection bundle being saved")
-    with replacing_dir(target) as tmp:
-        was_training = model.training
-        model.eval()
-        save_model(model, str(tmp / _WEIGHTS))
-        model.train(was_training)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-        (tmp / "report.md").write_text(render_report(config), encoding="utf-8")
-        save_training_curves(config["history"], tmp / "curves.png")
-    return target
+
+
+def _write_bundle(model: torch.nn.Module, folder: Path, config: Mapping[str, Any]) -> None:
+    """Write the eval-mode weights (safetensors), ``config.json``, ``report.md`` and ``curves.png`` into ``folder``."""
+    from safetensors.torch import save_model
+
+    was_training = model.training
+    model.eval()
+    save_model(model, str(folder / _WEIGHTS))
+    model.train(was_training)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    (folder / "report.md").write_text(render_report(config), encoding="utf-8")
+    save_training_curves(config["history"], folder / "curves.png", baseline=config["metrics"].get("baseline"))
 
 
 def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
@@ -648,6 +670,13 @@ def render_report(config: Mapping[str, Any]) -> str:
         for row in per_class:
             lines.append(f"| {row.get('class', '?')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
         lines.append("")
+    lines += _report_tail(config)
+    return "\n".join(lines)
+
+
+def _report_tail(config: Mapping[str, Any]) -> list[str]:
+    """The sections every ``report.md`` ends with: the per-epoch table, the data and the settings."""
+    lines: list[str] = []
     history = config.get("history") or []
     if history:
         keys = [k for k in history[-1] if k != "epoch"]
@@ -662,7 +691,7 @@ def render_report(config: Mapping[str, Any]) -> str:
     if training:
         lines += ["## Settings", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(training).items()] + [""]
-    return "\n".join(lines)
+    return lines
 
 
 def _render_detection_report(config: Mapping[str, Any]) -> str:
@@ -698,20 +727,7 @@ def _render_detection_report(config: Mapping[str, Any]) -> str:
             + [f"| {k[4:]} | {_fmt(v)} |" for k, v in final.items()]
             + [""]
         )
-    history = config.get("history") or []
-    if history:
-        keys = [k for k in history[-1] if k != "epoch"]
-        lines += ["## Per epoch", "", "| epoch | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for row in history:
-            lines.append(f"| {row.get('epoch')} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
-        lines += ["", "![curves](curves.png)", ""]
-    data = config.get("data") or {}
-    if data:
-        lines += ["## Data", ""] + [f"- {k}: {_fmt(v)}" for k, v in _flatten(data).items()] + [""]
-    training = config.get("training") or {}
-    if training:
-        lines += ["## Settings", "", "| key | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(training).items()] + [""]
+    lines += _report_tail(config)
     return "\n".join(lines)
 
 

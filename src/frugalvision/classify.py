@@ -109,13 +109,7 @@ def top_k_predictions(probabilities: np.ndarray, classes: Sequence[str], top_k: 
     out = []
     for row in np.asarray(probabilities, dtype=np.float32):
         chosen = np.argsort(-row, kind="stable")[:top_k]
-        out.append(
-            Prediction(
-                labels=tuple(classes[i] for i in chosen),
-                scores=tuple(float(row[i]) for i in chosen),
-                probabilities=row,
-            )
-        )
+        out.append(Prediction.of(row, chosen, classes))
     return out
 
 
@@ -148,13 +142,7 @@ def evaluate_classifier(
         topk_accuracy,
     )
 
-    extra = [c for c in dataset.classes if c not in classifier.classes]
-    if extra:
-        raise FrugalVisionError(
-            f"{dataset.source} has classes the model does not know: {', '.join(extra[:10])}; the model's classes "
-            f"are {', '.join(classifier.classes[:20])}{' ...' if len(classifier.classes) > 20 else ''}"
-        )
-    mapping = np.array([classifier.classes.index(c) for c in dataset.classes], dtype=np.int64)
+    mapping = classifier.class_index(dataset)
     own = dataset.primary_labels()
     labelled = np.flatnonzero(own >= 0)
     if labelled.size == 0:

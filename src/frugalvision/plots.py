@@ -22,6 +22,7 @@ __all__ = [
     "draw_detections",
     "save_confusion_matrix",
     "save_detection_confusion_matrix",
+    "save_figure",
     "save_per_class_ap_plot",
     "save_pr_curves",
     "save_reliability_diagram",
@@ -36,7 +37,7 @@ _GREY = (150, 150, 150)
 _QUERY = (40, 90, 200)
 
 
-def _save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Lay out ``fig``, write it as a PNG at ``path`` (folders created), close it and return the path."""
     import matplotlib.pyplot as plt
 
@@ -163,7 +164,7 @@ def save_per_class_ap_plot(
         ax.legend(loc="lower right", fontsize="small")
     ax.set(title=title, xlabel="average precision", xlim=(0, 1.1), ylim=(len(order) - 0.5, -0.5))
     ax.grid(axis="x", alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def save_training_curves(
@@ -198,7 +199,7 @@ def save_training_curves(
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save_figure(fig, out)
+    return save_figure(fig, out)
 
 
 def save_pr_curves(
@@ -245,7 +246,7 @@ def save_pr_curves(
     ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", loc="lower left")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def save_detection_confusion_matrix(
@@ -257,52 +258,16 @@ def save_detection_confusion_matrix(
     title: str = "Detection confusion matrix",
 ) -> Path:
     """Heat map of a ``(C + 1, C + 1)`` detection confusion matrix (rows true, columns predicted, last = background;
-    :func:`frugalvision.metrics.detection.detection_confusion_matrix`), each row normalised to sum 1 when
-    ``normalize``; counts are written in the cells when ``C <= 30``.
+    :func:`frugalvision.metrics.detection.detection_confusion_matrix`): :func:`save_confusion_matrix` with a
+    ``background`` class, each row normalised to sum 1 when ``normalize``; counts are written in the cells when
+    ``C <= 30``.
 
     Returns:
         The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    counts = np.asarray(matrix)
-    names = [*map(str, classes), "background"]
-    if counts.shape != (len(names), len(names)):
-        raise ValueError(
-            f"matrix must have shape (C + 1, C + 1) = ({len(names)}, {len(names)}), got {counts.shape}"
-        )
-    shown = counts.astype(np.float64)
-    if normalize:
-        totals = shown.sum(axis=1, keepdims=True)
-        shown = np.divide(shown, totals, out=np.zeros_like(shown), where=totals > 0)
-    side = 2.5 + 0.45 * len(names)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ticks = list(range(len(names)))
-    ax.set_xticks(ticks, names, rotation=90, fontsize="small")
-    ax.set_yticks(ticks, names, fontsize="small")
-    ax.set(title=title, xlabel="predicted", ylabel="true")
-    if len(names) <= 31:
-        limit = shown.max() / 2 if shown.size else 0
-        for i in ticks:
-            for j in ticks:
-                if counts[i, j]:
-                    colour = "white" if shown[i, j] > limit else "black"
-                    ax.text(
-                        j,
-                        i,
-                        str(int(counts[i, j])),
-                        ha="center",
-                        va="center",
-                        fontsize="x-small",
-                        color=colour,
-                    )
-    return _save_figure(fig, path)
+    return save_confusion_matrix(
+        matrix, [*map(str, classes), "background"], path, title=title, normalize=normalize
+    )
 
 
 def _palette(k: int) -> tuple[int, int, int]:
@@ -364,11 +329,22 @@ def draw_detections(
 
 
 def save_confusion_matrix(
-    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str], *, title: str = ""
+    matrix: Any,
+    classes: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    normalize: bool = True,
 ) -> Path:
     """A ``(C, C)`` confusion matrix (rows: true class, columns: predicted) as a heat map of the row-normalised
-    rates (each row sums to 1 over the images of that class; a class without images stays empty). Class names
-    label the axes up to 60 classes; above that the picture is kept to a fixed size and unlabelled."""
+    rates (each row sums to 1 over the images of that class; a class without images stays empty), or of the counts
+    when not ``normalize``. Class names label the axes up to 60 classes; above that the picture is kept to a fixed
+    size and unlabelled; up to 31 classes the counts are written in the cells. The default title gives the accuracy
+    ``trace / sum``.
+
+    Returns:
+        The path written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -379,19 +355,28 @@ def save_confusion_matrix(
     names = [str(c) for c in classes]
     if cm.ndim != 2 or cm.shape != (len(names), len(names)):
         raise ValueError(f"matrix must be (C, C) with C = {len(names)} class names, got shape {cm.shape}")
-    rows = cm.sum(axis=1, keepdims=True)
-    rates = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+    shown = cm
+    if normalize:
+        rows = cm.sum(axis=1, keepdims=True)
+        shown = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
     c = len(names)
     side = min(16.0, 3.0 + 0.22 * c)
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None, interpolation="nearest")
+    fig.colorbar(
+        image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class" if normalize else "count"
+    )
     if c <= 60:
         ax.set_xticks(range(c), names, rotation=90, fontsize="x-small")
         ax.set_yticks(range(c), names, fontsize="x-small")
+    if c <= 31:
+        limit = np.nanmax(shown) / 2 if np.isfinite(shown).any() else 0.0
+        for i, j in zip(*np.nonzero(cm), strict=True):
+            colour = "white" if shown[i, j] > limit else "black"
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize="x-small", color=colour)
     acc = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
     ax.set(xlabel="predicted", ylabel="true", title=title or f"confusion matrix (accuracy {acc:.3f})")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def save_reliability_diagram(
@@ -425,4 +410,4 @@ def save_reliability_diagram(
     ax.grid(alpha=0.3)
     ax_n.set(xlabel="confidence (top-1 probability)", ylabel="images")
     ax_n.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

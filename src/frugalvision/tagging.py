@@ -108,13 +108,7 @@ def decide(
     for row in np.asarray(probabilities, dtype=np.float32):
         order = np.argsort(-row, kind="stable")
         chosen = order[:top_k] if top_k is not None else order[row[order] >= limits[order]]
-        out.append(
-            Prediction(
-                labels=tuple(classes[i] for i in chosen),
-                scores=tuple(float(row[i]) for i in chosen),
-                probabilities=row,
-            )
-        )
+        out.append(Prediction.of(row, chosen, classes))
     return out
 
 
@@ -154,16 +148,9 @@ def evaluate_tagger(
     """
     from frugalvision.metrics import multilabel_metrics, per_class_report
 
-    extra = [c for c in dataset.classes if c not in tagger.classes]
-    if extra:
-        raise FrugalVisionError(
-            f"{dataset.source} has labels the model does not know: {', '.join(extra[:10])}; the model's classes "
-            f"are {', '.join(tagger.classes[:20])}{' ...' if len(tagger.classes) > 20 else ''}"
-        )
-    own = dataset.target_matrix()
+    mapping = tagger.class_index(dataset, "labels")
     targets = np.zeros((len(dataset), len(tagger.classes)), dtype=np.float32)
-    for j, name in enumerate(dataset.classes):
-        targets[:, tagger.classes.index(name)] = own[:, j]
+    targets[:, mapping] = dataset.target_matrix()
     probs, kept = tagger.dataset_probabilities(
         dataset, batch_size=batch_size, num_workers=num_workers, progress=progress
     )

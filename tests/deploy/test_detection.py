@@ -206,3 +206,53 @@ def test_models_breaking_the_contract_and_bad_arguments_are_refused(tmp_path: Pa
     data_config = {"input_size": (3, 64, 64), "interpolation": "bilinear", **kw, "crop_pct": 1.0}
     with pytest.raises(ValueError, match="export_detector"):
         export_onnx(TinyDetector(), tmp_path / "e", data_config=data_config, task="detection")
+
+
+def test_export_detector_bundle_exports_a_saved_detection_bundle(tmp_path: Path) -> None:
+    """A bundle as ``train --task detection`` writes it (save_detection_bundle) exports through the library
+    function; the graph's detections equal the bundle's unfused detector + torchvision's batched_nms."""
+    from frugalvision.bundle import save_detection_bundle
+    from frugalvision.deploy import export_detector_bundle
+    from frugalvision.models.detection import DetectorConfig, create_detector
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(
+        num_classes=2, backbone="test_efficientnet", pretrained=False, image_size=64, repconv=True
+    )
+    model = create_detector(cfg)
+    with torch.no_grad():  # distinct scores (a fresh head scores every box at its prior: ties)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    bundle = save_detection_bundle(model, tmp_path / "bundle", classes=["red", "blue"])
+    result = export_detector_bundle(bundle, tmp_path / "onnx", score_threshold=0.005, iou_threshold=0.6)
+    config = read_deploy_config(result.folder)
+    assert config.task == "detection" and config.classes == ("red", "blue")
+    assert (
+        config.source["bundle"] == str(bundle)
+        and config.source["id"] == json.loads((bundle / "config.json").read_text())["id"]
+    )
+    assert tuple(config.data_config["mean"]) == tuple(model.data_config["mean"])
+    model.eval()
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        t_boxes, t_scores = model(images)
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    boxes, scores, labels, count = session.run(OUTPUTS, {"images": images.numpy()})
+    total = 0
+    for i, (e_boxes, e_scores, e_labels) in enumerate(
+        _torchvision_reference(t_boxes, t_scores, 0.005, 0.6, 300, True)
+    ):
+        k = int(count[i])
+        assert k == len(e_scores)
+        total += k
+        if (
+            k
+        ):  # each detection has a twin (same class, IoU >= 0.99, score within 1e-4): near-ties may swap order
+            iou = box_iou(torch.from_numpy(boxes[i, :k]), torch.from_numpy(e_boxes)).numpy()
+            twin = (
+                (iou >= 0.99)
+                & (labels[i, :k, None] == e_labels[None, :])
+                & (np.abs(scores[i, :k, None] - e_scores[None, :]) <= 1e-4)
+            )
+            assert twin.any(axis=1).all() and twin.any(axis=0).all()
+    assert total > 0

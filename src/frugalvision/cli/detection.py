@@ -72,35 +72,16 @@ def export_detection(
 ) -> Any:
     """Export the detection bundle ``source`` to the deploy bundle ``out`` (NMS inside the graph).
 
-    The detector is loaded with :func:`~frugalvision.bundle.load_detector` and fused here rather than through
-    :func:`frugalvision.deploy.export_detector_bundle`, whose ``frugalvision.load`` refuses detection bundles.
-
     Returns:
-        The :class:`~frugalvision.deploy.DetectionExportResult`.
+        The :class:`~frugalvision.deploy.DetectionExportResult` of
+        :func:`~frugalvision.deploy.export_detector_bundle`.
     """
-    from frugalvision.bundle import load_detector
-    from frugalvision.deploy import export_detector
+    from frugalvision.deploy import export_detector_bundle
 
-    model = load_detector(source)
-    config: dict[str, Any] = dict(getattr(model, "bundle_config", {}) or {})
-    model.fuse()
-    model.eval()
-    return export_detector(
-        model,
-        out,
-        image_size=int(model.image_size),
-        mean=config["data_config"]["mean"],
-        std=config["data_config"]["std"],
-        classes=config["classes"],
-        score_threshold=score_threshold,
-        iou_threshold=IOU_THRESHOLD,
-        max_detections=MAX_DETECTIONS,
-        interpolation=str(config["data_config"].get("interpolation", "bilinear")),
-        source={"kind": "bundle", "bundle": str(Path(source).expanduser().resolve()), "id": config.get("id")},
-        metrics=config.get("metrics") or {},
-        exporter=exporter,
-        opset=opset,
-    )
+    return export_detector_bundle(
+        source, out, score_threshold=score_threshold, iou_threshold=IOU_THRESHOLD,
+        max_detections=MAX_DETECTIONS, exporter=exporter, opset=opset,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- predict

@@ -4,7 +4,8 @@
   :func:`export_backbone` (a plain timm backbone, no training) write ``model.onnx`` + ``deploy.json``, checked
   with ``onnx.checker`` and against PyTorch (per-row cosine >= 0.9999).
 - :func:`export_detector` writes a detector (issue 14's contract) with the class-aware NMS inside the ONNX graph
-  (``NonMaxSuppression``), checked against ``torchvision.ops.batched_nms``.
+  (``NonMaxSuppression``), checked against ``torchvision.ops.batched_nms``; :func:`export_detector_bundle` exports
+  a detection model bundle (``frugalvision train --task detection``).
 - :func:`quantize_int8` adds ``model.int8.onnx`` (ONNX Runtime static quantisation, QDQ, per-channel), calibrated
   on the user's images through the runtime's own preprocessing.
 - :func:`add_fused` (ONNX Runtime's transformer fusions) and :func:`add_dynamic_int8` (int8 matrix products, no
@@ -15,7 +16,12 @@
 Needs torch (``frugalvision[full]``); the exported bundle runs with :class:`frugalvision.runtime.Predictor` alone.
 """
 
-from frugalvision.deploy.detection import DetectionExportResult, detection_agreement, export_detector
+from frugalvision.deploy.detection import (
+    DetectionExportResult,
+    detection_agreement,
+    export_detector,
+    export_detector_bundle,
+)
 from frugalvision.deploy.evaluate import compare_precisions, mean_average_precision, throughput
 from frugalvision.deploy.export import (
     EXPORTERS,
@@ -62,6 +68,7 @@ __all__ = [
     "export_backbone",
     "export_bundle",
     "export_detector",
+    "export_detector_bundle",
     "export_onnx",
     "is_model_bundle",
     "is_transformer_graph",

@@ -43,17 +43,18 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from frugalvision._fs import replacing_dir
-from frugalvision._version import __version__
 from frugalvision.deploy.export import (
     DEFAULT_OPSET,
     MODEL_FILE,
+    _deploy_target,
+    _export_with_fallback,
     _first_line,
-    _jsonable,
-    _resolve_exporter,
+    _fp32_fields,
+    _ort_session,
     set_onnx_metadata,
 )
-from frugalvision.errors import ExportError, StoreError
-from frugalvision.runtime.config import DeployConfig, is_deploy_bundle
+from frugalvision.errors import ExportError
+from frugalvision.runtime.config import DeployConfig
 from frugalvision.runtime.detection import DEFAULT_FILL, DETECTION_OUTPUTS
 
 __all__ = [
@@ -291,35 +292,6 @@ def graph_detections(outputs: Sequence[np.ndarray]) -> list[dict[str, np.ndarray
     ]
 
 
-def _session(path_or_bytes: Any) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def _export_body(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, opset: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
-                output_names=list(_RAW), dynamic_shapes=({0: batch},), external_data=False, optimize=True,
-                verbose=False, report=False,
-            )  # fmt: skip
-        else:
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                output_names=list(_RAW), do_constant_folding=True,
-                dynamic_axes={"images": {0: "batch"}, _RAW[0]: {0: "batch"}, _RAW[1]: {0: "batch"}},
-            )  # fmt: skip
-
-
 class _Probe(nn.Module):
     """Returns the contract's tuple as a tuple (an exported graph needs exactly two outputs)."""
 
@@ -390,8 +362,6 @@ def export_detector(
         )
     if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
         raise ValueError(f"max_detections must be a positive int, got {max_detections!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
-        raise ValueError(f"opset must be an int >= 17, got {opset!r}")
     classes = tuple(str(c) for c in classes)
     data_config = {
         "input_size": (3, image_size, image_size),
@@ -413,13 +383,7 @@ def export_detector(
         "outputs": list(DETECTION_OUTPUTS),
         "box_format": "xyxy, input pixels; runtime maps to original pixels with (box - pad) / scale",
     }
-    target = Path(out_dir).expanduser().resolve()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_deploy_bundle(target))):
-        raise StoreError(
-            f"refusing to write the deploy bundle into {target}: it exists and is not an (empty folder or a) "
-            "deploy bundle; choose another --out"
-        )
-    chosen = _resolve_exporter(exporter)
+    target = _deploy_target(out_dir, exporter, opset)
     was_training = model.training
     model.eval()
     try:
@@ -458,23 +422,9 @@ def export_detector(
         with replacing_dir(target) as tmp:
             body_path = tmp / "body.onnx"
             t0 = time.perf_counter()
-            try:
-                _export_body(probe_model, example, body_path, chosen, opset)
-            except Exception as e:
-                if exporter != "auto" or chosen != "dynamo":
-                    raise ExportError(
-                        f"ONNX export with the {chosen} exporter failed: {_first_line(e)}"
-                    ) from e
-                warnings.warn(
-                    f"torch.export could not capture the detector ({_first_line(e)}); using the TorchScript exporter",
-                    stacklevel=2,
-                )
-                chosen = "torchscript"
-                body_path.unlink(missing_ok=True)
-                try:
-                    _export_body(probe_model, example, body_path, chosen, opset)
-                except Exception as e2:
-                    raise ExportError(f"ONNX export failed with both exporters: {_first_line(e2)}") from e2
+            chosen = _export_with_fallback(
+                probe_model, example, body_path, exporter, opset, _RAW, what="detector"
+            )
             body = onnx.load(str(body_path))
             body_path.unlink()
             full = add_nms_to_graph(
@@ -495,25 +445,10 @@ def export_detector(
                 data_config=data_config,
                 output_size=num_classes,
                 classes=classes,
-                models={
-                    "fp32": {
-                        "file": MODEL_FILE,
-                        "parity": parity,
-                        "exporter": chosen,
-                        "opset": opset,
-                        "export_seconds": round(export_seconds, 2),
-                    }
-                },
                 output_name="detections",
-                source=_jsonable(dict(source or {})),
-                metrics=_jsonable(dict(metrics or {})),
-                extra={
-                    "frugalvision_version": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-                },
                 folder=target,
                 detection=detection,
+                **_fp32_fields(parity, chosen, opset, export_seconds, source, metrics),
             )
             set_onnx_metadata(model_path, config, precision="fp32")
             config.write(tmp)
@@ -536,7 +471,7 @@ def _parity(
     batch = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
     with torch.inference_mode():
         t_boxes, t_scores = model(batch)
-    ort_boxes, ort_scores = _session(body.SerializeToString()).run(list(_RAW), {"images": batch.numpy()})
+    ort_boxes, ort_scores = _ort_session(body.SerializeToString()).run(list(_RAW), {"images": batch.numpy()})
     ref_boxes = t_boxes.numpy().astype(np.float64)
     boxes_diff = float((np.abs(ort_boxes - ref_boxes) / np.maximum(np.abs(ref_boxes), size)).max())
     scores_diff = float(np.abs(ort_scores - t_scores.numpy()).max())
@@ -546,7 +481,7 @@ def _parity(
             f"scores by {scores_diff:.3g} (tolerance {tolerance}); the exporter may not support an operation"
         )
     got = graph_detections(
-        _session(full.SerializeToString()).run(list(DETECTION_OUTPUTS), {"images": batch.numpy()})
+        _ort_session(full.SerializeToString()).run(list(DETECTION_OUTPUTS), {"images": batch.numpy()})
     )
     expected = reference_nms(
         t_boxes, t_scores, score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"],
@@ -592,7 +527,7 @@ def int8_detection_agreement(
 ) -> dict[str, float]:
     """:func:`detection_agreement` (IoU >= 0.5) of the int8 model's detections with the fp32 model's on ``batch``."""
     runs = [
-        graph_detections(_session(Path(p)).run(list(DETECTION_OUTPUTS), {"images": batch}))
+        graph_detections(_ort_session(Path(p)).run(list(DETECTION_OUTPUTS), {"images": batch}))
         for p in (fp32_path, int8_path)
     ]
     return detection_agreement(runs[0], runs[1], iou=0.5)
@@ -601,36 +536,31 @@ def int8_detection_agreement(
 def export_detector_bundle(
     bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], **kwargs: Any
 ) -> DetectionExportResult:
-    """Export a trained detection model bundle (``frugalvision.load``): fused (``model.fuse()`` when it has one),
-    with its classes, input side (``model.image_size``), normalisation (``data_config``) and metrics.
+    """Export a detection model bundle (``frugalvision train --task detection``,
+    :func:`~frugalvision.bundle.save_detection_bundle`): loaded with :func:`~frugalvision.bundle.load_detector`,
+    fused (``Detector.fuse()``: RepConv and conv-BN folded, auxiliary head dropped), with the bundle's classes,
+    input side, normalisation and resize filter, its metrics, and the bundle as the recorded source.
 
-    ``kwargs`` go to :func:`export_detector` (thresholds, ``multi_label``, letterbox ``fill`` ...).
+    ``kwargs`` go to :func:`export_detector` (thresholds, ``multi_label``, letterbox ``fill``, ``exporter`` ...).
+    Add an int8 model afterwards with :func:`~frugalvision.deploy.quantize_int8` (calibrated on letterboxed images,
+    the NMS kept in float).
 
     Raises:
-        StoreError: not a detection model bundle, or one that records no classes or preprocessing.
+        StoreError: not a detection model bundle (or a broken one).
     """
-    from frugalvision.bundle import load
+    from frugalvision.bundle import load_detector
 
-    model = load(bundle_dir)
-    config: dict[str, Any] = dict(getattr(model, "config", {}) or {})
-    if config.get("task") != "detection":
-        raise StoreError(f"{bundle_dir}: task {config.get('task')!r} is not detection; use export_bundle")
-    data_config = getattr(model, "data_config", None) or config.get("data_config") or {}
-    image_size = getattr(model, "image_size", None) or (data_config.get("input_size") or [None, None])[1]
-    classes = config.get("classes") or ()
-    if not classes or not image_size or "mean" not in data_config or "std" not in data_config:
-        raise StoreError(
-            f"{bundle_dir}: a detection bundle must record its classes, image size and data_config mean/std"
-        )
-    fuse = getattr(model, "fuse", None)
-    if callable(fuse):
-        fuse()
+    model = load_detector(bundle_dir)
+    config: dict[str, Any] = dict(getattr(model, "bundle_config", None) or {})
+    data_config = config["data_config"]
+    model.fuse()
     source = {
         "kind": "bundle",
         "bundle": str(Path(bundle_dir).expanduser().resolve()),
         "id": config.get("id"),
     }
+    kwargs.setdefault("interpolation", str(data_config.get("interpolation", "bilinear")))
     return export_detector(
-        model, out_dir, image_size=int(image_size), mean=data_config["mean"], std=data_config["std"],
-        classes=classes, source=source, metrics=config.get("metrics") or {}, **kwargs,
+        model, out_dir, image_size=int(model.image_size), mean=data_config["mean"], std=data_config["std"],
+        classes=config["classes"], source=source, metrics=config.get("metrics") or {}, **kwargs,
     )  # fmt: skip

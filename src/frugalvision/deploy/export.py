@@ -123,35 +123,129 @@ def _resolve_exporter(exporter: str) -> str:
     return exporter
 
 
-def _export_file(
-    model: nn.Module, example: torch.Tensor, path: Path, exporter: str, opset: int, output_name: str
-) -> None:
-    with warnings.catch_warnings():
-        # the tracer warns about Python bools taken from tensors (input checks) and the legacy exporter about itself
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
-                output_names=[output_name], dynamic_shapes=({0: batch},), external_data=False, optimize=True,
-                verbose=False, report=False,
-            )  # fmt: skip
-        else:
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                output_names=[output_name], dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}},
-                do_constant_folding=True,
-            )  # fmt: skip
+def _deploy_target(out_dir: str | os.PathLike[str], exporter: str, opset: int) -> Path:
+    """The checks every export starts with: ``opset`` (>= 17), ``exporter`` (a bad choice or a missing onnxscript
+    fail before any work) and ``out_dir``, which must be absent, an empty folder or a deploy bundle (replaced).
+    Returns ``out_dir`` resolved.
+
+    Raises:
+        ValueError: a bad opset or exporter. ExportError: onnxscript missing. StoreError: ``out_dir`` is taken.
+    """
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
+        raise ValueError(f"opset must be an int >= 17, got {opset!r}")
+    target = Path(out_dir).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_deploy_bundle(target))):
+        raise StoreError(
+            f"refusing to write the deploy bundle into {target}: it exists and is not an (empty folder or a) "
+            "deploy bundle; choose another --out"
+        )
+    _resolve_exporter(exporter)
+    return target
 
 
-def _ort_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
+def _export_with_fallback(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    exporter: str,
+    opset: int,
+    output_names: Sequence[str],
+    *,
+    what: str = "model",
+) -> str:
+    """``torch.onnx.export`` of ``model`` to ``path``: input ``"images"``, ``output_names``, every one with a dynamic
+    batch axis (dim 0), with the ``exporter`` asked for (see the module docstring); with ``"auto"``, a model
+    ``torch.export`` cannot capture falls back to the TorchScript exporter with a warning. Returns the exporter that
+    produced the file (``"dynamo"`` or ``"torchscript"``).
+
+    Raises:
+        ExportError: the export failed with every exporter tried (``what`` names the model in the message).
+    """
+    names = list(output_names)
+
+    def export(chosen: str) -> None:
+        with warnings.catch_warnings():
+            # the tracer warns about Python bools taken from tensors (input checks), the legacy exporter about itself
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            if chosen == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
+                    output_names=names, dynamic_shapes=({0: batch},), external_data=False, optimize=True,
+                    verbose=False, report=False,
+                )  # fmt: skip
+            else:
+                axes = {name: {0: "batch"} for name in ["images", *names]}
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
+                    output_names=names, dynamic_axes=axes, do_constant_folding=True,
+                )  # fmt: skip
+
+    chosen = _resolve_exporter(exporter)
+    try:
+        export(chosen)
+    except Exception as e:  # the exporters raise many types (TorchExportError, RuntimeError, ...)
+        if exporter != "auto" or chosen != "dynamo":
+            raise ExportError(f"ONNX export with the {chosen} exporter failed: {_first_line(e)}") from e
+        warnings.warn(
+            f"torch.export could not capture the {what} ({_first_line(e)}); using the TorchScript exporter",
+            stacklevel=3,
+        )
+        chosen = "torchscript"
+        path.unlink(missing_ok=True)
+        try:
+            export(chosen)
+        except Exception as e2:
+            raise ExportError(f"ONNX export failed with both exporters: {_first_line(e2)}") from e2
+    return chosen
+
+
+def _fp32_fields(
+    parity: Mapping[str, Any],
+    exporter: str,
+    opset: int,
+    seconds: float,
+    source: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The :class:`~frugalvision.runtime.DeployConfig` fields every export records: the fp32 model (file, parity,
+    exporter, opset, export seconds), ``source``, ``metrics`` and ``extra`` with the versions and the time."""
+    return {
+        "models": {
+            "fp32": {
+                "file": MODEL_FILE,
+                "parity": parity,
+                "exporter": exporter,
+                "opset": opset,
+                "export_seconds": round(seconds, 2),
+            }
+        },
+        "source": _jsonable(dict(source or {})),
+        "metrics": _jsonable(dict(metrics or {})),
+        "extra": {
+            **_jsonable(dict(extra or {})),
+            "frugalvision_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+        },
+    }
+
+
+def _ort_session(model: str | os.PathLike[str] | bytes) -> Any:
+    """A quiet ONNX Runtime CPU session on a model file or serialised model."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
+    session = _ort_session(path)
     return np.asarray(session.run(None, {session.get_inputs()[0].name: batch})[0], dtype=np.float32)
 
 
@@ -231,17 +325,9 @@ def export_onnx(
         )
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
-        raise ValueError(f"opset must be an int >= 17, got {opset!r}")
     if not 0.0 < min_cosine <= 1.0:
         raise ValueError(f"min_cosine must be in (0, 1], got {min_cosine}")
-    target = Path(out_dir).expanduser().resolve()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_deploy_bundle(target))):
-        raise StoreError(
-            f"refusing to write the deploy bundle into {target}: it exists and is not an (empty folder or a) "
-            "deploy bundle; choose another --out"
-        )
-    _resolve_exporter(exporter)  # fail early on a bad choice or a missing onnxscript
+    target = _deploy_target(out_dir, exporter, opset)
 
     was_training = model.training
     model.eval()
@@ -271,7 +357,6 @@ def _export_eval_model(
     seed: int,
     extra: Mapping[str, Any] | None = None,
 ) -> ExportResult:
-    chosen = _resolve_exporter(exporter)
     output_name = "embeddings" if task == "embedding" else "logits"
     _, h, w = (int(s) for s in data_config["input_size"])
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
@@ -293,21 +378,7 @@ def _export_eval_model(
     with replacing_dir(target) as tmp:
         model_path = tmp / MODEL_FILE
         t0 = time.perf_counter()
-        try:
-            _export_file(model, example, model_path, chosen, opset, output_name)
-        except Exception as e:  # the exporters raise many types (TorchExportError, RuntimeError, ...)
-            if exporter != "auto" or chosen != "dynamo":
-                raise ExportError(f"ONNX export with the {chosen} exporter failed: {_first_line(e)}") from e
-            warnings.warn(
-                f"torch.export could not capture the model ({_first_line(e)}); using the TorchScript exporter",
-                stacklevel=2,
-            )
-            chosen = "torchscript"
-            model_path.unlink(missing_ok=True)
-            try:
-                _export_file(model, example, model_path, chosen, opset, output_name)
-            except Exception as e2:
-                raise ExportError(f"ONNX export failed with both exporters: {_first_line(e2)}") from e2
+        chosen = _export_with_fallback(model, example, model_path, exporter, opset, [output_name])
         export_seconds = time.perf_counter() - t0
         try:
             onnx.checker.check_model(str(model_path), full_check=True)
@@ -333,25 +404,9 @@ def _export_eval_model(
             normalization=normalization,
             classes=tuple(str(c) for c in classes),
             thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
-            models={
-                "fp32": {
-                    "file": MODEL_FILE,
-                    "parity": parity,
-                    "exporter": chosen,
-                    "opset": opset,
-                    "export_seconds": round(export_seconds, 2),
-                }
-            },
             output_name=output_name,
-            source=_jsonable(dict(source or {})),
-            metrics=_jsonable(dict(metrics or {})),
-            extra={
-                **_jsonable(dict(extra or {})),
-                "frugalvision_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-            },
             folder=target,
+            **_fp32_fields(parity, chosen, opset, export_seconds, source, metrics, extra),
         )
         set_onnx_metadata(model_path, config, precision="fp32")
         config.write(tmp)

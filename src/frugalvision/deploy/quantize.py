@@ -33,7 +33,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from frugalvision._fs import IMAGE_EXTENSIONS
 from frugalvision._fs import list_images as _list_images
 from frugalvision.deploy.detection import int8_detection_agreement, nms_nodes
-from frugalvision.deploy.export import output_agreement, set_onnx_metadata
+from frugalvision.deploy.export import _ort_session, output_agreement, set_onnx_metadata
 from frugalvision.errors import DataError, FrugalVisionError
 from frugalvision.runtime import ImageInput
 from frugalvision.runtime.config import DeployConfig, read_deploy_config
@@ -313,10 +313,6 @@ def _with_models(config: DeployConfig, models: dict[str, dict[str, Any]]) -> Dep
 
 
 def _run(path: Path, batch: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = _ort_session(path)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: batch[i : i + 16]})[0] for i in range(0, len(batch), 16)])

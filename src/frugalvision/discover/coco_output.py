@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from frugalvision._fs import write_text_atomic
+from frugalvision._lazy import optional_import
 from frugalvision.discover.maskcut import Discovery, masks_to_boxes
 from frugalvision.errors import DataError
 
@@ -28,13 +29,9 @@ CATEGORY: dict[str, Any] = {"id": 1, "name": "object", "supercategory": "object"
 
 
 def _mask_api() -> Any:
-    try:
-        from pycocotools import mask as mask_api
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "COCO RLE masks need pycocotools: pip install pycocotools (or frugalvision[full])"
-        ) from exc
-    return mask_api
+    return optional_import(
+        "pycocotools.mask", "COCO RLE masks need pycocotools: pip install pycocotools (or frugalvision[full])"
+    )
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:

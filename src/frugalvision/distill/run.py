@@ -28,14 +28,14 @@ from frugalvision.models.embedding_model import EmbeddingModel
 from frugalvision.train.config import AugmentConfig, ConfigError
 from frugalvision.train.data import LabelledDataModule
 from frugalvision.train.recipes import RECIPES, train_transform
-from frugalvision.train.run import RunSettings, TaskRun, run_task, seed_everything, uses_cuda
+from frugalvision.train.run import RunResult, RunSettings, TaskRun, run_task, seed_everything, uses_cuda
 from frugalvision.train.samplers import SeededItems
 
 __all__ = ["DistillResult", "DistillRun", "distill"]
 
 
 @dataclass
-class DistillResult:
+class DistillResult(RunResult[EmbeddingModel]):
     """What :func:`distill` returns (``bundle`` is written by rank 0 only).
 
     Attributes:
@@ -50,10 +50,6 @@ class DistillResult:
         student_params: the student's trainable parameters.
     """
 
-    out: Path
-    bundle: Path | None
-    model: EmbeddingModel
-    metrics: dict[str, float] = field(default_factory=dict)
     teacher_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     teacher: dict[str, Any] = field(default_factory=dict)

@@ -15,10 +15,11 @@ from frugalvision.losses.distillation import DistillationLoss
 from frugalvision.metrics import retrieval_metrics
 from frugalvision.models.embedding_model import EmbeddingModel
 from frugalvision.train.optim import WarmupCosine, split_decay
-from frugalvision.train.run import all_gather_rows, log_loss_terms, warn_skipped
+from frugalvision.train.run import HistoryCheckpoint, all_gather_rows, log_loss_terms, warn_skipped
 
 __all__ = ["DistillTask", "heldout_metrics", "labelled_retrieval", "nearest_neighbours"]
 
+#: where the history and reported images are kept in a checkpoint (:class:`HistoryCheckpoint`).
 CHECKPOINT_KEY = "frugalvision_distill"
 
 
@@ -70,7 +71,7 @@ def heldout_metrics(
     return out
 
 
-class DistillTask(pl.LightningModule):
+class DistillTask(HistoryCheckpoint, pl.LightningModule):
     """Student + :class:`~frugalvision.losses.DistillationLoss` as a ``LightningModule``.
 
     Batches hold the student's augmented images and the teacher's cached embeddings of the clean images. Held-out
@@ -78,6 +79,8 @@ class DistillTask(pl.LightningModule):
     holds one dict per epoch (``epoch``, ``train/loss``, ``train/loss/infonce``, ``train/loss/mse``, ``lr`` and,
     when evaluated, ``val/...``) and travels in checkpoints.
     """
+
+    checkpoint_key = CHECKPOINT_KEY
 
     def __init__(
         self,
@@ -209,15 +212,3 @@ class DistillTask(pl.LightningModule):
                 sync_dist=self.trainer.world_size > 1,
             )
         self.last_eval = metrics
-
-    # --------------------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "history": [dict(h) for h in self.history],
-            "skipped": sorted(self._skipped),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(CHECKPOINT_KEY, {})
-        self.history = [dict(h) for h in state.get("history", [])]
-        self._skipped = set(state.get("skipped", []))

@@ -20,7 +20,7 @@ from frugalvision.distill.config import DistillConfig
 from frugalvision.embeddings import EmbeddingStore
 from frugalvision.errors import DataError
 from frugalvision.models.embedding_model import jsonable_data_config
-from frugalvision.train.cache import extract_once
+from frugalvision.train.cache import extract_once, rows_in_order
 from frugalvision.train.config import ConfigError
 
 __all__ = ["Teacher", "resolve_teacher", "teacher_embeddings"]
@@ -183,19 +183,8 @@ def teacher_embeddings(
         settings["weights_file"] = [stat.st_size, stat.st_mtime_ns]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cache_root) / key
+    loader = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "progress": progress}
     found = extract_once(
-        model,
-        dataset,
-        folder,
-        what="teacher cache",
-        wait_s=wait_s,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        normalize=True,
-        device=device,
-        progress=progress,
+        model, dataset, folder, what="teacher cache", wait_s=wait_s, normalize=True, **loader
     )
-    rows = {p: i for i, p in enumerate(found.paths)}
-    index = np.array([rows.get(p, -1) for p in paths], dtype=np.int64)
-    kept = index >= 0
-    return found.vectors[index[kept]], kept
+    return rows_in_order(found, paths)

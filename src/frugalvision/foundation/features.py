@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frugalvision._lazy import optional_import
 from frugalvision.data import ImageDataset
 from frugalvision.embeddings import EmbeddingStore, extract_embeddings
 from frugalvision.errors import WeightsError
@@ -228,13 +229,8 @@ def parse_open_clip_name(name: str) -> tuple[str, str | None]:
 
 
 def _import_open_clip() -> Any:
-    try:
-        import open_clip
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise WeightsError(
-            "open_clip models need the package 'open-clip-torch' (pip install 'frugalvision[clip]')"
-        ) from e
-    return open_clip
+    advice = "open_clip models need the package 'open-clip-torch' (pip install 'frugalvision[clip]')"
+    return optional_import("open_clip", advice, WeightsError)
 
 
 def _open_clip_advice() -> str:

@@ -69,6 +69,16 @@ class Prediction:
     scores: tuple[float, ...]
     probabilities: np.ndarray
 
+    @classmethod
+    def of(cls, row: np.ndarray, chosen: Sequence[int] | np.ndarray, classes: Sequence[str]) -> Prediction:
+        """The decision naming the classes ``chosen`` (indices, most probable first) of one row ``(C,)`` of
+        probabilities."""
+        return cls(
+            labels=tuple(classes[i] for i in chosen),
+            scores=tuple(float(row[i]) for i in chosen),
+            probabilities=row,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "scores": [float(s) for s in self.scores]}
 
@@ -335,13 +345,7 @@ class Predictor:
                 chosen = order[: min(top_k, len(order))]
             else:
                 chosen = order[row[order] >= thresholds[order]]
-            out.append(
-                Prediction(
-                    labels=tuple(self.classes[i] for i in chosen),
-                    scores=tuple(float(row[i]) for i in chosen),
-                    probabilities=row,
-                )
-            )
+            out.append(Prediction.of(row, chosen, self.classes))
         return out
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from frugalvision.plots import save_figure
 from frugalvision.selection.cost import SPEED_BATCHES
 from frugalvision.selection.run import SelectionResult
 
@@ -57,9 +58,4 @@ def save_selection_plot(result: SelectionResult, path: str | os.PathLike[str]) -
         f"Backbones on {Path(result.data).name or 'the data'}: {result.images} images, {result.classes} classes"
     )
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from frugalvision.errors import StoreError
 from frugalvision.models.embedding_model import EmbeddingModel, jsonable_data_config
 from frugalvision.train._dist import env_rank
 
-__all__ = ["PooledFeatures", "cached_features", "extract_once", "feature_cache_key"]
+__all__ = ["PooledFeatures", "cached_features", "extract_once", "feature_cache_key", "rows_in_order"]
 
 
 @dataclass(frozen=True)
@@ -122,19 +122,17 @@ def cached_features(
         (they are left out of ``features``, which follows the data set's order).
     """
     folder = Path(cache_root) / feature_cache_key(model, source)
+    loader = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "progress": progress}
     store = extract_once(
-        PooledFeatures(model),
-        dataset,
-        folder,
-        what="feature cache",
-        wait_s=wait_s,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        normalize=False,
-        device=device,
-        progress=progress,
+        PooledFeatures(model), dataset, folder, what="feature cache", wait_s=wait_s, normalize=False, **loader
     )
+    return rows_in_order(store, [str(p) for p in dataset.paths])
+
+
+def rows_in_order(store: EmbeddingStore, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``store`` for ``paths``, in their order: ``(vectors (N', D), kept (N,) bool)``, ``kept[i]``
+    False where the store has no row for ``paths[i]`` (an image its extraction could not read)."""
     rows = {p: i for i, p in enumerate(store.paths)}
-    index = np.array([rows.get(str(p), -1) for p in dataset.paths], dtype=np.int64)
+    index = np.array([rows.get(p, -1) for p in paths], dtype=np.int64)
     kept = index >= 0
     return store.vectors[index[kept]], kept

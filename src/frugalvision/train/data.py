@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from frugalvision.data import ImageDataset
 from frugalvision.errors import DataError, DataWarning
+from frugalvision.train.config import TrainConfig
 from frugalvision.train.samplers import (
     ClassAwareSampler,
     MPerClassSampler,
@@ -304,6 +305,32 @@ class LabelledDataModule(pl.LightningDataModule):
         self.sampler = sampler
         self.collate_fn = collate_fn
         self.train_sampler: MPerClassSampler | ShuffleSampler | ClassAwareSampler | None = None
+
+    @classmethod
+    def for_run(
+        cls,
+        config: TrainConfig,
+        trainer: pl.Trainer,
+        train: SeededItems,
+        val: SeededItems | None,
+        *,
+        num_workers: int,
+        sampler: str,
+        collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = collate_labelled,
+    ) -> tuple[LabelledDataModule, int]:
+        """``(data module, steps per epoch)`` of a training run from its ``config.data`` and ``config.seed``.
+
+        Steps per epoch: ``data.steps_per_epoch``, or ``len(train) // (batch_size * world_size)`` (at least 1);
+        the trainer logs at least once an epoch (``log_every_n_steps`` is capped at the steps).
+        """
+        d = config.data
+        steps = d.steps_per_epoch or max(1, len(train) // (d.batch_size * trainer.world_size))
+        trainer.log_every_n_steps = min(config.trainer.log_every_n_steps, steps)  # type: ignore[attr-defined]
+        module = cls(
+            train, val, batch_size=d.batch_size, m_per_class=d.m_per_class, eval_batch_size=d.eval_batch_size,
+            seed=config.seed, num_workers=num_workers, steps_per_epoch=steps, sampler=sampler, collate_fn=collate_fn,
+        )  # fmt: skip
+        return module, steps
 
     def _world(self) -> tuple[int, int, int]:
         """World size, rank and the epoch the next training iteration belongs to.

@@ -56,6 +56,8 @@ from frugalvision.train.config import ConfigError, TrainConfig
 from frugalvision.train.data import LabelledDataModule
 from frugalvision.train.optim import WarmupCosine, split_decay
 from frugalvision.train.run import (
+    HistoryCheckpoint,
+    RunResult,
     RunSettings,
     TaskRun,
     TaskSpec,
@@ -99,12 +101,14 @@ def collate_detection_items(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- module
-class DetectionModule(pl.LightningModule):
+class DetectionModule(HistoryCheckpoint, pl.LightningModule):
     """Detector + loss + EMA as a ``LightningModule`` (see the module docstring).
 
     :attr:`history` holds one dict per epoch (``epoch``, ``train/loss``, ``lr``, ``val/map``, ``val/ap50``,
     ``val/ap75``) and travels in checkpoints with the EMA weights (``ema.*`` in the state dict).
     """
+
+    checkpoint_key = CHECKPOINT_KEY
 
     monitor = "val/map"
 
@@ -235,29 +239,13 @@ class DetectionModule(pl.LightningModule):
         row.update({f"val/{k}": v for k, v in metrics.items()})
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
 
-    # --------------------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "history": [dict(h) for h in self.history],
-            "skipped": sorted(self._skipped),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(CHECKPOINT_KEY, {})
-        self.history = [dict(h) for h in state.get("history", [])]
-        self._skipped = set(state.get("skipped", []))
-
 
 # -------------------------------------------------------------------------------------------------- run
 @dataclass
-class DetectionResult:
+class DetectionResult(RunResult[Detector]):
     """What a detection run returns: ``out``, the ``bundle`` folder (rank 0), the EMA ``model`` with the best
     checkpoint's weights, the best epoch's ``metrics``, the ``history`` and the ``best_checkpoint``."""
 
-    out: Path
-    bundle: Path | None
-    model: Detector
-    metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: str | None = None
     baseline: dict[str, float] = field(default_factory=dict)  # none for a detector (read by the CLI summary)
@@ -359,18 +347,11 @@ class DetectionRun(TaskRun):
             anchors, self.anchor_bpr = choose_anchors(
                 _letterboxed_wh(self.train_samples, det.image_size), det.image_size, seed=config.seed
             )
+        architecture = {k: getattr(det, k) for k in ("size", "image_size", "head", "repconv", "aux_head")}
         spec = DetectorConfig(
-            num_classes=len(self.classes),
-            backbone=m.name,
-            pretrained=m.pretrained,
-            size=det.size,
-            image_size=det.image_size,
-            head=det.head,
-            anchors=anchors,
-            repconv=det.repconv,
-            aux_head=det.aux_head,
-            backbone_kwargs=dict(m.model_kwargs),
-        )
+            num_classes=len(self.classes), backbone=m.name, pretrained=m.pretrained, anchors=anchors,
+            backbone_kwargs=dict(m.model_kwargs), **architecture,
+        )  # fmt: skip
         return Detector(spec, backbone)
 
     def _items(self, samples: Sequence[Sample], train: bool) -> SeededItems:
@@ -407,20 +388,11 @@ class DetectionRun(TaskRun):
         d = self.config.data
         train_items = self._items(self.train_samples, True)
         val_items = self._items(self.val_samples, False) if self.val_samples is not None else None
-        steps = d.steps_per_epoch or max(1, len(train_items) // (d.batch_size * trainer.world_size))
-        trainer.log_every_n_steps = min(self.config.trainer.log_every_n_steps, steps)  # type: ignore[attr-defined]
-        datamodule = LabelledDataModule(
-            train_items,
-            val_items,
-            batch_size=d.batch_size,
-            m_per_class=d.m_per_class,
-            eval_batch_size=d.eval_batch_size,
-            seed=self.config.seed,
-            num_workers=default_num_workers() if d.num_workers is None else d.num_workers,
-            steps_per_epoch=steps,
-            sampler="shuffle",
+        workers = default_num_workers() if d.num_workers is None else d.num_workers
+        datamodule, steps = LabelledDataModule.for_run(
+            self.config, trainer, train_items, val_items, num_workers=workers, sampler="shuffle",
             collate_fn=collate_detection_items,
-        )
+        )  # fmt: skip
         module = DetectionModule(self.detector, self.loss, self.config, steps_per_epoch=steps)
         module.val_samples, module.class_names = self.val_samples, list(self.classes)
         return module, datamodule

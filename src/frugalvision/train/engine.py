@@ -71,6 +71,7 @@ from frugalvision.train.losses import build_loss
 from frugalvision.train.recipes import train_transform
 from frugalvision.train.resolve import resolve_config
 from frugalvision.train.run import (
+    RunResult,
     RunSettings,
     TaskRun,
     TaskSpec,
@@ -94,7 +95,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert()
 
 
 @dataclass
-class FitResult:
+class FitResult(RunResult[EmbeddingModel]):
     """What :func:`fit` returns (on every process; ``bundle`` is written by rank 0 only).
 
     Attributes:
@@ -111,10 +112,6 @@ class FitResult:
         temperature: the classification task's temperature fitted on the validation images (else None).
     """
 
-    out: Path
-    bundle: Path | None
-    model: EmbeddingModel
-    metrics: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: str | None = None
@@ -353,19 +350,8 @@ class SupervisedRun(TaskRun):
             )
             workers = default_num_workers() if config.data.num_workers is None else config.data.num_workers
         self.val_items = val_items
-        d = config.data
-        steps = d.steps_per_epoch or max(1, len(train_items) // (d.batch_size * trainer.world_size))
-        trainer.log_every_n_steps = min(config.trainer.log_every_n_steps, steps)  # type: ignore[attr-defined]
-        datamodule = LabelledDataModule(
-            train_items,
-            val_items,
-            batch_size=d.batch_size,
-            m_per_class=d.m_per_class,
-            eval_batch_size=d.eval_batch_size,
-            seed=config.seed,
-            num_workers=workers,
-            steps_per_epoch=steps,
-            sampler=d.sampler,
+        datamodule, steps = LabelledDataModule.for_run(
+            config, trainer, train_items, val_items, num_workers=workers, sampler=config.data.sampler
         )
         task = self.module_class(model, self.loss, config, steps_per_epoch=steps, cached_features=frozen)
         return task, datamodule

@@ -17,7 +17,8 @@ quiet. A task brings what differs, as a :class:`TaskRun`: its data, model and lo
 ``frugalvision.train.fit(config)`` then runs ``task=detection`` like the built-in ``embedding`` and ``multilabel``
 (:mod:`frugalvision.train.engine`); distillation (:func:`frugalvision.distill.distill`) runs its own
 :class:`TaskRun`  through :func:`run_task` with its own configuration. ``LightningModule`` helpers shared by the tasks:
-:func:`log_loss_terms` (the finite-loss check and the logged terms) and :func:`warn_skipped`.
+:func:`log_loss_terms` (the finite-loss check and the logged terms), :func:`warn_skipped` and
+:class:`HistoryCheckpoint` (history and reported images kept in checkpoints).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -47,6 +48,8 @@ from frugalvision.train.data import EpochSeeder
 
 __all__ = [
     "QUIET",
+    "HistoryCheckpoint",
+    "RunResult",
     "RunSettings",
     "TaskRun",
     "TaskSpec",
@@ -74,6 +77,26 @@ QUIET = (
     ".*smaller than the logging interval.*",
     ".*exists and is not empty.*",
 )
+
+
+M = TypeVar("M")
+
+
+@dataclass
+class RunResult(Generic[M]):
+    """What every run returns first (a task's result class adds its own fields after these):
+
+    Attributes:
+        out: the run folder.
+        bundle: the bundle the run saved (``out/model``), or None on processes other than rank 0.
+        model: the trained model.
+        metrics: the validation metrics the task reports (``val/...``).
+    """
+
+    out: Path
+    bundle: Path | None
+    model: M
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -275,6 +298,27 @@ def warn_skipped(seen: set[int], batch: Mapping[str, Any]) -> None:
         warnings.warn(
             f"skipped {len(new)} unreadable image(s) in training:\n  {listed}", DataWarning, stacklevel=3
         )
+
+
+class HistoryCheckpoint:
+    """``LightningModule`` mixin (listed before ``pl.LightningModule``): the per-epoch ``history`` rows and the
+    indices of the unreadable training images already reported (``_skipped``, see :func:`warn_skipped`) travel in
+    every checkpoint under ``checkpoint[checkpoint_key]``, so a resumed run keeps its history and warns once."""
+
+    checkpoint_key: str = "frugalvision"
+    history: list[dict[str, Any]]
+    _skipped: set[int]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.checkpoint_key] = {
+            "history": [dict(h) for h in self.history],
+            "skipped": sorted(self._skipped),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(self.checkpoint_key, {})
+        self.history = [dict(h) for h in state.get("history", [])]
+        self._skipped = set(state.get("skipped", []))
 
 
 # ------------------------------------------------------------------------------------------- task registry
