@@ -200,6 +200,37 @@ def test_linear_probe_and_class_aware_sampling(labelled_folder: Path, tmp_path: 
     assert [h["epoch"] for h in result.history] == [0, 1, 2] and saved["temperature"] > 0
 
 
+class _Threads(Callback):
+    """``torch.get_num_threads()`` at every training and validation batch."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.add(torch.get_num_threads())
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.seen.add(torch.get_num_threads())
+
+
+def test_linear_probe_trains_its_small_head_on_one_thread_and_restores_the_count(
+    labelled_folder: Path, tmp_path: Path
+) -> None:
+    # Many threads on microsecond-sized head steps made the probe scheduling-bound on a busy CPU (issue 15).
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = _Threads()
+        settings = ("model.freeze_backbone=true", f"data.cache_dir={tmp_path / 'cache'}")
+        fit(_config(labelled_folder, tmp_path / "lp", *settings), callbacks=[threads])
+        assert threads.seen == {1} and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="simulated crash"):  # a failed run restores it too
+            fit(_config(labelled_folder, tmp_path / "crash", *settings), callbacks=[_CrashAtEpoch(1)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 class _Snapshot(Callback):
     """The backbone's state (weights and BatchNorm statistics) at the end of each training epoch."""
 
