@@ -289,6 +289,32 @@ def test_resumed_run_with_mixup_cutmix_and_lp_ft_equals_an_uninterrupted_run(
         assert torch.equal(a, b), name
 
 
+def test_resumed_linear_probe_equals_an_uninterrupted_run_and_its_checkpoints_hold_only_the_head(
+    labelled_folder: Path, tmp_path: Path
+) -> None:
+    settings = (
+        "model.freeze_backbone=true",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.epochs=3",
+        "trainer.patience=null",
+    )
+    reference = fit(_config(labelled_folder, tmp_path / "ref", *settings))
+    cfg = _config(labelled_folder, tmp_path / "crash", *settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, callbacks=[_CrashAtEpoch(2)])
+    saved = torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert saved and not any(
+        k.startswith("model.backbone.") for k in saved
+    )  # the frozen backbone is not saved
+    assert {"model.head.out.weight", "model.head.out.bias"} <= set(saved)
+    resumed = fit(cfg, resume=True)
+    assert resumed.history == reference.history and resumed.temperature == reference.temperature
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -30,6 +30,7 @@ and ``reliability.png``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -66,6 +67,7 @@ LOSS_NAMES = ("auto", "cross_entropy", "ce")
 _LOSS_KWARGS = ("label_smoothing",)
 DEFAULT_LABEL_SMOOTHING = 0.1
 N_BINS = 15  # ECE / reliability bins
+_BACKBONE = "model.backbone."  # state-dict prefix of the backbone in ClassificationTask
 
 
 def label_smoothing(config: TrainConfig) -> float:
@@ -164,6 +166,25 @@ class ClassificationTask(SupervisedTask):
         d = self.config.data
         params = sum(p.numel() for p in self.model.head.parameters())
         return [SmallHeadThreads(max(d.batch_size, d.eval_batch_size) * params)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """On cached features the backbone never changes (it is rebuilt as it was, pretrained or seeded, when a run
+        resumes), so checkpoints hold everything but its weights: a few hundred KiB instead of the whole network
+        written twice per epoch."""
+        super().on_save_checkpoint(checkpoint)
+        if self.cached_features:
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(_BACKBONE)}
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """As ``nn.Module.load_state_dict``; on cached features the backbone's tensors a checkpoint leaves out
+        (:meth:`on_save_checkpoint`) keep their current values."""
+        if self.cached_features:
+            own = {k: v for k, v in self.state_dict().items() if k.startswith(_BACKBONE)}
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _head_only(self) -> bool:
         """Whether this epoch is an LP-FT head-only epoch."""
