@@ -186,7 +186,7 @@ def main() -> None:
         assert list(result.model.config["classes"]) == classes
         with torch.inference_mode():
             logits = result.model.embed_features(torch.from_numpy(feats["test"][0])).double().numpy()
-        rows.append({"method": f"linear probe ({args.lp_epochs} ep{tag})", **_scores_on_features(logits, y_test, result.temperature), "T": result.temperature, "seconds": seconds})  # fmt: skip
+        rows.append({"method": f"linear probe ({args.lp_epochs} ep{tag})", "val_top1": result.metrics["val/top1"], **_scores_on_features(logits, y_test, result.temperature), "T": result.temperature, "seconds": seconds})  # fmt: skip
         print(rows[-1], flush=True)
     if "sklearn" in args.methods:
         from sklearn.linear_model import LogisticRegression
@@ -225,11 +225,12 @@ def main() -> None:
         f"{sizes['test']} test images; Lite0 at {args.size} px, batch {args.batch_size}; budget: linear probe "
         f"{args.lp_epochs} epochs on cached features, fine-tune / LP-FT {args.ft_epochs} epochs; shared 2-core CPU"
     )
-    print("| method | test top-1 | balanced acc. | ECE (T = 1) | ECE (fitted T) | T | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | val top-1 | test top-1 | balanced acc. | ECE (T = 1) | ECE (fitted T) | T | train s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        val = f"{r['val_top1']:.4f}" if "val_top1" in r else "--"
         print(
-            f"| {r['method']} | {r['top1']:.4f} | {r['balanced_accuracy']:.4f} | {r['ece_raw']:.4f} | "
+            f"| {r['method']} | {val} | {r['top1']:.4f} | {r['balanced_accuracy']:.4f} | {r['ece_raw']:.4f} | "
             f"{r['ece']:.4f} | {r['T']:.3f} | {r['seconds']:.1f} |"
         )
     base = {r["method"]: r for r in rows}

@@ -231,6 +231,27 @@ def test_linear_probe_trains_its_small_head_on_one_thread_and_restores_the_count
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(
+    ("macs", "device", "during"), [(1000, "cpu", 1), (1 << 30, "cpu", 3), (1000, "cuda", 3)]
+)
+def test_small_head_threads_only_for_small_heads_on_the_cpu(macs: int, device: str, during: int) -> None:
+    from types import SimpleNamespace
+
+    from frugalvision.train.cache import SmallHeadThreads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        cb = SmallHeadThreads(macs)
+        cb.setup(trainer, None, "fit")  # type: ignore[arg-type]
+        assert torch.get_num_threads() == during
+        cb.teardown(trainer, None, "fit")  # type: ignore[arg-type]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 class _Snapshot(Callback):
     """The backbone's state (weights and BatchNorm statistics) at the end of each training epoch."""
 
