@@ -5,7 +5,8 @@ the model of :func:`~frugalvision.train.engine.build_model` -- backbone, pooling
 class -- on the run scaffold (:mod:`frugalvision.train.run`), with the same data paths as the other tasks:
 
 * **linear probe** (``model.freeze_backbone=true``): pooled features computed once and cached
-  (:mod:`frugalvision.train.cache`), only the head trains -- seconds on a CPU;
+  (:mod:`frugalvision.train.cache`), only the head trains -- seconds on a CPU: a small head trains on one intra-op
+  thread (:class:`~frugalvision.train.cache.SmallHeadThreads`) and checkpoints leave out the frozen backbone;
 * **full fine-tune** (the default): every step runs the backbone on augmented images (the recipe's RandAugment,
   dropout ``model.drop_rate`` and stochastic depth ``model.drop_path_rate``, :mod:`frugalvision.train.recipes`);
 * **LP-FT** (``model.head_epochs=N``, Kumar et al., ICLR 2022): the first ``N`` epochs train only the head (the
