@@ -287,6 +287,22 @@ class _CrashAtEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
+def _crash_resume_and_compare(folder: Path, tmp_path: Path, settings: tuple[str, ...]) -> Path:
+    """Train ``settings`` uninterrupted, and again crashed at epoch 2 then resumed: both end identical (history,
+    temperature, every weight). Returns the resumed run's folder."""
+    reference = fit(_config(folder, tmp_path / "ref", *settings))
+    cfg = _config(folder, tmp_path / "crash", *settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, callbacks=[_CrashAtEpoch(2)])
+    resumed = fit(cfg, resume=True)
+    assert resumed.history == reference.history and resumed.temperature == reference.temperature
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    return tmp_path / "crash"
+
+
 def test_resumed_run_with_mixup_cutmix_and_lp_ft_equals_an_uninterrupted_run(
     labelled_folder: Path, tmp_path: Path
 ) -> None:
@@ -298,16 +314,7 @@ def test_resumed_run_with_mixup_cutmix_and_lp_ft_equals_an_uninterrupted_run(
         "trainer.epochs=3",
         "trainer.patience=null",
     )
-    reference = fit(_config(labelled_folder, tmp_path / "ref", *settings))
-    cfg = _config(labelled_folder, tmp_path / "crash", *settings)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(cfg, callbacks=[_CrashAtEpoch(2)])
-    resumed = fit(cfg, resume=True)
-    assert resumed.history == reference.history and resumed.temperature == reference.temperature
-    for (name, a), b in zip(
-        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    _crash_resume_and_compare(labelled_folder, tmp_path, settings)
 
 
 def test_resumed_linear_probe_equals_an_uninterrupted_run_and_its_checkpoints_hold_only_the_head(
@@ -319,21 +326,11 @@ def test_resumed_linear_probe_equals_an_uninterrupted_run_and_its_checkpoints_ho
         "trainer.epochs=3",
         "trainer.patience=null",
     )
-    reference = fit(_config(labelled_folder, tmp_path / "ref", *settings))
-    cfg = _config(labelled_folder, tmp_path / "crash", *settings)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(cfg, callbacks=[_CrashAtEpoch(2)])
-    saved = torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert saved and not any(
-        k.startswith("model.backbone.") for k in saved
-    )  # the frozen backbone is not saved
-    assert {"model.head.out.weight", "model.head.out.bias"} <= set(saved)
-    resumed = fit(cfg, resume=True)
-    assert resumed.history == reference.history and resumed.temperature == reference.temperature
-    for (name, a), b in zip(
-        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    run = _crash_resume_and_compare(labelled_folder, tmp_path, settings)
+    for name in ("last.ckpt", "best.ckpt"):  # the frozen backbone is not saved, the head is
+        saved = torch.load(run / "checkpoints" / name, weights_only=True)["state_dict"]
+        assert not any(k.startswith("model.backbone.") for k in saved), name
+        assert {"model.head.out.weight", "model.head.out.bias"} <= set(saved), name
 
 
 @pytest.mark.parametrize(
