@@ -200,6 +200,58 @@ def test_linear_probe_and_class_aware_sampling(labelled_folder: Path, tmp_path: 
     assert [h["epoch"] for h in result.history] == [0, 1, 2] and saved["temperature"] > 0
 
 
+class _Threads(Callback):
+    """``torch.get_num_threads()`` at every training and validation batch."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.add(torch.get_num_threads())
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.seen.add(torch.get_num_threads())
+
+
+def test_linear_probe_trains_its_small_head_on_one_thread_and_restores_the_count(
+    labelled_folder: Path, tmp_path: Path
+) -> None:
+    # Many threads on microsecond-sized head steps made the probe scheduling-bound on a busy CPU (issue 15).
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = _Threads()
+        settings = ("model.freeze_backbone=true", f"data.cache_dir={tmp_path / 'cache'}")
+        fit(_config(labelled_folder, tmp_path / "lp", *settings), callbacks=[threads])
+        assert threads.seen == {1} and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="simulated crash"):  # a failed run restores it too
+            fit(_config(labelled_folder, tmp_path / "crash", *settings), callbacks=[_CrashAtEpoch(1)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("macs", "device", "during"), [(1000, "cpu", 1), (1 << 30, "cpu", 3), (1000, "cuda", 3)]
+)
+def test_small_head_threads_only_for_small_heads_on_the_cpu(macs: int, device: str, during: int) -> None:
+    from types import SimpleNamespace
+
+    from frugalvision.train.cache import SmallHeadThreads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        cb = SmallHeadThreads(macs)
+        cb.setup(trainer, None, "fit")  # type: ignore[arg-type]
+        assert torch.get_num_threads() == during
+        cb.teardown(trainer, None, "fit")  # type: ignore[arg-type]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 class _Snapshot(Callback):
     """The backbone's state (weights and BatchNorm statistics) at the end of each training epoch."""
 
@@ -235,6 +287,22 @@ class _CrashAtEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
+def _crash_resume_and_compare(folder: Path, tmp_path: Path, settings: tuple[str, ...]) -> Path:
+    """Train ``settings`` uninterrupted, and again crashed at epoch 2 then resumed: both end identical (history,
+    temperature, every weight). Returns the resumed run's folder."""
+    reference = fit(_config(folder, tmp_path / "ref", *settings))
+    cfg = _config(folder, tmp_path / "crash", *settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, callbacks=[_CrashAtEpoch(2)])
+    resumed = fit(cfg, resume=True)
+    assert resumed.history == reference.history and resumed.temperature == reference.temperature
+    for (name, a), b in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    return tmp_path / "crash"
+
+
 def test_resumed_run_with_mixup_cutmix_and_lp_ft_equals_an_uninterrupted_run(
     labelled_folder: Path, tmp_path: Path
 ) -> None:
@@ -246,16 +314,23 @@ def test_resumed_run_with_mixup_cutmix_and_lp_ft_equals_an_uninterrupted_run(
         "trainer.epochs=3",
         "trainer.patience=null",
     )
-    reference = fit(_config(labelled_folder, tmp_path / "ref", *settings))
-    cfg = _config(labelled_folder, tmp_path / "crash", *settings)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(cfg, callbacks=[_CrashAtEpoch(2)])
-    resumed = fit(cfg, resume=True)
-    assert resumed.history == reference.history and resumed.temperature == reference.temperature
-    for (name, a), b in zip(
-        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    _crash_resume_and_compare(labelled_folder, tmp_path, settings)
+
+
+def test_resumed_linear_probe_equals_an_uninterrupted_run_and_its_checkpoints_hold_only_the_head(
+    labelled_folder: Path, tmp_path: Path
+) -> None:
+    settings = (
+        "model.freeze_backbone=true",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.epochs=3",
+        "trainer.patience=null",
+    )
+    run = _crash_resume_and_compare(labelled_folder, tmp_path, settings)
+    for name in ("last.ckpt", "best.ckpt"):  # the frozen backbone is not saved, the head is
+        saved = torch.load(run / "checkpoints" / name, weights_only=True)["state_dict"]
+        assert not any(k.startswith("model.backbone.") for k in saved), name
+        assert {"model.head.out.weight", "model.head.out.bias"} <= set(saved), name
 
 
 @pytest.mark.parametrize(

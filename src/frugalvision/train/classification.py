@@ -5,7 +5,8 @@ the model of :func:`~frugalvision.train.engine.build_model` -- backbone, pooling
 class -- on the run scaffold (:mod:`frugalvision.train.run`), with the same data paths as the other tasks:
 
 * **linear probe** (``model.freeze_backbone=true``): pooled features computed once and cached
-  (:mod:`frugalvision.train.cache`), only the head trains -- seconds on a CPU;
+  (:mod:`frugalvision.train.cache`), only the head trains -- seconds on a CPU: a small head trains on one intra-op
+  thread (:class:`~frugalvision.train.cache.SmallHeadThreads`) and checkpoints leave out the frozen backbone;
 * **full fine-tune** (the default): every step runs the backbone on augmented images (the recipe's RandAugment,
   dropout ``model.drop_rate`` and stochastic depth ``model.drop_path_rate``, :mod:`frugalvision.train.recipes`);
 * **LP-FT** (``model.head_epochs=N``, Kumar et al., ICLR 2022): the first ``N`` epochs train only the head (the
@@ -30,32 +31,25 @@ and ``reliability.png``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 
 from frugalvision.bundle import save_bundle
 from frugalvision.data import open_dataset
-from frugalvision.metrics.classification import (
-    balanced_accuracy,
-    classification_report,
-    expected_calibration_error,
-    fit_temperature,
-    macro_f1,
-    reliability_bins,
-    softmax,
-    topk_accuracy,
-)
+from frugalvision.metrics import classification as cmetrics
 from frugalvision.models.embedding_model import EmbeddingModel
-from frugalvision.train._checkpoint import read_checkpoint
+from frugalvision.train.cache import SmallHeadThreads
 from frugalvision.train.config import ConfigError, TrainConfig
 from frugalvision.train.data import LabelledSplit, labelled_split, split_dataset
-from frugalvision.train.engine import FitResult, SupervisedRun, _epoch_metrics, build_model, predict_outputs
+from frugalvision.train.engine import FitResult, SupervisedRun, build_model, predict_outputs
 from frugalvision.train.run import TaskSpec, log_loss_terms, register_task
 from frugalvision.train.tasks import SupervisedTask
 
@@ -74,6 +68,7 @@ LOSS_NAMES = ("auto", "cross_entropy", "ce")
 _LOSS_KWARGS = ("label_smoothing",)
 DEFAULT_LABEL_SMOOTHING = 0.1
 N_BINS = 15  # ECE / reliability bins
+_BACKBONE = "model.backbone."  # state-dict prefix of the backbone in ClassificationTask
 
 
 def label_smoothing(config: TrainConfig) -> float:
@@ -108,16 +103,16 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
     if len(labels) == 0:
         return {"top1": math.nan}
     z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
-    probs = softmax(z)
-    top = topk_accuracy(z, y, k=(1, 5))
+    probs = cmetrics.softmax(z)
+    top = cmetrics.topk_accuracy(z, y, k=(1, 5))
     nll = float(np.mean(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-300, None))))
     return {
         "top1": top["top1"],
         "top5": top["top5"],
-        "balanced_accuracy": balanced_accuracy(y, z, num_classes),
-        "macro_f1": macro_f1(y, z, num_classes),
+        "balanced_accuracy": cmetrics.balanced_accuracy(y, z, num_classes),
+        "macro_f1": cmetrics.macro_f1(y, z, num_classes),
         "nll": nll,
-        "ece": expected_calibration_error(probs, y, N_BINS),
+        "ece": cmetrics.expected_calibration_error(probs, y, N_BINS),
     }
 
 
@@ -127,10 +122,12 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: flo
     z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     out: dict[str, Any] = {"temperature": float(temperature), "n_bins": N_BINS, "images": len(y)}
     for name, t in (("before", 1.0), ("after", float(temperature))):
-        p = softmax(z, t)
-        out[f"ece_{name}"] = expected_calibration_error(p, y, N_BINS)
+        p = cmetrics.softmax(z, t)
+        out[f"ece_{name}"] = cmetrics.expected_calibration_error(p, y, N_BINS)
         out[f"nll_{name}"] = float(np.mean(-np.log(np.clip(p[np.arange(len(y)), y], 1e-300, None))))
-        out[f"reliability_{name}"] = {k: v.tolist() for k, v in reliability_bins(p, y, N_BINS).items()}
+        out[f"reliability_{name}"] = {
+            k: v.tolist() for k, v in cmetrics.reliability_bins(p, y, N_BINS).items()
+        }
     out["top1"] = float(np.mean(z.argmax(axis=1) == y))
     return out
 
@@ -162,6 +159,33 @@ class ClassificationTask(SupervisedTask):
         self.mixup = None if cached_features else build_mixup(config, self.num_classes)
         self.smoothing = label_smoothing(config)
         self.head_epochs = 0 if cached_features or config.model.freeze_backbone else config.model.head_epochs
+
+    def configure_callbacks(self) -> list[Callback]:
+        """On cached features, :class:`~frugalvision.train.cache.SmallHeadThreads` for the head's size."""
+        if not self.cached_features:
+            return []
+        d = self.config.data
+        params = sum(p.numel() for p in self.model.head.parameters())
+        return [SmallHeadThreads(max(d.batch_size, d.eval_batch_size) * params)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """On cached features the backbone never changes (it is rebuilt as it was, pretrained or seeded, when a run
+        resumes), so checkpoints hold everything but its weights: a few hundred KiB instead of the whole network
+        written twice per epoch."""
+        super().on_save_checkpoint(checkpoint)
+        if self.cached_features:
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith(_BACKBONE)}
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """As ``nn.Module.load_state_dict``; on cached features the backbone's tensors a checkpoint leaves out
+        (:meth:`on_save_checkpoint`) keep their current values."""
+        if self.cached_features:
+            own = {k: v for k, v in self.state_dict().items() if k.startswith(_BACKBONE)}
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _head_only(self) -> bool:
         """Whether this epoch is an LP-FT head-only epoch."""
@@ -203,12 +227,6 @@ class ClassificationTask(SupervisedTask):
         self._loss_sum += float(loss.detach())
         self._loss_count += 1
         return terms
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        images = batch["image"]
-        if images is None:
-            return
-        self._val.append((self(images).detach().float(), batch["label"], batch["index"]))
 
     def on_validation_epoch_end(self) -> None:
         logits, labels = self._gather_validation(self.num_classes)
@@ -269,14 +287,8 @@ class ClassificationRun(SupervisedRun):
         assert isinstance(module, ClassificationTask)
         config, train, val, out = self.config, self.train, self.val, self.settings.out
         frozen = config.model.freeze_backbone
-        best_epoch = None
-        if best:
-            state = read_checkpoint(best)
-            module.load_state_dict(state["state_dict"])
-            best_epoch = int(state["epoch"])
-        model = module.model.cpu().eval()
+        model, metrics = self.load_best(module, best)
         model.backbone.requires_grad_(not frozen)
-        metrics = _epoch_metrics(module.history, best_epoch)
         result = FitResult(out, None, model, metrics, {}, list(module.history), best)
         if not trainer.is_global_zero:
             return result
@@ -287,9 +299,9 @@ class ClassificationRun(SupervisedRun):
             )
             labels = labels.astype(np.int64)
             if len(labels):
-                temperature = fit_temperature(logits, labels)
+                temperature = cmetrics.fit_temperature(logits, labels)
                 calibration = calibration_summary(logits, labels, temperature)
-                report = classification_report(
+                report = cmetrics.classification_report(
                     labels, logits.argmax(axis=1), len(train.classes), train.classes
                 )
                 per_class = report["per_class"]

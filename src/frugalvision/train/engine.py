@@ -356,17 +356,23 @@ class SupervisedRun(TaskRun):
         task = self.module_class(model, self.loss, config, steps_per_epoch=steps, cached_features=frozen)
         return task, datamodule
 
-    def finish(self, trainer: pl.Trainer, module: pl.LightningModule, best: str | None) -> FitResult:
-        assert isinstance(module, SupervisedTask)
-        config, train, val, out = self.config, self.train, self.val, self.settings.out
-        frozen = config.model.freeze_backbone
+    @staticmethod
+    def load_best(module: SupervisedTask, best: str | None) -> tuple[EmbeddingModel, dict[str, Any]]:
+        """The first step of every ``finish``: the ``best`` checkpoint's weights (read with ``weights_only=True``)
+        loaded into ``module``; returns its model, on the CPU in eval mode, and the validation metrics of that
+        epoch (of the last epoch without a checkpoint) with ``best_epoch``."""
         best_epoch = None
         if best:
             state = read_checkpoint(best)
             module.load_state_dict(state["state_dict"])
             best_epoch = int(state["epoch"])
-        model = module.model.cpu().eval()
-        metrics = _epoch_metrics(module.history, best_epoch)
+        return module.model.cpu().eval(), _epoch_metrics(module.history, best_epoch)
+
+    def finish(self, trainer: pl.Trainer, module: pl.LightningModule, best: str | None) -> FitResult:
+        assert isinstance(module, SupervisedTask)
+        config, train, val, out = self.config, self.train, self.val, self.settings.out
+        frozen = config.model.freeze_backbone
+        model, metrics = self.load_best(module, best)
         result = FitResult(out, None, model, metrics, dict(module.baseline), list(module.history), best)
         extra: dict[str, Any] = {}
         if self.multilabel and trainer.is_global_zero:

@@ -46,8 +46,9 @@ class SupervisedTask(pl.LightningModule):
         cached_features: inputs are cached pooled features (frozen-backbone fast path): only the head runs.
 
     :attr:`history` holds one dict per epoch (``epoch``, ``train/loss``, ``lr``, ``val/<metric>``) and travels in
-    checkpoints, so a resumed run reports the same curves. Subclasses define validation (``validation_step``,
-    ``on_validation_epoch_end``) and :attr:`monitor`, the validation metric that picks the best epoch.
+    checkpoints, so a resumed run reports the same curves. Validation keeps ``self(images)`` per batch
+    (:meth:`validation_step`); subclasses score it (``on_validation_epoch_end``) and define :attr:`monitor`, the
+    validation metric that picks the best epoch.
     """
 
     monitor = "val/loss"
@@ -141,6 +142,13 @@ class SupervisedTask(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Keep the batch's outputs ``(B, D)`` (logits for the classifiers), labels and data-set indices."""
+        images = batch["image"]
+        if images is None:
+            return
+        self._val.append((self(images).detach().float(), batch["label"], batch["index"]))
 
     def _record_epoch(self, metrics: dict[str, float]) -> None:
         """Log the validation metrics and append the epoch's row (train loss, lr, metrics) to :attr:`history`."""
@@ -251,12 +259,6 @@ class MultilabelTask(SupervisedTask):
         start_epoch = getattr(self.loss, "start_epoch", None)
         if callable(start_epoch):
             start_epoch()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        images = batch["image"]
-        if images is None:
-            return
-        self._val.append((self(images).detach().float(), batch["label"], batch["index"]))
 
     def on_validation_epoch_end(self) -> None:
         logits, targets = self._gather_validation(self.model.embedding_size)
