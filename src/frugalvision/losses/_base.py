@@ -1,27 +1,105 @@
-"""Small shared pieces of the loss modules: the module form of a loss function, and the per-class matrix (class
-weights or proxies) some losses own."""
+"""Small shared pieces of the loss modules: the module form of a loss function, the checks of its options, and the
+per-class matrix (class weights or proxies) some losses own."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import nn
 
 from frugalvision._checks import (
+    check_choice,
     check_class_labels,
     check_embedding_batch,
     check_ndim,
+    check_positive,
     check_tensor,
 )
 
-__all__ = ["ClassMatrixLoss", "FunctionalLoss", "check_class_matrix_inputs", "check_embeddings"]
+__all__ = [
+    "ClassMatrixLoss",
+    "FunctionalLoss",
+    "OptionCheck",
+    "check_class_matrix_inputs",
+    "check_embeddings",
+    "checked_options",
+    "flag",
+    "non_negative",
+    "one_of",
+    "positive",
+]
+
+#: ``check(value, name) -> value``: raises ``ValueError``/``TypeError`` naming ``name``, returns the value to use.
+OptionCheck = Callable[[Any, str], Any]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 #: Losses validate their ``(B, D)`` input with the shared helper (one-pass finiteness test).
 check_embeddings = check_embedding_batch
+
+
+def positive(value: float, name: str) -> float:
+    """An option that must be ``> 0``, as a float."""
+    check_positive(value, name)
+    return float(value)
+
+
+def non_negative(value: float, name: str) -> float:
+    """An option that must be ``>= 0``, as a float."""
+    check_positive(value, name, strict=False)
+    return float(value)
+
+
+def flag(value: object, name: str) -> bool:
+    """A switch, as a bool."""
+    return bool(value)
+
+
+def one_of(choices: Sequence[str]) -> OptionCheck:
+    """An option that must be one of ``choices``."""
+
+    def check(value: str, name: str) -> str:
+        return check_choice(value, choices, name)
+
+    return check
+
+
+def checked_options(**checks: OptionCheck) -> Callable[[_F], _F]:
+    """Decorator giving a loss function's keyword options their checks, in one place for both forms of the loss.
+
+    Each keyword ``name=check`` runs ``check(value, name)`` on the option ``name`` when the caller passes it (a
+    default is valid by construction) and calls the function with the value it returns (e.g. ``float(margin)``).
+    The checks are kept on the function as ``option_checks``: the module form (:class:`FunctionalLoss`) runs the
+    same ones when it is built, so a bad option fails at construction, with the same message::
+
+        @checked_options(margin=non_negative, mining=one_of(MINING_MODES))
+        def triplet_margin_loss(embeddings, labels, *, margin=0.2, mining="all"): ...
+    """
+
+    def decorate(function: _F) -> _F:
+        keyword_only = {
+            p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY
+        }
+        unknown = sorted(set(checks) - keyword_only)
+        if unknown:
+            raise TypeError(f"{function.__name__} has no keyword-only option(s) {unknown} to check")
+
+        @functools.wraps(function)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            for name, value in kwargs.items():
+                if name in checks:
+                    kwargs[name] = checks[name](value, name)
+            return function(*args, **kwargs)
+
+        checked.option_checks = dict(checks)  # type: ignore[attr-defined]
+        return cast(_F, checked)
+
+    return decorate
 
 
 def check_class_matrix_inputs(
@@ -46,6 +124,11 @@ class FunctionalLoss(nn.Module):
             function = staticmethod(triplet_margin_loss)
             options = ("margin", "mining", "distance", "normalize", "swap", "smooth", "reduction")
 
+    A subclass that defines no ``__init__`` of its own is built from the function's signature: its constructor
+    takes the options, in that order, with the function's defaults and annotations (``inspect.signature`` shows
+    them), and runs the function's option checks (:func:`checked_options`), so the function and the module cannot
+    drift apart either. :meth:`setup` then derives what the module needs from them (e.g. buffers).
+
     Attributes:
         function: the loss function (a ``staticmethod``).
         options: attribute names passed to :attr:`function` as keywords, in ``repr`` order.
@@ -55,6 +138,44 @@ class FunctionalLoss(nn.Module):
     function: ClassVar[Callable[..., Any]]
     options: ClassVar[tuple[str, ...]] = ()
     shown: ClassVar[tuple[str, ...]] = ()
+    #: The constructor's signature when it is built from :attr:`function` (``None``: the subclass has its own).
+    option_signature: ClassVar[inspect.Signature | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own_init = any("__init__" in c.__dict__ for c in cls.__mro__[: cls.__mro__.index(FunctionalLoss)])
+        if own_init or "function" not in cls.__dict__:
+            return
+        parameters = inspect.signature(cls.function).parameters
+        missing = [name for name in cls.options if name not in parameters]
+        if missing:
+            raise TypeError(f"{cls.__name__}.options {missing} are not parameters of {cls.function.__name__}")
+        cls.option_signature = inspect.Signature(
+            [parameters[name].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in cls.options]
+        )
+        cls.__signature__ = cls.option_signature  # type: ignore[attr-defined]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        signature = self.option_signature
+        if signature is None:
+            if args or kwargs:
+                raise TypeError(f"{type(self).__name__} builds its own options; FunctionalLoss takes none")
+            return
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(
+                f"{type(self).__name__}: {err}; it takes {', '.join(signature.parameters)}"
+            ) from None
+        bound.apply_defaults()
+        checks: dict[str, OptionCheck] = getattr(self.function, "option_checks", {})
+        for name, value in bound.arguments.items():
+            setattr(self, name, checks[name](value, name) if name in checks else value)
+        self.setup()
+
+    def setup(self) -> None:
+        """Called once the options are set by the built constructor: derive buffers or other state from them."""
 
     def bound_inputs(self) -> tuple[torch.Tensor, ...]:
         """Tensors the module owns that follow the caller's inputs positionally (e.g. a class matrix)."""

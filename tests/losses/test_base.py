@@ -1,0 +1,141 @@
+"""The module form of a loss function (``FunctionalLoss``): one home for each option's default and check."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from frugalvision.losses import (
+    AsymmetricLoss,
+    FocalLoss,
+    HyperbolicPairwiseCELoss,
+    QuadrupletLoss,
+    TripletMarginLoss,
+    asymmetric_loss,
+    focal_loss,
+    hyperbolic_pairwise_ce_loss,
+    quadruplet_loss,
+    triplet_margin_loss,
+)
+from frugalvision.losses._base import FunctionalLoss, checked_options, flag, non_negative, one_of
+
+BUILT = [
+    (TripletMarginLoss, triplet_margin_loss),
+    (QuadrupletLoss, quadruplet_loss),
+    (FocalLoss, focal_loss),
+    (AsymmetricLoss, asymmetric_loss),
+    (HyperbolicPairwiseCELoss, hyperbolic_pairwise_ce_loss),
+]
+
+
+def _scaled_sum(
+    x: torch.Tensor, *, scale: float = 1.0, mode: str = "sum", square: bool = False
+) -> torch.Tensor:
+    y = x.square() if square else x
+    return scale * (y.sum() if mode == "sum" else y.mean())
+
+
+checked_scaled_sum = checked_options(scale=non_negative, mode=one_of(("sum", "mean")), square=flag)(
+    _scaled_sum
+)
+
+
+class ScaledSum(FunctionalLoss):
+    function = staticmethod(checked_scaled_sum)
+    options = ("scale", "mode", "square")
+
+
+def test_checked_options_checks_and_normalises_what_the_caller_passes():
+    x = torch.tensor([1.0, 2.0])
+    assert_close(checked_scaled_sum(x, scale=2, square=1), torch.tensor(10.0))
+    with pytest.raises(ValueError, match="scale must be >= 0, got -1"):
+        checked_scaled_sum(x, scale=-1)
+    with pytest.raises(ValueError, match="mode must be one of 'sum', 'mean'; got 'max'"):
+        checked_scaled_sum(x, mode="max")
+    assert checked_scaled_sum.option_checks.keys() == {"scale", "mode", "square"}
+    assert inspect.signature(checked_scaled_sum) == inspect.signature(_scaled_sum)
+
+
+def test_checked_options_refuses_a_name_that_is_not_a_keyword_option():
+    with pytest.raises(TypeError, match=r"_scaled_sum has no keyword-only option\(s\) \['x'\]"):
+        checked_options(x=flag)(_scaled_sum)
+
+
+def test_the_constructor_is_built_from_the_function():
+    params = inspect.signature(ScaledSum).parameters
+    assert list(params) == ["scale", "mode", "square"]
+    assert [p.default for p in params.values()] == [1.0, "sum", False]
+    loss = ScaledSum(3, square=1)  # positional and keyword, checked and normalised as the function does
+    assert (loss.scale, loss.mode, loss.square) == (3.0, "sum", True)
+    assert type(loss.scale) is float and type(loss.square) is bool
+    assert repr(loss) == "ScaledSum(scale=3.0, mode='sum', square=True)"
+    assert_close(loss(torch.tensor([1.0, 2.0])), torch.tensor(15.0))
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        ScaledSum(scale=-0.5)
+    with pytest.raises(TypeError, match=r"ScaledSum: .*'scal'.*; it takes scale, mode, square"):
+        ScaledSum(scal=2.0)
+    with pytest.raises(TypeError, match="ScaledSum: too many positional arguments"):
+        ScaledSum(1.0, "sum", False, 4)
+
+
+def test_a_subclass_with_its_own_constructor_keeps_it():
+    class Own(FunctionalLoss):
+        function = staticmethod(checked_scaled_sum)
+        options = ("scale",)
+
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale = scale
+
+    assert Own.option_signature is None
+    assert list(inspect.signature(Own).parameters) == ["scale"]
+    assert Own(2.0).scale == 2.0
+    with pytest.raises(TypeError, match="builds its own options"):
+        FunctionalLoss.__init__(Own(1.0), 3.0)
+
+
+def test_options_must_be_parameters_of_the_function():
+    with pytest.raises(TypeError, match=r"Bad.options \['scal'\] are not parameters of _scaled_sum"):
+
+        class Bad(FunctionalLoss):
+            function = staticmethod(_scaled_sum)
+            options = ("scal",)
+
+
+@pytest.mark.parametrize(("cls", "function"), BUILT, ids=lambda x: getattr(x, "__name__", ""))
+def test_module_and_function_share_defaults(cls, function):
+    module = inspect.signature(cls).parameters
+    keywords = inspect.signature(function).parameters
+    assert list(module) == list(cls.options)
+    for name, param in module.items():
+        assert param.default == keywords[name].default, name
+        assert getattr(cls(), name) == keywords[name].default, name
+
+
+@pytest.mark.parametrize(
+    ("cls", "function", "bad", "inputs"),
+    [
+        (TripletMarginLoss, triplet_margin_loss, {"margin": -1.0}, "embedding"),
+        (TripletMarginLoss, triplet_margin_loss, {"mining": "easy"}, "embedding"),
+        (QuadrupletLoss, quadruplet_loss, {"margin2": -0.1}, "embedding"),
+        (QuadrupletLoss, quadruplet_loss, {"mining": "semihard"}, "embedding"),
+        (FocalLoss, focal_loss, {"alpha": 1.5}, "multilabel"),
+        (FocalLoss, focal_loss, {"reduction": "nonzero_mean"}, "multilabel"),
+        (AsymmetricLoss, asymmetric_loss, {"clip": 1.0}, "multilabel"),
+        (AsymmetricLoss, asymmetric_loss, {"gamma_neg": -1.0}, "multilabel"),
+        (HyperbolicPairwiseCELoss, hyperbolic_pairwise_ce_loss, {"c": 0.0}, "embedding"),
+    ],
+)
+def test_a_bad_option_fails_alike_at_construction_and_at_call(cls, function, bad, inputs):
+    if inputs == "embedding":
+        args = (torch.randn(6, 4) * 0.1, torch.tensor([0, 0, 1, 1, 2, 2]))
+    else:
+        args = (torch.randn(2, 3), torch.tensor([[1, 0, -1], [0, 1, 1]]))
+    with pytest.raises(ValueError) as at_call:
+        function(*args, **bad)
+    with pytest.raises(ValueError) as at_construction:
+        cls(**bad)
+    assert str(at_construction.value) == str(at_call.value)
