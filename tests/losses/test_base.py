@@ -9,15 +9,24 @@ import torch
 from torch.testing import assert_close
 
 from frugalvision.losses import (
+    ArcFaceLoss,
     AsymmetricLoss,
+    CosFaceLoss,
     FocalLoss,
     HyperbolicPairwiseCELoss,
+    ProxyNCALoss,
+    ProxyNCAPlusPlusLoss,
     QuadrupletLoss,
+    SphereFaceLoss,
     TripletMarginLoss,
+    arcface_loss,
     asymmetric_loss,
+    cosface_loss,
     focal_loss,
     hyperbolic_pairwise_ce_loss,
+    proxy_nca_plus_plus_loss,
     quadruplet_loss,
+    sphereface_loss,
     triplet_margin_loss,
 )
 from frugalvision.losses._base import FunctionalLoss, checked_options, flag, non_negative, one_of
@@ -93,7 +102,7 @@ def test_a_subclass_with_its_own_constructor_keeps_it():
     assert Own.option_signature is None
     assert list(inspect.signature(Own).parameters) == ["scale"]
     assert Own(2.0).scale == 2.0
-    with pytest.raises(TypeError, match="builds its own options"):
+    with pytest.raises(TypeError, match="Own: too many positional arguments; it takes no arguments"):
         FunctionalLoss.__init__(Own(1.0), 3.0)
 
 
@@ -139,3 +148,71 @@ def test_a_bad_option_fails_alike_at_construction_and_at_call(cls, function, bad
     with pytest.raises(ValueError) as at_construction:
         cls(**bad)
     assert str(at_construction.value) == str(at_call.value)
+
+
+CLASS_MATRIX = [
+    (ArcFaceLoss, arcface_loss, 1.0),
+    (CosFaceLoss, cosface_loss, 1.0),
+    (SphereFaceLoss, sphereface_loss, 1.0),
+    (ProxyNCAPlusPlusLoss, proxy_nca_plus_plus_loss, 100.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "function", "lr_multiplier"), CLASS_MATRIX, ids=lambda x: getattr(x, "__name__", "")
+)
+def test_class_matrix_losses_take_sizes_options_and_lr_multiplier(cls, function, lr_multiplier):
+    params = inspect.signature(cls).parameters
+    assert list(params) == ["num_classes", "embedding_size", *cls.options, "lr_multiplier"]
+    assert params["lr_multiplier"].default == lr_multiplier
+    keywords = inspect.signature(function).parameters
+    loss = cls(5, 8)
+    for name in cls.options:
+        assert getattr(loss, name) == keywords[name].default, name
+    assert (loss.num_classes, loss.embedding_size, loss.lr_multiplier) == (5, 8, lr_multiplier)
+    assert tuple(loss.matrix.shape) == (5, 8) and loss.matrix.requires_grad
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+        cls(0, 8)
+    with pytest.raises(ValueError, match="embedding_size must be a positive int, got True"):
+        cls(5, True)
+    with pytest.raises(ValueError, match="lr_multiplier must be > 0, got 0"):
+        cls(5, 8, lr_multiplier=0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "function", "bad"),
+    [
+        (ArcFaceLoss, arcface_loss, {"margin": 3.5}),
+        (ArcFaceLoss, arcface_loss, {"scale": 0.0}),
+        (CosFaceLoss, cosface_loss, {"scale": -1.0}),
+        (SphereFaceLoss, sphereface_loss, {"margin": 2.5}),
+        (SphereFaceLoss, sphereface_loss, {"lambda_": -1.0}),
+        (ProxyNCAPlusPlusLoss, proxy_nca_plus_plus_loss, {"temperature": 0.0}),
+    ],
+)
+def test_a_bad_class_matrix_option_fails_alike_at_construction_and_at_call(cls, function, bad):
+    embeddings, labels, matrix = torch.randn(4, 8), torch.tensor([0, 1, 2, 0]), torch.randn(3, 8)
+    with pytest.raises(ValueError) as at_call:
+        function(embeddings, labels, matrix, **bad)
+    with pytest.raises(ValueError) as at_construction:
+        cls(3, 8, **bad)
+    assert str(at_construction.value) == str(at_call.value)
+
+
+def test_a_class_with_its_own_constructor_keeps_its_signature():
+    params = inspect.signature(ProxyNCALoss).parameters
+    assert list(params) == [
+        "num_classes",
+        "embedding_size",
+        "softmax_scale",
+        "exclude_positive",
+        "lr_multiplier",
+    ]
+    loss = ProxyNCALoss(3, 4, softmax_scale=2, lr_multiplier=10)
+    assert (loss.num_classes, loss.embedding_size, loss.softmax_scale, loss.lr_multiplier) == (
+        3,
+        4,
+        2.0,
+        10.0,
+    )
+    assert tuple(loss.proxies.shape) == (3, 4)

@@ -31,7 +31,9 @@ __all__ = [
     "flag",
     "non_negative",
     "one_of",
+    "parameter",
     "positive",
+    "positive_int",
 ]
 
 #: ``check(value, name) -> value``: raises ``ValueError``/``TypeError`` naming ``name``, returns the value to use.
@@ -113,6 +115,20 @@ def check_class_matrix_inputs(
     return embeddings, labels, matrix
 
 
+def positive_int(value: object, name: str) -> int:
+    """An option that must be an ``int >= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def parameter(name: str, annotation: str, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    """A constructor parameter of a module itself (:attr:`FunctionalLoss.leading` / ``trailing``)."""
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation
+    )
+
+
 class FunctionalLoss(nn.Module):
     """The module form of a loss function, as pml and ``torch.nn`` pair them: the module holds the options.
 
@@ -125,57 +141,69 @@ class FunctionalLoss(nn.Module):
             options = ("margin", "mining", "distance", "normalize", "swap", "smooth", "reduction")
 
     A subclass that defines no ``__init__`` of its own is built from the function's signature: its constructor
-    takes the options, in that order, with the function's defaults and annotations (``inspect.signature`` shows
-    them), and runs the function's option checks (:func:`checked_options`), so the function and the module cannot
-    drift apart either. :meth:`setup` then derives what the module needs from them (e.g. buffers).
+    takes the module's own :attr:`leading` parameters, the options in that order with the function's defaults and
+    annotations, then the module's :attr:`trailing` parameters (``inspect.signature`` shows them all); it runs the
+    module's :attr:`own_checks` and the function's option checks (:func:`checked_options`), so the function and
+    the module cannot drift apart either. :meth:`setup` then builds what the module derives from them (buffers,
+    parameters).
 
     Attributes:
         function: the loss function (a ``staticmethod``).
         options: attribute names passed to :attr:`function` as keywords, in ``repr`` order.
         shown: attribute names only ``repr`` lists (after the options).
+        leading, trailing: constructor parameters of the module itself, before and after the options.
+        own_checks: checks of those parameters (as :func:`checked_options` takes them).
     """
 
     function: ClassVar[Callable[..., Any]]
     options: ClassVar[tuple[str, ...]] = ()
     shown: ClassVar[tuple[str, ...]] = ()
+    leading: ClassVar[tuple[inspect.Parameter, ...]] = ()
+    trailing: ClassVar[tuple[inspect.Parameter, ...]] = ()
+    own_checks: ClassVar[dict[str, OptionCheck]] = {}
     #: The constructor's signature when it is built from :attr:`function` (``None``: the subclass has its own).
     option_signature: ClassVar[inspect.Signature | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        own_init = any("__init__" in c.__dict__ for c in cls.__mro__[: cls.__mro__.index(FunctionalLoss)])
-        if own_init or "function" not in cls.__dict__:
+        if any("__init__" in c.__dict__ for c in cls.__mro__[: cls.__mro__.index(FunctionalLoss)]):
+            cls.option_signature = None
+            cls.__signature__ = None  # type: ignore[attr-defined]  # inspect reads the class's own __init__
+            return
+        if "function" not in cls.__dict__:
             return
         parameters = inspect.signature(cls.function).parameters
         missing = [name for name in cls.options if name not in parameters]
         if missing:
             raise TypeError(f"{cls.__name__}.options {missing} are not parameters of {cls.function.__name__}")
-        cls.option_signature = inspect.Signature(
-            [parameters[name].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in cls.options]
-        )
+        options = [
+            parameters[name].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in cls.options
+        ]
+        cls.option_signature = inspect.Signature([*cls.leading, *options, *cls.trailing])
         cls.__signature__ = cls.option_signature  # type: ignore[attr-defined]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Bind, check and store the constructor arguments (see the class docstring), then :meth:`setup`.
+
+        A subclass with its own ``__init__`` passes only the module's own parameters (:attr:`leading`,
+        :attr:`trailing`) here.
+        """
         super().__init__()
-        signature = self.option_signature
-        if signature is None:
-            if args or kwargs:
-                raise TypeError(f"{type(self).__name__} builds its own options; FunctionalLoss takes none")
-            return
+        signature = self.option_signature or inspect.Signature([*self.leading, *self.trailing])
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as err:
             raise TypeError(
-                f"{type(self).__name__}: {err}; it takes {', '.join(signature.parameters)}"
+                f"{type(self).__name__}: {err}; it takes {', '.join(signature.parameters) or 'no arguments'}"
             ) from None
         bound.apply_defaults()
-        checks: dict[str, OptionCheck] = getattr(self.function, "option_checks", {})
+        checks = {**self.own_checks, **getattr(getattr(self, "function", None), "option_checks", {})}
         for name, value in bound.arguments.items():
             setattr(self, name, checks[name](value, name) if name in checks else value)
         self.setup()
 
     def setup(self) -> None:
-        """Called once the options are set by the built constructor: derive buffers or other state from them."""
+        """Called once the constructor arguments are stored: derive buffers or parameters from them."""
 
     def bound_inputs(self) -> tuple[torch.Tensor, ...]:
         """Tensors the module owns that follow the caller's inputs positionally (e.g. a class matrix)."""
@@ -197,18 +225,21 @@ class ClassMatrixLoss(FunctionalLoss):
     """
 
     matrix_name = "weight"
+    leading = (parameter("num_classes", "int"), parameter("embedding_size", "int"))
+    trailing = (parameter("lr_multiplier", "float", 1.0),)
+    own_checks: ClassVar[dict[str, OptionCheck]] = {
+        "num_classes": positive_int,
+        "embedding_size": positive_int,
+        "lr_multiplier": positive,
+    }
+    num_classes: int
+    embedding_size: int
+    lr_multiplier: float
 
-    def __init__(self, num_classes: int, embedding_size: int, lr_multiplier: float = 1.0) -> None:
-        super().__init__()
-        for value, name in ((num_classes, "num_classes"), (embedding_size, "embedding_size")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not lr_multiplier > 0:
-            raise ValueError(f"lr_multiplier must be > 0, got {lr_multiplier}")
-        self.num_classes = num_classes
-        self.embedding_size = embedding_size
-        self.lr_multiplier = float(lr_multiplier)
-        self.register_parameter(self.matrix_name, nn.Parameter(torch.empty(num_classes, embedding_size)))
+    def setup(self) -> None:
+        self.register_parameter(
+            self.matrix_name, nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
+        )
         self.reset_parameters()
 
     @property
