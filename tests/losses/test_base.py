@@ -14,6 +14,7 @@ from frugalvision.losses import (
     CosFaceLoss,
     FocalLoss,
     HyperbolicPairwiseCELoss,
+    IntraBatchLoss,
     ProxyNCALoss,
     ProxyNCAPlusPlusLoss,
     QuadrupletLoss,
@@ -24,12 +25,21 @@ from frugalvision.losses import (
     cosface_loss,
     focal_loss,
     hyperbolic_pairwise_ce_loss,
+    intra_batch_loss,
     proxy_nca_plus_plus_loss,
     quadruplet_loss,
     sphereface_loss,
     triplet_margin_loss,
 )
-from frugalvision.losses._base import FunctionalLoss, checked_options, flag, non_negative, one_of
+from frugalvision.losses._base import (
+    FunctionalLoss,
+    check_paired_batches,
+    checked_options,
+    flag,
+    in_range,
+    non_negative,
+    one_of,
+)
 
 BUILT = [
     (TripletMarginLoss, triplet_margin_loss),
@@ -216,3 +226,52 @@ def test_a_class_with_its_own_constructor_keeps_its_signature():
         10.0,
     )
     assert tuple(loss.proxies.shape) == (3, 4)
+
+
+def test_in_range_names_the_interval():
+    assert in_range(0, 1)(0, "x") == 0.0 and type(in_range(0, 1)(0, "x")) is float
+    with pytest.raises(ValueError, match=r"^clip \(m\) must lie in \[0, 1\), got 1$"):
+        in_range(0, 1, what=" (m)")(1, "clip")
+    with pytest.raises(ValueError, match=r"^eps must lie in \(0, 1\), got 0$"):
+        in_range(0, 1, include_low=False)(0, "eps")
+    assert in_range(0, 1, include_high=True)(1, "p") == 1.0
+
+
+def test_check_paired_batches():
+    a, b = check_paired_batches(torch.ones(2, 3), torch.zeros(2, 3), ("a", "b"), "(B, D)")
+    assert a.shape == b.shape == (2, 3)
+    with pytest.raises(
+        ValueError, match=r"^a and b rows must have the same shape \(B, D\) \(why\), got \(2, 3\)"
+    ):
+        check_paired_batches(
+            torch.ones(2, 3), torch.ones(3, 3), ("a", "b"), "(B, D)", what=" rows", why=" (why)"
+        )
+    with pytest.raises(ValueError, match="b contains 1 NaN"):
+        check_paired_batches(torch.ones(1, 2), torch.tensor([[0.0, float("nan")]]), ("a", "b"), "(B, D)")
+
+
+def test_intra_batch_loss_module_is_built_from_its_function():
+    params = inspect.signature(IntraBatchLoss).parameters
+    assert list(params) == [
+        "embedding_size",
+        "num_classes",
+        "num_layers",
+        "num_heads",
+        "dropout",
+        *IntraBatchLoss.options,
+        "knn",
+    ]
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in list(params)[2:])
+    keywords = inspect.signature(intra_batch_loss).parameters
+    loss = IntraBatchLoss(8, 3)
+    for name in IntraBatchLoss.options:
+        assert getattr(loss, name) == keywords[name].default, name
+    with pytest.raises(TypeError, match="IntraBatchLoss: too many positional arguments"):
+        IntraBatchLoss(8, 3, 2)
+    with pytest.raises(ValueError, match="num_classes must be > 0, got 0"):
+        IntraBatchLoss(8, 0)
+    with pytest.raises(ValueError) as at_construction:
+        IntraBatchLoss(8, 3, temperature=0.0)
+    with pytest.raises(ValueError) as at_call:
+        intra_batch_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]), temperature=0.0)
+    assert str(at_construction.value) == str(at_call.value) == "temperature must be > 0, got 0.0"

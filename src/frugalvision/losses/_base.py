@@ -27,8 +27,10 @@ __all__ = [
     "OptionCheck",
     "check_class_matrix_inputs",
     "check_embeddings",
+    "check_paired_batches",
     "checked_options",
     "flag",
+    "in_range",
     "non_negative",
     "one_of",
     "parameter",
@@ -60,6 +62,23 @@ def non_negative(value: float, name: str) -> float:
 def flag(value: object, name: str) -> bool:
     """A switch, as a bool."""
     return bool(value)
+
+
+def in_range(
+    low: float, high: float, *, include_low: bool = True, include_high: bool = False, what: str = ""
+) -> OptionCheck:
+    """An option in an interval, as a float: ``in_range(0, 1)`` is ``[0, 1)``; ``what`` follows the name in the
+    message (``"clip (the probability margin m) must lie in [0, 1), got 1"``)."""
+    interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
+
+    def check(value: float, name: str) -> float:
+        above = value >= low if include_low else value > low
+        below = value <= high if include_high else value < high
+        if not (above and below):
+            raise ValueError(f"{name}{what} must lie in {interval}, got {value}")
+        return float(value)
+
+    return check
 
 
 def one_of(choices: Sequence[str]) -> OptionCheck:
@@ -104,6 +123,21 @@ def checked_options(**checks: OptionCheck) -> Callable[[_F], _F]:
     return decorate
 
 
+def check_paired_batches(
+    first: object, second: object, names: tuple[str, str], shape: str, *, what: str = "", why: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check two finite 2-D batches whose rows pair up and return them; the message of a shape mismatch reads
+    ``"{first} and {second}{what} must have the same shape {shape}{why}, got ..."``."""
+    first = check_embeddings(first, names[0])
+    second = check_embeddings(second, names[1])
+    if second.shape != first.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]}{what} must have the same shape {shape}{why}, got {tuple(first.shape)} and "
+            f"{tuple(second.shape)}"
+        )
+    return first, second
+
+
 def check_class_matrix_inputs(
     embeddings: object, labels: object, matrix: object, matrix_name: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,11 +156,12 @@ def positive_int(value: object, name: str) -> int:
     return value
 
 
-def parameter(name: str, annotation: str, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+def parameter(
+    name: str, annotation: str, default: Any = inspect.Parameter.empty, *, keyword_only: bool = False
+) -> inspect.Parameter:
     """A constructor parameter of a module itself (:attr:`FunctionalLoss.leading` / ``trailing``)."""
-    return inspect.Parameter(
-        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation
-    )
+    kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Parameter(name, kind, default=default, annotation=annotation)
 
 
 class FunctionalLoss(nn.Module):
@@ -176,9 +211,10 @@ class FunctionalLoss(nn.Module):
         missing = [name for name in cls.options if name not in parameters]
         if missing:
             raise TypeError(f"{cls.__name__}.options {missing} are not parameters of {cls.function.__name__}")
-        options = [
-            parameters[name].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in cls.options
-        ]
+        # The options follow the leading parameters: keyword-only after a keyword-only one.
+        keyword_only = bool(cls.leading) and cls.leading[-1].kind is inspect.Parameter.KEYWORD_ONLY
+        kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        options = [parameters[name].replace(kind=kind) for name in cls.options]
         cls.option_signature = inspect.Signature([*cls.leading, *options, *cls.trailing])
         cls.__signature__ = cls.option_signature  # type: ignore[attr-defined]
 

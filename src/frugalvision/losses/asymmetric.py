@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from frugalvision.losses._base import FunctionalLoss, checked_options, flag
+from frugalvision.losses._base import FunctionalLoss, checked_options, flag, in_range
 from frugalvision.losses._multilabel_base import (
     MULTILABEL_CHECKS,
     MultilabelBatch,
@@ -25,23 +25,11 @@ from frugalvision.losses._registry import register_loss
 __all__ = ["AsymmetricLoss", "asymmetric_loss"]
 
 
-def _check_clip(clip: float, name: str) -> float:
-    if not 0 <= clip < 1:
-        raise ValueError(f"{name} (the probability margin m) must lie in [0, 1), got {clip}")
-    return float(clip)
-
-
-def _check_eps(eps: float, name: str) -> float:
-    if not 0 < eps < 1:
-        raise ValueError(f"{name} must lie in (0, 1), got {eps}")
-    return float(eps)
-
-
 @checked_options(
     gamma_pos=check_gamma,
     gamma_neg=check_gamma,
-    clip=_check_clip,
-    eps=_check_eps,
+    clip=in_range(0, 1, what=" (the probability margin m)"),
+    eps=in_range(0, 1, include_low=False),
     disable_torch_grad_focal_loss=flag,
     **MULTILABEL_CHECKS,
 )
