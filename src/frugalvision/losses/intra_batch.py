@@ -129,6 +129,10 @@ class IntraBatchLoss(FunctionalLoss):
     own_checks: ClassVar[dict[str, OptionCheck]] = {"embedding_size": _size, "num_classes": _size}
     embedding_size: int
     num_classes: int
+    num_layers: int
+    num_heads: int
+    dropout: float
+    knn: int | None
 
     def setup(self) -> None:
         d = self.embedding_size
