@@ -20,24 +20,25 @@ def short_list(items: Sequence[object], limit: int = 10) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def check_dir(path: str | os.PathLike[str], what: str) -> Path:
-    """Return ``path`` as a ``Path``; raise :class:`DataError` if it is missing or not a directory."""
+def _existing(path: str | os.PathLike[str], what: str, kind: str, other: str) -> Path:
+    """``path`` as a ``Path``; :class:`DataError` if it is missing or not a ``kind`` (``"directory"`` or
+    ``"file"``; ``other`` names the one it is instead)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
-    if not path.is_dir():
-        raise DataError(f"{what} must be a directory, got a file: {path}")
+    if not (path.is_dir() if kind == "directory" else path.is_file()):
+        raise DataError(f"{what} must be a {kind}, got a {other}: {path}")
     return path
+
+
+def check_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Return ``path`` as a ``Path``; raise :class:`DataError` if it is missing or not a directory."""
+    return _existing(path, what, "directory", "file")
 
 
 def check_file(path: str | os.PathLike[str], what: str) -> Path:
     """Return ``path`` as a ``Path``; raise :class:`DataError` if it is missing or not a regular file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise DataError(f"{what} must be a file, got a directory: {path}")
-    return path
+    return _existing(path, what, "file", "directory")
 
 
 def raise_missing(missing: Sequence[str], source: Path) -> None:

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from frugalvision._checks import check_choice, check_finite_fast, check_ndim, check_tensor
+from frugalvision.losses._base import one_of
 
 __all__ = [
+    "MULTILABEL_CHECKS",
     "MULTILABEL_REDUCTIONS",
+    "MultilabelBatch",
     "MultilabelReduction",
     "binary_targets",
     "check_gamma",
@@ -43,6 +47,8 @@ __all__ = [
 
 MultilabelReduction = Literal["mean", "sum", "none"]
 MULTILABEL_REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
+#: The option checks every multi-label loss shares (for :func:`~frugalvision.losses._base.checked_options`).
+MULTILABEL_CHECKS = {"reduction": one_of(MULTILABEL_REDUCTIONS)}
 
 
 def _like_logits(value: object, name: str, logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -129,6 +135,33 @@ def reduce_multilabel(
     if reduction == "sum":
         return total
     return total / known.sum().clamp_min(1).to(total.dtype)
+
+
+@dataclass(frozen=True)
+class MultilabelBatch:
+    """A checked multi-label batch: the calling convention above, in one place for every loss.
+
+    ``MultilabelBatch.check(logits, targets, weights)`` validates the inputs (:func:`check_multilabel_inputs`);
+    a loss computes its ``(B, C)`` per-entry terms from :attr:`logits` and :attr:`y`, then :meth:`reduce` masks
+    the unknown entries, applies the weights and reduces (:func:`reduce_multilabel`).
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor | None
+
+    @classmethod
+    def check(cls, logits: object, targets: object, weights: object = None) -> MultilabelBatch:
+        return cls(*check_multilabel_inputs(logits, targets, weights))
+
+    @property
+    def y(self) -> torch.Tensor:
+        """``(B, C)`` binary targets: 1 where present, 0 where absent or unknown (see :func:`binary_targets`)."""
+        return binary_targets(self.targets)
+
+    def reduce(self, per_entry: torch.Tensor, reduction: str) -> torch.Tensor:
+        """Mask, weight and reduce the ``(B, C)`` per-entry losses."""
+        return reduce_multilabel(per_entry, self.targets, self.weights, reduction)
 
 
 def check_reduction(reduction: str) -> str:

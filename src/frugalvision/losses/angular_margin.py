@@ -8,12 +8,19 @@ num_classes)``: copy with ``ours.weight.data = pml.W.data.T``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from frugalvision._checks import check_positive
-from frugalvision.losses._base import ClassMatrixLoss, check_class_matrix_inputs
+from frugalvision.losses._base import (
+    ClassMatrixLoss,
+    check_class_matrix_inputs,
+    checked_options,
+    flag,
+    non_negative,
+    positive,
+)
 from frugalvision.losses._registry import register_loss
 from frugalvision.losses.distances import cosine_matrix, safe_sqrt
 
@@ -38,6 +45,43 @@ def _replace_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tenso
     return cos.scatter(1, labels.unsqueeze(1), target.unsqueeze(1))
 
 
+def _margin_cross_entropy(
+    embeddings: object,
+    labels: object,
+    weight: object,
+    target: Callable[[torch.Tensor], torch.Tensor],
+    scale: float | None,
+) -> torch.Tensor:
+    """What the three losses share: the checked inputs' class cosines ``cos θ_j (B, C)``, the true class's one
+    replaced by ``target(cos θ_y)`` (``(B,) -> (B,)``), times ``scale`` (``None``: each embedding's norm, as
+    SphereFace), then cross-entropy. An empty batch gives a zero connected to ``embeddings`` and ``weight``."""
+    embeddings, labels, weight = check_class_matrix_inputs(embeddings, labels, weight, "weight")
+    if embeddings.shape[0] == 0:
+        return embeddings.sum() * 0.0 + weight.sum() * 0.0
+    cos = cosine_logits(embeddings, weight)
+    logits = _replace_target(cos, labels, target(cos.gather(1, labels.unsqueeze(1)).squeeze(1)))
+    if scale is None:
+        return F.cross_entropy(logits * embeddings.norm(dim=1, keepdim=True), labels)
+    return F.cross_entropy(scale * logits, labels)
+
+
+def _radians(margin: float, name: str) -> float:
+    if not 0 <= margin < math.pi:
+        raise ValueError(f"{name} is an angle in radians and must lie in [0, π), got {margin}")
+    return float(margin)
+
+
+def _multiplier(margin: int, name: str) -> int:
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (multiplicative angular margin), got {margin!r}")
+    return margin
+
+
+def _real(value: float, name: str) -> float:
+    return float(value)
+
+
+@checked_options(scale=positive, margin=_real)
 def cosface_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -71,15 +115,10 @@ def cosface_loss(
         >>> cosface_loss(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]), w).shape
         torch.Size([])
     """
-    check_positive(scale, "scale")
-    embeddings, labels, weight = check_class_matrix_inputs(embeddings, labels, weight, "weight")
-    if embeddings.shape[0] == 0:
-        return embeddings.sum() * 0.0 + weight.sum() * 0.0
-    cos = cosine_logits(embeddings, weight)
-    target = cos.gather(1, labels.unsqueeze(1)).squeeze(1) - margin
-    return F.cross_entropy(scale * _replace_target(cos, labels, target), labels)
+    return _margin_cross_entropy(embeddings, labels, weight, lambda cos_t: cos_t - margin, scale)
 
 
+@checked_options(scale=positive, margin=_radians, easy_margin=flag)
 def arcface_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -120,22 +159,17 @@ def arcface_loss(
         >>> arcface_loss(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]), w, margin=math.radians(28.6)).shape
         torch.Size([])
     """
-    check_positive(scale, "scale")
-    if not 0 <= margin < math.pi:
-        raise ValueError(f"margin is an angle in radians and must lie in [0, π), got {margin}")
-    embeddings, labels, weight = check_class_matrix_inputs(embeddings, labels, weight, "weight")
-    if embeddings.shape[0] == 0:
-        return embeddings.sum() * 0.0 + weight.sum() * 0.0
-    cos = cosine_logits(embeddings, weight)
-    cos_t = cos.gather(1, labels.unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
-    sin_t = safe_sqrt((1.0 - cos_t * cos_t).clamp_min(0.0))
-    cos_t_plus_m = cos_t * math.cos(margin) - sin_t * math.sin(margin)  # cos(θ + m), θ in [0, π]
-    if easy_margin:
-        target = torch.where(cos_t > 0, cos_t_plus_m, cos_t)
-    else:
+
+    def target(cos_t: torch.Tensor) -> torch.Tensor:
+        cos_t = cos_t.clamp(-1.0, 1.0)
+        sin_t = safe_sqrt((1.0 - cos_t * cos_t).clamp_min(0.0))
+        cos_t_plus_m = cos_t * math.cos(margin) - sin_t * math.sin(margin)  # cos(θ + m), θ in [0, π]
+        if easy_margin:
+            return torch.where(cos_t > 0, cos_t_plus_m, cos_t)
         # θ <= π − m  <=>  cos θ >= cos(π − m) = −cos m
-        target = torch.where(cos_t >= -math.cos(margin), cos_t_plus_m, cos_t - margin * math.sin(margin))
-    return F.cross_entropy(scale * _replace_target(cos, labels, target), labels)
+        return torch.where(cos_t >= -math.cos(margin), cos_t_plus_m, cos_t - margin * math.sin(margin))
+
+    return _margin_cross_entropy(embeddings, labels, weight, target, scale)
 
 
 def _chebyshev(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -148,6 +182,7 @@ def _chebyshev(x: torch.Tensor, m: int) -> torch.Tensor:
     return cur
 
 
+@checked_options(margin=_multiplier, lambda_=non_negative)
 def sphereface_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -188,20 +223,15 @@ def sphereface_loss(
         >>> sphereface_loss(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]), w, margin=4).shape
         torch.Size([])
     """
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
-        raise ValueError(f"margin must be an integer >= 1 (multiplicative angular margin), got {margin!r}")
-    check_positive(lambda_, "lambda_", strict=False)
-    embeddings, labels, weight = check_class_matrix_inputs(embeddings, labels, weight, "weight")
-    if embeddings.shape[0] == 0:
-        return embeddings.sum() * 0.0 + weight.sum() * 0.0
-    cos = cosine_logits(embeddings, weight)
-    cos_t = cos.gather(1, labels.unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
-    with torch.no_grad():
-        k = torch.floor(torch.acos(cos_t) * (margin / math.pi)).clamp(0, margin - 1)
-    psi = (1.0 - 2.0 * torch.remainder(k, 2)) * _chebyshev(cos_t, margin) - 2.0 * k
-    target = (lambda_ * cos_t + psi) / (1.0 + lambda_)
-    logits = _replace_target(cos, labels, target) * embeddings.norm(dim=1, keepdim=True)
-    return F.cross_entropy(logits, labels)
+
+    def target(cos_t: torch.Tensor) -> torch.Tensor:
+        cos_t = cos_t.clamp(-1.0, 1.0)
+        with torch.no_grad():
+            k = torch.floor(torch.acos(cos_t) * (margin / math.pi)).clamp(0, margin - 1)
+        psi = (1.0 - 2.0 * torch.remainder(k, 2)) * _chebyshev(cos_t, margin) - 2.0 * k
+        return (lambda_ * cos_t + psi) / (1.0 + lambda_)
+
+    return _margin_cross_entropy(embeddings, labels, weight, target, scale=None)
 
 
 class _AngularMarginLoss(ClassMatrixLoss):
@@ -227,21 +257,6 @@ class ArcFaceLoss(_AngularMarginLoss):
     function = staticmethod(arcface_loss)
     options = ("scale", "margin", "easy_margin")
 
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int,
-        scale: float = 64.0,
-        margin: float = 0.5,
-        easy_margin: bool = False,
-        lr_multiplier: float = 1.0,
-    ) -> None:
-        check_positive(scale, "scale")
-        if not 0 <= margin < math.pi:
-            raise ValueError(f"margin is an angle in radians and must lie in [0, π), got {margin}")
-        super().__init__(num_classes, embedding_size, lr_multiplier)
-        self.scale, self.margin, self.easy_margin = float(scale), float(margin), bool(easy_margin)
-
 
 @register_loss("cosface", "cos_face", "lmcl", space="sphere")
 class CosFaceLoss(_AngularMarginLoss):
@@ -254,18 +269,6 @@ class CosFaceLoss(_AngularMarginLoss):
 
     function = staticmethod(cosface_loss)
     options = ("scale", "margin")
-
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int,
-        scale: float = 64.0,
-        margin: float = 0.35,
-        lr_multiplier: float = 1.0,
-    ) -> None:
-        check_positive(scale, "scale")
-        super().__init__(num_classes, embedding_size, lr_multiplier)
-        self.scale, self.margin = float(scale), float(margin)
 
 
 @register_loss("sphereface", "sphere_face", "a_softmax", space="sphere")
@@ -281,19 +284,3 @@ class SphereFaceLoss(_AngularMarginLoss):
 
     function = staticmethod(sphereface_loss)
     options = ("margin", "lambda_")
-
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int,
-        margin: int = 4,
-        lambda_: float = 0.0,
-        lr_multiplier: float = 1.0,
-    ) -> None:
-        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 1:
-            raise ValueError(
-                f"margin must be an integer >= 1 (multiplicative angular margin), got {margin!r}"
-            )
-        check_positive(lambda_, "lambda_", strict=False)
-        super().__init__(num_classes, embedding_size, lr_multiplier)
-        self.margin, self.lambda_ = margin, float(lambda_)

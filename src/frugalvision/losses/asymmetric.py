@@ -13,20 +13,26 @@ from __future__ import annotations
 
 import torch
 
-from frugalvision.losses._base import FunctionalLoss
+from frugalvision.losses._base import FunctionalLoss, checked_options, flag, in_range
 from frugalvision.losses._multilabel_base import (
-    binary_targets,
+    MULTILABEL_CHECKS,
+    MultilabelBatch,
     check_gamma,
-    check_multilabel_inputs,
-    check_reduction,
     focusing,
-    reduce_multilabel,
 )
 from frugalvision.losses._registry import register_loss
 
 __all__ = ["AsymmetricLoss", "asymmetric_loss"]
 
 
+@checked_options(
+    gamma_pos=check_gamma,
+    gamma_neg=check_gamma,
+    clip=in_range(0, 1, what=" (the probability margin m)"),
+    eps=in_range(0, 1, include_low=False),
+    disable_torch_grad_focal_loss=flag,
+    **MULTILABEL_CHECKS,
+)
 def asymmetric_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -68,15 +74,8 @@ def asymmetric_loss(
         >>> asymmetric_loss(torch.randn(4, 3), torch.tensor([[1, 0, -1]] * 4)).ndim
         0
     """
-    check_reduction(reduction)
-    gamma_pos = check_gamma(gamma_pos, "gamma_pos")
-    gamma_neg = check_gamma(gamma_neg, "gamma_neg")
-    if not 0 <= clip < 1:
-        raise ValueError(f"clip (the probability margin m) must lie in [0, 1), got {clip}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1), got {eps}")
-    logits, targets, weights = check_multilabel_inputs(logits, targets, weights)
-    y = binary_targets(targets)
+    batch = MultilabelBatch.check(logits, targets, weights)
+    logits, y = batch.logits, batch.y
     p = torch.sigmoid(logits)
     one_minus_p = torch.sigmoid(-logits)  # without the cancellation of 1 - p
     one_minus_pm = (one_minus_p + clip).clamp(max=1.0) if clip > 0 else one_minus_p  # 1 - p_m
@@ -86,7 +85,7 @@ def asymmetric_loss(
             p_m = (p - clip).clamp(min=0.0) if clip > 0 else p  # = 1 - (1 - p_m)
             weight = torch.where(y > 0, focusing(one_minus_p, gamma_pos), focusing(p_m, gamma_neg))
         log_term = log_term * weight
-    return reduce_multilabel(-log_term, targets, weights, reduction)
+    return batch.reduce(-log_term, reduction)
 
 
 @register_loss("asl", "asymmetric", task="multilabel", space="euclidean")
@@ -109,23 +108,3 @@ class AsymmetricLoss(FunctionalLoss):
 
     function = staticmethod(asymmetric_loss)
     options = ("gamma_pos", "gamma_neg", "clip", "eps", "disable_torch_grad_focal_loss", "reduction")
-
-    def __init__(
-        self,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 4.0,
-        clip: float = 0.05,
-        eps: float = 1e-8,
-        disable_torch_grad_focal_loss: bool = False,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-        self.gamma_pos = check_gamma(gamma_pos, "gamma_pos")
-        self.gamma_neg = check_gamma(gamma_neg, "gamma_neg")
-        if not 0 <= clip < 1:
-            raise ValueError(f"clip (the probability margin m) must lie in [0, 1), got {clip}")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps must lie in (0, 1), got {eps}")
-        self.clip, self.eps = float(clip), float(eps)
-        self.disable_torch_grad_focal_loss = bool(disable_torch_grad_focal_loss)
-        self.reduction = check_reduction(reduction)

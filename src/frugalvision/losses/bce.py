@@ -10,12 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from frugalvision.losses._multilabel_base import (
-    binary_targets,
-    check_multilabel_inputs,
+    MultilabelBatch,
     check_reduction,
     check_width,
     class_vector,
-    reduce_multilabel,
 )
 from frugalvision.losses._registry import register_loss
 
@@ -62,14 +60,13 @@ def bce_loss(
 def _bce(
     logits: object, targets: object, weights: object, pos_weight: torch.Tensor | None, reduction: str
 ) -> torch.Tensor:
-    logits, targets, weights = check_multilabel_inputs(logits, targets, weights)
-    y = binary_targets(targets)
+    batch = MultilabelBatch.check(logits, targets, weights)
+    logits, y = batch.logits, batch.y
     positive_term = F.logsigmoid(logits)
     if pos_weight is not None:
         check_width(pos_weight, logits, "pos_weight")
         positive_term = positive_term * pos_weight.to(device=logits.device, dtype=logits.dtype)
-    per_entry = -(y * positive_term + (1 - y) * F.logsigmoid(-logits))
-    return reduce_multilabel(per_entry, targets, weights, reduction)
+    return batch.reduce(-(y * positive_term + (1 - y) * F.logsigmoid(-logits)), reduction)
 
 
 @register_loss("bce", "binary_cross_entropy", task="multilabel", space="euclidean")

@@ -48,24 +48,27 @@ def paired_box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = EPS) -> torch.
     return inter / (union + eps)
 
 
-def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """``L_GIoU`` per pair of boxes ``(..., 4)`` -> ``(...)`` (see module docstring)."""
+def _iou_enclosing(
+    pred: torch.Tensor, target: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked ``(IoU, |A u B|, width, height of the enclosing box C)``, each ``(...)``: what GIoU and CIoU share."""
     _check(pred, target)
     inter, union = _inter_union(pred, target)
-    iou = inter / (union + eps)
     cw = torch.maximum(pred[..., 2], target[..., 2]) - torch.minimum(pred[..., 0], target[..., 0])
     ch = torch.maximum(pred[..., 3], target[..., 3]) - torch.minimum(pred[..., 1], target[..., 1])
+    return inter / (union + eps), union, cw, ch
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """``L_GIoU`` per pair of boxes ``(..., 4)`` -> ``(...)`` (see module docstring)."""
+    iou, union, cw, ch = _iou_enclosing(pred, target, eps)
     area_c = cw * ch
     return 1 - (iou - (area_c - union) / (area_c + eps))
 
 
 def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """``L_CIoU`` per pair of boxes ``(..., 4)`` -> ``(...)`` (see module docstring)."""
-    _check(pred, target)
-    inter, union = _inter_union(pred, target)
-    iou = inter / (union + eps)
-    cw = torch.maximum(pred[..., 2], target[..., 2]) - torch.minimum(pred[..., 0], target[..., 0])
-    ch = torch.maximum(pred[..., 3], target[..., 3]) - torch.minimum(pred[..., 1], target[..., 1])
+    iou, _, cw, ch = _iou_enclosing(pred, target, eps)
     c2 = cw**2 + ch**2 + eps
     rho2 = (
         (pred[..., 0] + pred[..., 2] - target[..., 0] - target[..., 2]) ** 2

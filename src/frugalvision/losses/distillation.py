@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frugalvision._checks import check_embedding_batch, check_positive, check_tensor
+from frugalvision._checks import check_positive, check_tensor
+from frugalvision.losses._base import check_paired_batches
 
 __all__ = ["DistillationLoss", "distillation_loss"]
 
@@ -45,14 +46,14 @@ MAX_LOGIT_SCALE = 100.0
 
 
 def _check_pair(student: object, teacher: object) -> tuple[torch.Tensor, torch.Tensor]:
-    student = check_embedding_batch(student, "student")
-    teacher = check_embedding_batch(teacher, "teacher")
-    if teacher.shape != student.shape:
-        raise ValueError(
-            f"student and teacher embeddings must have the same shape (B, D) -- row i of both is image i and the "
-            f"student's head must map to the teacher's dimension -- got {tuple(student.shape)} and "
-            f"{tuple(teacher.shape)}"
-        )
+    student, teacher = check_paired_batches(
+        student,
+        teacher,
+        ("student", "teacher"),
+        "(B, D)",
+        what=" embeddings",
+        why=" (row i of both is image i, and the student's head must map to the teacher's dimension)",
+    )
     return student, teacher.to(device=student.device, dtype=student.dtype)
 
 

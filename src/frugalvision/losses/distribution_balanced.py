@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +21,13 @@ import torch.nn.functional as F
 from frugalvision._checks import check_ndim, check_tensor
 from frugalvision.losses._base import FunctionalLoss
 from frugalvision.losses._multilabel_base import (
-    binary_targets,
+    MultilabelBatch,
     check_gamma,
-    check_multilabel_inputs,
     check_positive_finite,
     check_reduction,
     check_width,
     class_vector,
     focusing,
-    reduce_multilabel,
 )
 from frugalvision.losses._registry import register_loss
 
@@ -86,37 +85,14 @@ def distribution_balanced_loss(
     *,
     class_counts: Sequence[int] | torch.Tensor,
     num_samples: int,
-    reweight: bool = True,
-    alpha: float = 0.1,
-    beta: float = 10.0,
-    mu: float = 0.2,
-    ntr: bool = True,
-    neg_scale: float = 2.0,
-    init_bias: float = 0.05,
-    focal: bool = False,
-    focal_gamma: float = 2.0,
-    focal_balance: float = 2.0,
-    reduction: str = "mean",
+    **options: Any,
 ) -> torch.Tensor:
-    r"""Distribution-Balanced loss (Wu et al., ECCV 2020); see :class:`DistributionBalancedLoss`.
+    r"""Distribution-Balanced loss (Wu et al., ECCV 2020); see :class:`DistributionBalancedLoss`, whose keyword
+    arguments (``reweight``, ``alpha``, ..., ``reduction``) and defaults ``options`` takes.
 
     The class statistics are recomputed on every call; the module form computes them once.
     """
-    loss = DistributionBalancedLoss(
-        class_counts,
-        num_samples,
-        reweight=reweight,
-        alpha=alpha,
-        beta=beta,
-        mu=mu,
-        ntr=ntr,
-        neg_scale=neg_scale,
-        init_bias=init_bias,
-        focal=focal,
-        focal_gamma=focal_gamma,
-        focal_balance=focal_balance,
-        reduction=reduction,
-    )
+    loss = DistributionBalancedLoss(class_counts, num_samples, **options)
     return loss.to(check_tensor(logits, "logits").device)(logits, targets, weights)
 
 
@@ -139,9 +115,9 @@ def _db_forward(
     reduction: str,
 ) -> torch.Tensor:
     check_reduction(reduction)
-    logits, targets, weights = check_multilabel_inputs(logits, targets, weights)
+    batch = MultilabelBatch.check(logits, targets, weights)
+    logits, y = batch.logits, batch.y
     check_width(inv_counts, logits, "class_counts")
-    y = binary_targets(targets)
     if ntr:
         z = logits + shift.to(device=logits.device, dtype=logits.dtype)
         lam = float(neg_scale)
@@ -155,7 +131,7 @@ def _db_forward(
         per_entry = per_entry * _rebalance_weights(y, inv_counts, alpha, beta, mu)
     if focal:
         per_entry = focal_balance * focusing(torch.sigmoid(-signed), focal_gamma) * per_entry
-    return reduce_multilabel(per_entry, targets, weights, reduction)
+    return batch.reduce(per_entry, reduction)
 
 
 @register_loss("db", "distribution_balanced", task="multilabel", space="euclidean")

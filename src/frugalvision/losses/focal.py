@@ -10,20 +10,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from frugalvision.losses._base import FunctionalLoss
+from frugalvision.losses._base import FunctionalLoss, checked_options
 from frugalvision.losses._multilabel_base import (
-    binary_targets,
+    MULTILABEL_CHECKS,
+    MultilabelBatch,
     check_gamma,
-    check_multilabel_inputs,
-    check_reduction,
     focusing,
-    reduce_multilabel,
 )
 from frugalvision.losses._registry import register_loss
 
 __all__ = ["FocalLoss", "focal_loss"]
 
 
+def _check_alpha(alpha: float | None, name: str) -> float | None:
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"{name} must lie in [0, 1] or be None, got {alpha}")
+    return None if alpha is None else float(alpha)
+
+
+@checked_options(gamma=check_gamma, alpha=_check_alpha, **MULTILABEL_CHECKS)
 def focal_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -53,17 +58,15 @@ def focal_loss(
         >>> focal_loss(torch.randn(4, 3), torch.tensor([[1, 0, -1]] * 4), gamma=2.0).ndim
         0
     """
-    check_reduction(reduction)
-    gamma = check_gamma(gamma, "gamma")
-    if alpha is not None and not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha}")
-    logits, targets, weights = check_multilabel_inputs(logits, targets, weights)
-    y = binary_targets(targets)
-    signed = torch.where(y > 0, logits, -logits)  # log p_t = logsigmoid(signed), 1 - p_t = sigmoid(-signed)
+    batch = MultilabelBatch.check(logits, targets, weights)
+    y = batch.y
+    signed = torch.where(
+        y > 0, batch.logits, -batch.logits
+    )  # log p_t = logsigmoid(signed), 1 - p_t = σ(-signed)
     per_entry = -focusing(torch.sigmoid(-signed), gamma) * F.logsigmoid(signed)
     if alpha is not None:
         per_entry = per_entry * (alpha * y + (1 - alpha) * (1 - y))
-    return reduce_multilabel(per_entry, targets, weights, reduction)
+    return batch.reduce(per_entry, reduction)
 
 
 @register_loss("focal", "sigmoid_focal", task="multilabel", space="euclidean")
@@ -78,11 +81,3 @@ class FocalLoss(FunctionalLoss):
 
     function = staticmethod(focal_loss)
     options = ("gamma", "alpha", "reduction")
-
-    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25, reduction: str = "mean") -> None:
-        super().__init__()
-        self.gamma = check_gamma(gamma, "gamma")
-        if alpha is not None and not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha}")
-        self.alpha = None if alpha is None else float(alpha)
-        self.reduction = check_reduction(reduction)

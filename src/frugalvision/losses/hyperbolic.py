@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from frugalvision._checks import check_class_labels, check_embedding_batch, check_positive
+from frugalvision._checks import check_class_labels, check_embedding_batch
 from frugalvision.layers.hyperbolic import poincare_distance_matrix
-from frugalvision.losses._base import FunctionalLoss
+from frugalvision.losses._base import FunctionalLoss, checked_options, positive
 from frugalvision.losses._registry import register_loss
 
 __all__ = ["HyperbolicPairwiseCELoss", "hyperbolic_pairwise_ce_loss"]
@@ -26,6 +26,7 @@ def _check_inside_ball(z: torch.Tensor, c: float, name: str) -> None:
         )
 
 
+@checked_options(c=positive, temperature=positive)
 def hyperbolic_pairwise_ce_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -76,8 +77,6 @@ def hyperbolic_pairwise_ce_loss(
         >>> loss.ndim
         0
     """
-    check_positive(c, "c")
-    check_positive(temperature, "temperature")
     embeddings = check_embedding_batch(embeddings, "embeddings")
     if other_view is not None:
         other_view = check_embedding_batch(other_view, "other_view", dim=embeddings.shape[1])
@@ -138,10 +137,3 @@ class HyperbolicPairwiseCELoss(FunctionalLoss):
 
     function = staticmethod(hyperbolic_pairwise_ce_loss)
     options = ("c", "temperature")
-
-    def __init__(self, c: float = 0.1, temperature: float = 0.2) -> None:
-        super().__init__()
-        check_positive(c, "c")
-        check_positive(temperature, "temperature")
-        self.c = float(c)
-        self.temperature = float(temperature)

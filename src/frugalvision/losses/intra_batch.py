@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frugalvision._checks import check_class_labels, check_embedding_batch, check_positive, check_tensor
 from frugalvision.layers.message_passing import IntraBatchMPN
+from frugalvision.losses._base import (
+    FunctionalLoss,
+    OptionCheck,
+    check_paired_batches,
+    checked_options,
+    in_range,
+    non_negative,
+    parameter,
+    positive,
+)
 from frugalvision.losses._registry import register_loss
 
 __all__ = ["IntraBatchLoss", "intra_batch_loss"]
 
 
+def _size(value: int, name: str) -> int:
+    check_positive(value, name)
+    return value
+
+
+@checked_options(
+    temperature=positive,
+    label_smoothing=in_range(0, 1),
+    backbone_weight=non_negative,
+    mpn_weight=non_negative,
+)
 def intra_batch_loss(
     backbone_logits: torch.Tensor,
     refined_logits: torch.Tensor,
@@ -32,18 +55,9 @@ def intra_batch_loss(
         ValueError: shapes that disagree, labels outside ``[0, C)``, non-positive temperature, smoothing outside
             ``[0, 1)`` or negative weights.
     """
-    check_positive(temperature, "temperature")
-    check_positive(backbone_weight, "backbone_weight", strict=False)
-    check_positive(mpn_weight, "mpn_weight", strict=False)
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    backbone_logits = check_embedding_batch(backbone_logits, "backbone_logits")
-    refined_logits = check_embedding_batch(refined_logits, "refined_logits")
-    if backbone_logits.shape != refined_logits.shape:
-        raise ValueError(
-            f"backbone_logits and refined_logits must have the same shape (B, C), got "
-            f"{tuple(backbone_logits.shape)} and {tuple(refined_logits.shape)}"
-        )
+    backbone_logits, refined_logits = check_paired_batches(
+        backbone_logits, refined_logits, ("backbone_logits", "refined_logits"), "(B, C)"
+    )
     labels = check_class_labels(labels, backbone_logits.shape[0], num_classes=backbone_logits.shape[1])
     labels = labels.to(backbone_logits.device)
     if labels.numel() == 0:
@@ -54,7 +68,7 @@ def intra_batch_loss(
 
 
 @register_loss("intra_batch", "intrabatch", space="sphere")
-class IntraBatchLoss(nn.Module):
+class IntraBatchLoss(FunctionalLoss):
     r"""Classification through a message-passing network over the mini-batch (intra-batch connections).
 
     Seidenschwarz, Elezi, Leal-Taixé, "Learning Intra-Batch Connections for Deep Metric Learning", ICML 2021,
@@ -102,39 +116,31 @@ class IntraBatchLoss(nn.Module):
         >>> out.backward()
     """
 
-    def __init__(
-        self,
-        embedding_size: int,
-        num_classes: int,
-        *,
-        num_layers: int = 1,
-        num_heads: int = 2,
-        dropout: float = 0.1,
-        temperature: float = 0.2,
-        label_smoothing: float = 0.1,
-        backbone_weight: float = 1.0,
-        mpn_weight: float = 1.0,
-        knn: int | None = None,
-    ) -> None:
-        super().__init__()
-        check_positive(embedding_size, "embedding_size")
-        check_positive(num_classes, "num_classes")
-        check_positive(temperature, "temperature")
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        check_positive(backbone_weight, "backbone_weight", strict=False)
-        check_positive(mpn_weight, "mpn_weight", strict=False)
-        self.embedding_size = embedding_size
-        self.num_classes = num_classes
-        self.temperature = float(temperature)
-        self.label_smoothing = float(label_smoothing)
-        self.backbone_weight = float(backbone_weight)
-        self.mpn_weight = float(mpn_weight)
-        self.backbone_classifier = nn.Linear(embedding_size, num_classes)
-        self.mpn = IntraBatchMPN(embedding_size, num_layers, num_heads, dropout, knn)
-        self.neck = nn.BatchNorm1d(embedding_size)
+    function = staticmethod(intra_batch_loss)
+    options = ("temperature", "label_smoothing", "backbone_weight", "mpn_weight")
+    leading = (
+        parameter("embedding_size", "int"),
+        parameter("num_classes", "int"),
+        parameter("num_layers", "int", 1, keyword_only=True),
+        parameter("num_heads", "int", 2, keyword_only=True),
+        parameter("dropout", "float", 0.1, keyword_only=True),
+    )
+    trailing = (parameter("knn", "int | None", None, keyword_only=True),)
+    own_checks: ClassVar[dict[str, OptionCheck]] = {"embedding_size": _size, "num_classes": _size}
+    embedding_size: int
+    num_classes: int
+    num_layers: int
+    num_heads: int
+    dropout: float
+    knn: int | None
+
+    def setup(self) -> None:
+        d = self.embedding_size
+        self.backbone_classifier = nn.Linear(d, self.num_classes)
+        self.mpn = IntraBatchMPN(d, self.num_layers, self.num_heads, self.dropout, self.knn)
+        self.neck = nn.BatchNorm1d(d)
         self.neck.bias.requires_grad_(False)  # "no shift", as in the official neck
-        self.mpn_classifier = nn.Linear(embedding_size, num_classes, bias=False)
+        self.mpn_classifier = nn.Linear(d, self.num_classes, bias=False)
         nn.init.normal_(self.mpn_classifier.weight, std=0.001)  # the official classifier initialisation
 
     def refine(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -156,18 +162,7 @@ class IntraBatchLoss(nn.Module):
                 f"IntraBatchLoss needs a batch of at least 2 samples in training mode, got {embeddings.shape[0]}"
             )
         backbone_logits, refined_logits = self.logits(embeddings)
-        return intra_batch_loss(
-            backbone_logits,
-            refined_logits,
-            labels,
-            temperature=self.temperature,
-            label_smoothing=self.label_smoothing,
-            backbone_weight=self.backbone_weight,
-            mpn_weight=self.mpn_weight,
-        )
+        return super().forward(backbone_logits, refined_logits, labels)
 
     def extra_repr(self) -> str:
-        return (
-            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
-            f"temperature={self.temperature}, label_smoothing={self.label_smoothing}"
-        )
+        return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, {super().extra_repr()}"

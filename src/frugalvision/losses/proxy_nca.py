@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from frugalvision._checks import check_positive
-from frugalvision.losses._base import ClassMatrixLoss, check_class_matrix_inputs
+from frugalvision.losses._base import (
+    ClassMatrixLoss,
+    check_class_matrix_inputs,
+    checked_options,
+    parameter,
+    positive,
+)
 from frugalvision.losses._registry import register_loss
 from frugalvision.losses.distances import cosine_matrix
 
@@ -71,6 +77,7 @@ def proxy_nca_loss(
     return (torch.logsumexp(others, dim=1) - positive).mean()
 
 
+@checked_options(temperature=positive)
 def proxy_nca_plus_plus_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -106,7 +113,6 @@ def proxy_nca_plus_plus_loss(
         >>> proxy_nca_plus_plus_loss(torch.randn(4, 32), torch.tensor([0, 3, 3, 9]), proxies).shape
         torch.Size([])
     """
-    check_positive(temperature, "temperature")
     return proxy_nca_loss(embeddings, labels, proxies, scale=1.0 / temperature, exclude_positive=False)
 
 
@@ -181,14 +187,4 @@ class ProxyNCAPlusPlusLoss(_ProxyLoss):
     function = staticmethod(proxy_nca_plus_plus_loss)
     options = ("temperature",)
     shown = ("lr_multiplier",)
-
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int,
-        temperature: float = 1.0 / 9.0,
-        lr_multiplier: float = 100.0,
-    ) -> None:
-        check_positive(temperature, "temperature")
-        super().__init__(num_classes, embedding_size, lr_multiplier)
-        self.temperature = float(temperature)
+    trailing = (parameter("lr_multiplier", "float", 100.0),)

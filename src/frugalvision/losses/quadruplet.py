@@ -6,13 +6,12 @@ from typing import Literal
 
 import torch
 
-from frugalvision._checks import check_choice, check_positive
-from frugalvision.losses._base import FunctionalLoss
+from frugalvision.losses._base import FunctionalLoss, checked_options, non_negative, one_of
 from frugalvision.losses._registry import register_loss
-from frugalvision.losses.distances import DISTANCES, DistanceName, pairwise_distance
+from frugalvision.losses.distances import DistanceName, pairwise_distance
 from frugalvision.losses.miners import positive_pairs
-from frugalvision.losses.reducers import REDUCTIONS, Reduction, hinge_sums, masked_reduce
-from frugalvision.losses.triplet import check_tuple_inputs, triplet_term
+from frugalvision.losses.reducers import Reduction, hinge_sums, masked_reduce
+from frugalvision.losses.triplet import TUPLE_LOSS_CHECKS, check_tuple_inputs, triplet_term
 
 __all__ = ["QuadrupletLoss", "quadruplet_loss"]
 
@@ -118,6 +117,13 @@ def _pair_term_hard(
     return masked_reduce(losses, None, reduction)
 
 
+@checked_options(
+    margin1=non_negative,
+    margin2=non_negative,
+    pair_weight=non_negative,
+    mining=one_of(_QUAD_MINING),
+    **TUPLE_LOSS_CHECKS,
+)
 def quadruplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -173,12 +179,6 @@ def quadruplet_loss(
     Complexity (``"all"``): ``O(B² log P)`` time and ``O(B²)`` memory for both terms (``P`` positive pairs): the
     distances are bucketed between sorted thresholds instead of enumerating the ``P·B²`` quadruplets.
     """
-    check_positive(margin1, "margin1", strict=False)
-    check_positive(margin2, "margin2", strict=False)
-    check_positive(pair_weight, "pair_weight", strict=False)
-    check_choice(mining, _QUAD_MINING, "mining")
-    check_choice(distance, DISTANCES, "distance")
-    check_choice(reduction, REDUCTIONS, "reduction")
     embeddings, labels = check_tuple_inputs(embeddings, labels)
     dist = pairwise_distance(embeddings, distance=distance, normalize=normalize)
 
@@ -200,22 +200,3 @@ class QuadrupletLoss(FunctionalLoss):
 
     function = staticmethod(quadruplet_loss)
     options = ("margin1", "margin2", "pair_weight", "mining", "distance", "normalize", "reduction")
-
-    def __init__(
-        self,
-        margin1: float = 0.2,
-        margin2: float = 0.1,
-        pair_weight: float = 1.0,
-        mining: QuadMining = "all",
-        distance: DistanceName = "squared_euclidean",
-        normalize: bool = True,
-        reduction: Reduction = "nonzero_mean",
-    ) -> None:
-        super().__init__()
-        for value, name in ((margin1, "margin1"), (margin2, "margin2"), (pair_weight, "pair_weight")):
-            check_positive(value, name, strict=False)
-        self.margin1, self.margin2, self.pair_weight = float(margin1), float(margin2), float(pair_weight)
-        self.mining: QuadMining = check_choice(mining, _QUAD_MINING, "mining")  # type: ignore[assignment]
-        self.distance: DistanceName = check_choice(distance, DISTANCES, "distance")  # type: ignore[assignment]
-        self.normalize = bool(normalize)
-        self.reduction: Reduction = check_choice(reduction, REDUCTIONS, "reduction")  # type: ignore[assignment]

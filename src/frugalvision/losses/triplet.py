@@ -7,8 +7,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from frugalvision._checks import check_choice, check_class_labels, check_positive
-from frugalvision.losses._base import FunctionalLoss, check_embeddings
+from frugalvision._checks import check_class_labels
+from frugalvision.losses._base import (
+    FunctionalLoss,
+    check_embeddings,
+    checked_options,
+    flag,
+    non_negative,
+    one_of,
+)
 from frugalvision.losses._registry import register_loss
 from frugalvision.losses.distances import DISTANCES, DistanceName, pairwise_distance
 from frugalvision.losses.miners import _negatives_of, _semihard_mask, hard_triplets, positive_pairs
@@ -32,6 +39,17 @@ def check_tuple_inputs(embeddings: object, labels: object) -> tuple[torch.Tensor
     return embeddings, labels
 
 
+#: The option checks of the in-batch tuple losses (triplet, quadruplet).
+TUPLE_LOSS_CHECKS = {
+    "distance": one_of(DISTANCES),
+    "normalize": flag,
+    "reduction": one_of(REDUCTIONS),
+}
+
+
+@checked_options(
+    margin=non_negative, mining=one_of(MINING_MODES), swap=flag, smooth=flag, **TUPLE_LOSS_CHECKS
+)
 def triplet_margin_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -85,10 +103,6 @@ def triplet_margin_loss(
     in the batch) by sorting each anchor's positive thresholds, never listing triplets; ``"semihard"``, ``swap`` or
     ``smooth`` take ``O(P·B)`` (``P`` positive pairs); ``"hard"`` ``O(B²)``.
     """
-    check_positive(margin, "margin", strict=False)
-    check_choice(mining, MINING_MODES, "mining")
-    check_choice(distance, DISTANCES, "distance")
-    check_choice(reduction, REDUCTIONS, "reduction")
     embeddings, labels = check_tuple_inputs(embeddings, labels)
     dist = pairwise_distance(embeddings, distance=distance, normalize=normalize)
     return triplet_term(
@@ -186,23 +200,3 @@ class TripletMarginLoss(FunctionalLoss):
 
     function = staticmethod(triplet_margin_loss)
     options = ("margin", "mining", "distance", "normalize", "swap", "smooth", "reduction")
-
-    def __init__(
-        self,
-        margin: float = 0.2,
-        mining: Mining = "all",
-        distance: DistanceName = "euclidean",
-        normalize: bool = True,
-        swap: bool = False,
-        smooth: bool = False,
-        reduction: Reduction = "nonzero_mean",
-    ) -> None:
-        super().__init__()
-        check_positive(margin, "margin", strict=False)
-        self.margin = float(margin)
-        self.mining: Mining = check_choice(mining, MINING_MODES, "mining")  # type: ignore[assignment]
-        self.distance: DistanceName = check_choice(distance, DISTANCES, "distance")  # type: ignore[assignment]
-        self.normalize = bool(normalize)
-        self.swap = bool(swap)
-        self.smooth = bool(smooth)
-        self.reduction: Reduction = check_choice(reduction, REDUCTIONS, "reduction")  # type: ignore[assignment]

@@ -24,3 +24,17 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
+
+
+def score_matrix(x: Any, name: str, rows: str = "row") -> np.ndarray:
+    """Validated float64 ``(N, C)`` scores: 2-D, at least one of ``rows`` and one class, finite."""
+    s = to_numpy(x, name)
+    if s.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, C), got shape {s.shape}")
+    if s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one {rows} and one class, got shape {s.shape}")
+    s = s.astype(np.float64)
+    if not np.isfinite(s).all():
+        bad = int((~np.isfinite(s)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return s

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from frugalvision.metrics._arrays import score_matrix
 from frugalvision.metrics._arrays import to_numpy as _to_numpy
 
 __all__ = [
@@ -52,20 +53,6 @@ __all__ = [
 ]
 
 _T_MIN, _T_MAX = 1e-2, 1e2  # bounds of the fitted temperature
-
-
-def _scores(x: Any, name: str) -> np.ndarray:
-    """Validated float64 ``(N, C)`` scores: 2-D, non-empty, finite."""
-    s = _to_numpy(x, name)
-    if s.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, C), got shape {s.shape}")
-    if s.shape[0] == 0 or s.shape[1] == 0:
-        raise ValueError(f"{name} must hold at least one row and one class, got shape {s.shape}")
-    s = s.astype(np.float64)
-    if not np.isfinite(s).all():
-        bad = int((~np.isfinite(s)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
-    return s
 
 
 def _indices(x: Any, name: str, n: int | None, num_classes: int | None) -> np.ndarray:
@@ -98,7 +85,7 @@ def _labels_preds(labels: Any, preds: Any, num_classes: int | None) -> tuple[np.
     """Validated ``(labels, preds, C)``; ``preds (N, C)`` scores become their row-wise argmax."""
     p = _to_numpy(preds, "preds")
     if p.ndim == 2:
-        s = _scores(p, "preds")
+        s = score_matrix(p, "preds")
         if num_classes is not None and _num_classes(num_classes) != s.shape[1]:
             raise ValueError(f"num_classes is {num_classes} but preds has {s.shape[1]} columns")
         c = s.shape[1]
@@ -213,7 +200,7 @@ def topk_accuracy(logits_or_probs: Any, labels: Any, k: int | Iterable[int] = (1
     ``logits_or_probs (N, C)``, ``labels (N,)``. Returns ``{"top1": ..., "top5": ...}``. Ties are broken toward
     the lower class index (see the module docstring); ``k >= C`` gives ``1.0``.
     """
-    s = _scores(logits_or_probs, "logits_or_probs")
+    s = score_matrix(logits_or_probs, "logits_or_probs")
     n, c = s.shape
     y = _indices(labels, "labels", n, c)
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
@@ -245,7 +232,7 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
 
 
 def _probs(probs: Any) -> np.ndarray:
-    p = _scores(probs, "probs")
+    p = score_matrix(probs, "probs")
     if p.min() < 0 or p.max() > 1:
         raise ValueError(
             f"probs must lie in [0, 1], got values in [{p.min():.4g}, {p.max():.4g}]; pass softmax(logits)"
@@ -319,7 +306,7 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     """
     from scipy.optimize import minimize_scalar  # here, so the other metrics need numpy only
 
-    z = _scores(logits, "logits")
+    z = score_matrix(logits, "logits")
     y = _indices(labels, "labels", z.shape[0], z.shape[1])
     res = minimize_scalar(
         lambda u: _nll(z, y, float(np.exp(u))),

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from frugalvision.metrics._arrays import score_matrix
 from frugalvision.metrics._arrays import to_numpy as _to_numpy
 
 __all__ = [
@@ -41,18 +42,10 @@ _KEYS = ("cp", "cr", "cf1", "op", "or", "of1")
 
 def _check(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the inputs; return float64 scores, ``known`` and ``positive`` masks, all ``(N, C)``."""
-    s = _to_numpy(scores, "scores")
+    s = score_matrix(scores, "scores", rows="image")
     t = _to_numpy(targets, "targets")
-    if s.ndim != 2:
-        raise ValueError(f"scores must be 2-D (N, C), got shape {s.shape}")
     if t.shape != s.shape:
         raise ValueError(f"targets must have the shape of scores {s.shape}, got {t.shape}")
-    if s.shape[0] == 0 or s.shape[1] == 0:
-        raise ValueError(f"scores must hold at least one image and one class, got shape {s.shape}")
-    s = s.astype(np.float64)
-    if not np.isfinite(s).all():
-        bad = int((~np.isfinite(s)).sum())
-        raise ValueError(f"scores contains {bad} NaN or infinite value(s)")
     t = t.astype(np.float64) if t.dtype != np.bool_ else t.astype(np.int8)
     valid = (t == 1) | (t == 0) | (t == -1)
     if not valid.all():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import faiss
 import numpy as np
@@ -38,6 +39,9 @@ from frugalvision.metrics.knn import (
     prepare,
     resolve_backend,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 ArrayLike = torch.Tensor | np.ndarray
 INCLUDE: tuple[str, ...] = ("recall", "precision_at_1", "r_precision", "map_at_r", "nmi")
@@ -396,100 +400,48 @@ def nmi(
     return _nmi(prepare(x, metric), y, seed=seed, n_init=int(n_init), init=init, niter=niter)
 
 
+class RetrievalOptions(TypedDict, total=False):
+    """The keyword options of the single-metric functions, passed on to :func:`retrieval_metrics` (their
+    defaults are there)."""
+
+    metric: Metric
+    reference: ArrayLike | None
+    reference_labels: ArrayLike | None
+    chunk_size: int | None
+
+
 def recall_at_k(
     embeddings: ArrayLike,
     labels: ArrayLike,
     k: int | Sequence[int] = (1, 2, 4, 8),
-    *,
-    metric: Metric = "cosine",
-    reference: ArrayLike | None = None,
-    reference_labels: ArrayLike | None = None,
-    chunk_size: int | None = None,
+    **options: Unpack[RetrievalOptions],
 ) -> dict[int, float]:
     """Recall@K for each K: the fraction of queries with a same-class item among their K nearest neighbours.
 
     Arguments and conventions as :func:`retrieval_metrics`. Returns ``{K: recall}``.
     """
-    values = retrieval_metrics(
-        embeddings,
-        labels,
-        k=k,
-        metric=metric,
-        reference=reference,
-        reference_labels=reference_labels,
-        include=("recall",),
-        chunk_size=chunk_size,
-    )
+    values = retrieval_metrics(embeddings, labels, k=k, include=("recall",), **options)
     return {int(key.split("@")[1]): v for key, v in values.items()}
 
 
-def _single(
-    name: str,
-    key: str,
-    embeddings: ArrayLike,
-    labels: ArrayLike,
-    metric: Metric,
-    reference: ArrayLike | None,
-    reference_labels: ArrayLike | None,
-    chunk_size: int | None,
-) -> float:
-    return retrieval_metrics(
-        embeddings,
-        labels,
-        metric=metric,
-        reference=reference,
-        reference_labels=reference_labels,
-        include=(name,),
-        chunk_size=chunk_size,
-    )[key]
-
-
-def precision_at_1(
-    embeddings: ArrayLike,
-    labels: ArrayLike,
-    *,
-    metric: Metric = "cosine",
-    reference: ArrayLike | None = None,
-    reference_labels: ArrayLike | None = None,
-    chunk_size: int | None = None,
-) -> float:
+def precision_at_1(embeddings: ArrayLike, labels: ArrayLike, **options: Unpack[RetrievalOptions]) -> float:
     """Fraction of queries whose nearest neighbour shares their label; see :func:`retrieval_metrics`."""
-    return _single(
-        "precision_at_1", "precision@1", embeddings, labels, metric, reference, reference_labels, chunk_size
-    )
+    return retrieval_metrics(embeddings, labels, include=("precision_at_1",), **options)["precision@1"]
 
 
-def r_precision(
-    embeddings: ArrayLike,
-    labels: ArrayLike,
-    *,
-    metric: Metric = "cosine",
-    reference: ArrayLike | None = None,
-    reference_labels: ArrayLike | None = None,
-    chunk_size: int | None = None,
-) -> float:
+def r_precision(embeddings: ArrayLike, labels: ArrayLike, **options: Unpack[RetrievalOptions]) -> float:
     """R-Precision: mean over queries of the share of same-class items among the first R neighbours.
 
     ``R`` is the number of other reference items of the query's class; see :func:`retrieval_metrics`.
     """
-    return _single(
-        "r_precision", "r_precision", embeddings, labels, metric, reference, reference_labels, chunk_size
-    )
+    return retrieval_metrics(embeddings, labels, include=("r_precision",), **options)["r_precision"]
 
 
-def map_at_r(
-    embeddings: ArrayLike,
-    labels: ArrayLike,
-    *,
-    metric: Metric = "cosine",
-    reference: ArrayLike | None = None,
-    reference_labels: ArrayLike | None = None,
-    chunk_size: int | None = None,
-) -> float:
+def map_at_r(embeddings: ArrayLike, labels: ArrayLike, **options: Unpack[RetrievalOptions]) -> float:
     """MAP@R of Musgrave et al. 2020 (§3.2): mean over queries of ``(1/R) Σ_{i<=R} P(i) rel(i)``.
 
     ``P(i)`` is the precision over the first ``i`` neighbours and ``rel(i)`` whether the i-th neighbour
     shares the query's label; ``R`` is the number of other reference items of the query's class. Queries
     with ``R = 0`` are left out. See :func:`retrieval_metrics` for the arguments.
     """
-    return _single("map_at_r", "map@r", embeddings, labels, metric, reference, reference_labels, chunk_size)
+    return retrieval_metrics(embeddings, labels, include=("map_at_r",), **options)["map@r"]

@@ -10,7 +10,7 @@ Inputs: ``logits (N, C)`` of a classifier, ``features (N, D)`` of its penultimat
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 import sklearn.covariance
@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from frugalvision._checks import check_class_labels, check_embedding_batch, check_positive, check_tensor
 from frugalvision.index.neighbours import DEFAULT_NPROBE, DEFAULT_PCA_DIM, approximate_knn, knn_recall
 from frugalvision.metrics import knn
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "KNN_APPROXIMATE_FROM",
@@ -211,16 +214,22 @@ def norm_ratio(id_norms: torch.Tensor, pseudo_ood_norms: torch.Tensor) -> torch.
 KNN_APPROXIMATE_FROM = 200_000
 
 
+class KnnSearchOptions(TypedDict, total=False):
+    """The search options of :func:`knn_score`, passed on to :func:`knn_score_report` (their defaults are
+    there)."""
+
+    exclude_self: bool
+    method: Literal["auto", "exact", "approximate"]
+    pca_dim: int | None
+    nprobe: int
+    candidates: int
+
+
 def knn_score(
     features: torch.Tensor | np.ndarray,
     reference: torch.Tensor | np.ndarray,
     k: int = 50,
-    *,
-    exclude_self: bool = False,
-    method: Literal["auto", "exact", "approximate"] = "auto",
-    pca_dim: int | None = DEFAULT_PCA_DIM,
-    nprobe: int = DEFAULT_NPROBE,
-    candidates: int = 2,
+    **options: Unpack[KnnSearchOptions],
 ) -> torch.Tensor:
     """Negative distance to the ``k``-th nearest ID neighbour, on L2-normalised features.
 
@@ -238,25 +247,16 @@ def knn_score(
         features: ``(N, D)`` query features.
         reference: ``(M, D)`` ID features (normalised here; approximate: read in chunks, a ``numpy.memmap`` works).
         k: neighbour rank, ``1 <= k <= M`` (``M - 1`` with ``exclude_self``).
-        exclude_self: ``features`` *is* ``reference`` (row i = row i): skip each row's own match.
-        method: ``"exact"``, ``"approximate"`` or ``"auto"`` (see above).
-        pca_dim, nprobe, candidates: approximate search: PCA dimensions (``None``: none), IVF lists scanned per
-            query, candidates per wanted neighbour.
+        options: as :func:`knn_score_report`, which holds their defaults:
+            ``exclude_self``: ``features`` *is* ``reference`` (row i = row i): skip each row's own match;
+            ``method``: ``"exact"``, ``"approximate"`` or ``"auto"`` (see above);
+            ``pca_dim``, ``nprobe``, ``candidates``: approximate search: PCA dimensions (``None``: none), IVF
+            lists scanned per query, candidates per wanted neighbour.
 
     Returns:
         ``(N,)`` in ``[-2, 0]``.
     """
-    return knn_score_report(
-        features,
-        reference,
-        k,
-        exclude_self=exclude_self,
-        method=method,
-        pca_dim=pca_dim,
-        nprobe=nprobe,
-        candidates=candidates,
-        recall_sample=0,
-    )[0]
+    return knn_score_report(features, reference, k, recall_sample=0, **options)[0]
 
 
 def knn_score_report(

@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = ["ClassAwareSampler", "MPerClassSampler", "SeededItems", "ShardSampler", "ShuffleSampler"]
+
+
+class EpochOptions(TypedDict, total=False):
+    """The keyword options every epoch sampler takes (their defaults and meaning: :class:`MPerClassSampler`)."""
+
+    num_batches: int | None
+    num_replicas: int
+    rank: int
+    epoch: int
 
 
 class _EpochBatches(Sampler[list[tuple[int, int]]]):
@@ -108,11 +120,7 @@ class MPerClassSampler(_EpochBatches):
         m: int,
         batch_size: int,
         seed: int = 0,
-        *,
-        num_batches: int | None = None,
-        num_replicas: int = 1,
-        rank: int = 0,
-        epoch: int = 0,
+        **options: Unpack[EpochOptions],
     ) -> None:
         labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
         if labels_np.size and not np.issubdtype(labels_np.dtype, np.integer):
@@ -125,15 +133,7 @@ class MPerClassSampler(_EpochBatches):
                 f"a batch of {batch_size} with m={m} needs {batch_size // m} classes, but the labels have "
                 f"{len(classes)}; lower batch_size or raise m"
             )
-        super().__init__(
-            int((labels_np >= 0).sum()),
-            batch_size,
-            seed,
-            num_batches=num_batches,
-            num_replicas=num_replicas,
-            rank=rank,
-            epoch=epoch,
-        )
+        super().__init__(int((labels_np >= 0).sum()), batch_size, seed, **options)
         self.m = int(m)
         self.classes_per_batch = self.batch_size // self.m
         self._members = [np.flatnonzero(labels_np == c) for c in classes]
@@ -205,7 +205,7 @@ class ClassAwareSampler(_EpochBatches):
         targets: np.ndarray | torch.Tensor,
         batch_size: int,
         seed: int = 0,
-        **kwargs: Any,
+        **options: Unpack[EpochOptions],
     ) -> None:
         t = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)
         if t.ndim == 1:
@@ -219,7 +219,7 @@ class ClassAwareSampler(_EpochBatches):
         self._members = [m for m in members if len(m)]
         if not self._members:
             raise ValueError("class-aware sampling needs at least one class with a positive item")
-        super().__init__(len(t), batch_size, seed, **kwargs)
+        super().__init__(len(t), batch_size, seed, **options)
 
     def _draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
         n_classes = len(self._members)
