@@ -49,7 +49,13 @@ from frugalvision.models.embedding_model import EmbeddingModel
 from frugalvision.train.cache import SmallHeadThreads
 from frugalvision.train.config import ConfigError, TrainConfig
 from frugalvision.train.data import LabelledSplit, labelled_split, split_dataset
-from frugalvision.train.engine import FitResult, SupervisedRun, build_model, predict_outputs
+from frugalvision.train.engine import (
+    FitResult,
+    SupervisedRun,
+    build_model,
+    check_classifier_settings,
+    predict_outputs,
+)
 from frugalvision.train.run import TaskSpec, log_loss_terms, register_task
 from frugalvision.train.tasks import SupervisedTask
 
@@ -350,7 +356,7 @@ def _figures(matrix: list[list[int]], classes: list[str], calibration: dict[str,
 
 
 def _check_classification(config: TrainConfig) -> None:
-    d, loss = config.data, config.loss
+    loss = config.loss
     if loss.name.strip().lower() not in LOSS_NAMES:
         raise ConfigError(
             f"loss.name={loss.name!r}: the classification task trains with cross-entropy on (label-smoothed, "
@@ -367,16 +373,7 @@ def _check_classification(config: TrainConfig) -> None:
         raise ConfigError(f"loss.kwargs.label_smoothing must be a number in [0, 1), got {ls!r}")
     if loss.partial != "ignore" or loss.partial_kwargs:
         raise ConfigError("loss.partial / loss.partial_kwargs apply to the multilabel task only")
-    if d.val_split == "classes":
-        raise ConfigError(
-            "data.val_split=classes holds out whole classes, which a classifier cannot predict; use images (or auto)"
-        )
-    if d.sampler == "m_per_class":
-        raise ConfigError("data.sampler=m_per_class is for the embedding task; use shuffle or class_aware")
-    if config.model.normalization != "none":
-        raise ConfigError(
-            f"model.normalization={config.model.normalization!r}: a classifier outputs raw logits; use auto"
-        )
+    check_classifier_settings(config)
 
 
 register_task(

@@ -83,7 +83,14 @@ from frugalvision.train.run import (
 from frugalvision.train.samplers import SeededItems
 from frugalvision.train.tasks import EmbeddingTask, MultilabelTask, SupervisedTask
 
-__all__ = ["FitResult", "SupervisedRun", "build_model", "fit", "resolve_precision"]
+__all__ = [
+    "FitResult",
+    "SupervisedRun",
+    "build_model",
+    "check_classifier_settings",
+    "fit",
+    "resolve_precision",
+]
 
 
 class _NoAdvert(logging.Filter):
@@ -512,20 +519,28 @@ def _check_embedding(config: TrainConfig) -> None:
         raise ConfigError("loss.partial / loss.partial_kwargs apply to the multilabel task only")
 
 
-def _check_multilabel(config: TrainConfig) -> None:
+def check_classifier_settings(config: TrainConfig, what: str = "classifier") -> None:
+    """The data and model settings a task that outputs one logit per class (``what``) cannot use: whole classes
+    held out for validation, m-per-class batches, normalised outputs.
+
+    Raises:
+        ConfigError: naming the key and the value to use instead.
+    """
     d = config.data
     if d.val_split == "classes":
         raise ConfigError(
-            "data.val_split=classes holds out whole classes, which a multi-label classifier cannot predict; "
-            "use images (or auto)"
+            f"data.val_split=classes holds out whole classes, which a {what} cannot predict; use images (or auto)"
         )
     if d.sampler == "m_per_class":
         raise ConfigError("data.sampler=m_per_class is for the embedding task; use shuffle or class_aware")
     if config.model.normalization != "none":
         raise ConfigError(
-            f"model.normalization={config.model.normalization!r}: a multi-label classifier outputs raw logits; "
-            "use auto"
+            f"model.normalization={config.model.normalization!r}: a {what} outputs raw logits; use auto"
         )
+
+
+def _check_multilabel(config: TrainConfig) -> None:
+    check_classifier_settings(config, "multi-label classifier")
 
 
 register_task(
