@@ -39,42 +39,51 @@ __all__ = [
 
 
 @dataclass
-class LabelledSplit:
-    """One side of a split: the images, their class ids ``0..C-1`` and the class names.
-
-    ``labels[i]`` is the class of ``dataset.samples[i]`` and indexes ``classes``.
-    """
+class _Split:
+    """One side of a split: the images, their labels (shape and meaning in the subclass) and the class names."""
 
     dataset: ImageDataset
     labels: np.ndarray
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Image and class counts, the subclass's label statistics, then ``info``."""
+        return {
+            "images": len(self.labels),
+            "classes": len(self.classes),
+            **self._label_summary(),
+            **self.info,
+        }
+
+    def _label_summary(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class LabelledSplit(_Split):
+    """One side of a split: the images, their class ids ``0..C-1`` and the class names.
+
+    ``labels[i]`` is the class of ``dataset.samples[i]`` and indexes ``classes``.
+    """
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if len(self.labels) != len(self.dataset):
             raise ValueError(f"{len(self.labels)} labels for {len(self.dataset)} images")
 
-    def summary(self) -> dict[str, Any]:
+    def _label_summary(self) -> dict[str, Any]:
         counts = np.bincount(self.labels, minlength=len(self.classes)) if len(self.labels) else np.zeros(0)
         return {
-            "images": len(self.labels),
-            "classes": len(self.classes),
             "images_per_class_min": int(counts.min()) if counts.size else 0,
             "images_per_class_max": int(counts.max()) if counts.size else 0,
-            **self.info,
         }
 
 
 @dataclass
-class MultilabelSplit:
+class MultilabelSplit(_Split):
     """One side of a multi-label split: the images, their ``(N, C)`` targets (1 present, 0 absent, -1 unknown) in
     ``labels`` and the class names (all classes of the data set, on both sides)."""
-
-    dataset: ImageDataset
-    labels: np.ndarray
-    classes: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.float32)
@@ -87,17 +96,14 @@ class MultilabelSplit:
         """``(C,)`` number of images where each class is present."""
         return (self.labels == 1).sum(axis=0).astype(np.int64)
 
-    def summary(self) -> dict[str, Any]:
+    def _label_summary(self) -> dict[str, Any]:
         pos = self.positives()
         n = len(self.labels)
         return {
-            "images": n,
-            "classes": len(self.classes),
             "labels_per_image": float((self.labels == 1).sum() / n) if n else 0.0,
             "positives_per_class_min": int(pos.min()) if pos.size else 0,
             "positives_per_class_max": int(pos.max()) if pos.size else 0,
             "unknown_fraction": float((self.labels == -1).mean()) if n else 0.0,
-            **self.info,
         }
 
 
