@@ -53,7 +53,8 @@ class _FriendlyGroup(click.Group):
 
 
 @click.group(
-    cls=_FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=_FriendlyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True},
 )
 @click.version_option(__version__, prog_name="frugalvision")
 def cli() -> None:

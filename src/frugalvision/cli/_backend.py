@@ -24,7 +24,6 @@ def backend_options(f: F) -> F:
                 "--backend",
                 type=click.Choice(["faiss", "pgvector"]),
                 default="faiss",
-                show_default=True,
                 help="faiss = an index folder on this machine; pgvector = a table in PostgreSQL with pgvector "
                 "(--dsn), shared by several stores and services, filterable by metadata.",
             ),
@@ -39,7 +38,6 @@ def backend_options(f: F) -> F:
             click.option(
                 "--table",
                 default=DEFAULT_TABLE,
-                show_default=True,
                 help="With --backend pgvector: the table holding the vectors.",
             ),
         )

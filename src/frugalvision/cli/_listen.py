@@ -21,7 +21,6 @@ def host_option(f: F) -> F:
     return click.option(
         "--host",
         default="127.0.0.1",
-        show_default=True,
         help="Address to listen on (0.0.0.0: every interface; put a reverse proxy in front).",
     )(f)
 

@@ -96,12 +96,12 @@ def model_options(
 
 def model_option(default: str = DEFAULT_MODEL, help: str = _MODEL_HELP) -> Callable[[F], F]:
     """``--model/-m NAME``: a backbone name (default :data:`DEFAULT_MODEL`, the offline one)."""
-    return click.option("--model", "-m", default=default, show_default=True, help=help)
+    return click.option("--model", "-m", default=default, help=help)
 
 
 def pretrained_option(help: str = _PRETRAINED_HELP) -> Callable[[F], F]:
     """``--pretrained/--no-pretrained`` (default on)."""
-    return click.option("--pretrained/--no-pretrained", default=True, show_default=True, help=help)
+    return click.option("--pretrained/--no-pretrained", default=True, help=help)
 
 
 def weights_option(help: str = _WEIGHTS_HELP, name: str = "--weights") -> Callable[[F], F]:
@@ -119,9 +119,7 @@ def data_option(help: str) -> Callable[[F], F]:
 
 def batch_size_option(default: int = 64, help: str = "Images per forward pass.") -> Callable[[F], F]:
     """``--batch-size/-b N`` (N >= 1)."""
-    return click.option(
-        "--batch-size", "-b", default=default, show_default=True, type=click.IntRange(min=1), help=help
-    )
+    return click.option("--batch-size", "-b", default=default, type=click.IntRange(min=1), help=help)
 
 
 def workers_option(
@@ -134,21 +132,19 @@ def workers_option(
 
 def device_option(help: str = "cpu, cuda, cuda:1, or auto.") -> Callable[[F], F]:
     """``--device``: where the model runs (default cpu)."""
-    return click.option("--device", default="cpu", show_default=True, help=help)
+    return click.option("--device", default="cpu", help=help)
 
 
 def progress_option(help: str = "Show a progress bar.") -> Callable[[F], F]:
     """``--progress/--no-progress`` (default on)."""
-    return click.option("--progress/--no-progress", default=True, show_default=True, help=help)
+    return click.option("--progress/--no-progress", default=True, help=help)
 
 
 def on_corrupt_option(
     help: str = "Unreadable images: skip them with a warning listing the files, or stop with an error.",
 ) -> Callable[[F], F]:
     """``--on-corrupt skip|fail``."""
-    return click.option(
-        "--on-corrupt", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help=help
-    )
+    return click.option("--on-corrupt", type=click.Choice(["skip", "fail"]), default="skip", help=help)
 
 
 def threads_option(
@@ -163,15 +159,13 @@ def threads_option(
 
 def seed_option(help: str, default: int = 0) -> Callable[[F], F]:
     """``--seed N``: the random seed of a command that draws (k-means, samples, generated views)."""
-    return click.option("--seed", type=int, default=default, show_default=True, help=help)
+    return click.option("--seed", type=int, default=default, help=help)
 
 
 def format_option(choices: Sequence[str], help: str) -> Callable[[F], F]:
     """``--format`` (passed as ``fmt``): how to read DATA, one of ``choices`` (``auto`` first: from what DATA is),
     as :func:`frugalvision.data.open_dataset` takes it."""
-    return click.option(
-        "--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True, help=help
-    )
+    return click.option("--format", "fmt", type=click.Choice(list(choices)), default=choices[0], help=help)
 
 
 def duplicate_threshold_option(name: str, help: str) -> Callable[[F], F]:

@@ -46,7 +46,6 @@ _CACHE_HELP = "Keep the embeddings of DATA in this store folder."
 @click.option(
     "--max-pairs",
     default=32,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Pairs drawn on near_pairs.png.",
 )
@@ -55,7 +54,6 @@ _CACHE_HELP = "Keep the embeddings of DATA in this store folder."
     "method",
     type=click.Choice(["auto", "exact", "approximate"]),
     default="auto",
-    show_default=True,
     help="Near-duplicate search: exact all pairs (quadratic), or approximate (PCA + IVF candidates, each checked "
     "exactly; its pair recall against exact search on a sample is printed); auto = approximate from "
     "frugalvision.curation.APPROXIMATE_FROM (200,000) images.",
@@ -135,7 +133,6 @@ def duplicates(
     "--within",
     type=click.Choice(["random", "closest"]),
     default="random",
-    show_default=True,
     help="How a cluster gives its quota: random members, or those closest to its centre.",
 )
 @seed_option("Random seed (k-means and draws).")
@@ -192,14 +189,12 @@ def select(
 @click.option(
     "--dominance",
     default=0.8,
-    show_default=True,
     type=click.FloatRange(0.5, 1, min_open=True),
     help="Size-balanced share from which a cluster counts as dominated by one set.",
 )
 @click.option(
     "--min-size",
     default=5,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Smallest cluster that can be flagged.",
 )

@@ -16,7 +16,6 @@ from frugalvision.cli._options import model_option, out_option, progress_option,
 @click.option(
     "--views",
     default=16,
-    show_default=True,
     type=click.IntRange(min=2),
     help="Random views (crops) generated per sample photo.",
 )

@@ -37,7 +37,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "fmt",
     type=click.Choice(["onnx"]),
     default="onnx",
-    show_default=True,
     help="Export format (ONNX, run by `frugalvision serve` and frugalvision.runtime.Predictor).",
 )
 @click.option(
@@ -62,14 +61,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "--calibration-images",
     type=click.IntRange(min=1),
     default=200,
-    show_default=True,
     help="Calibration images drawn at random from --calibrate.",
 )
 @click.option(
     "--calibration-method",
     type=click.Choice(["minmax", "percentile", "entropy"]),
     default="minmax",
-    show_default=True,
     help="Activation range estimate for int8.",
 )
 @click.option(
@@ -87,7 +84,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "--max-validate",
     type=click.IntRange(min=2),
     default=2000,
-    show_default=True,
     help="Most images of --validate used.",
 )
 @threads_option("ONNX Runtime threads for the speed measurement [default: one per core].")
@@ -95,30 +91,26 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "--speed-seconds",
     type=click.FloatRange(min=0),
     default=2.0,
-    show_default=True,
     help="Time spent measuring speed per precision and batch size (0: no speed report).",
 )
 @click.option(
     "--exporter",
     type=click.Choice(["auto", "dynamo", "torchscript"]),
     default="auto",
-    show_default=True,
     help="torch.onnx exporter: dynamo (torch.export, needs onnxscript), torchscript (legacy), auto = dynamo with fallback.",
 )
-@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(min=17), default=18, help="ONNX opset.")
 @pretrained_option("For a backbone name: load its pretrained weights (--no-pretrained: random, for tests).")
 @weights_option("For a backbone name: local .safetensors/.pth weights.")
 @click.option(
     "--normalize/--no-normalize",
     default=True,
-    show_default=True,
     help="For a backbone name: L2-normalise the embeddings inside the model.",
 )
 @click.option(
     "--optimize",
     type=click.Choice(["auto", "on", "off"]),
     default="auto",
-    show_default=True,
     help="Add ONNX Runtime's transformer-fused fp32 model and a dynamic int8 model, measure every model here and "
     "record the fastest within the accuracy budget as the one `serve` and Predictor run (auto: for transformer "
     "graphs, e.g. ViTs; on: for any model).",
@@ -127,7 +119,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "--score-threshold",
     type=click.FloatRange(0, 1),
     default=0.25,
-    show_default=True,
     help="Detection models: the score threshold of the NMS inside the graph (0.001 for mAP evaluation).",
 )
 @json_option("Print the report as JSON.")

@@ -32,14 +32,12 @@ from frugalvision.cli._options import (
     "-n",
     "num_objects",
     default=3,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Most objects to find per image (MaskCut's N).",
 )
 @click.option(
     "--tau",
     default=0.15,
-    show_default=True,
     type=click.FloatRange(-1.0, 1.0),
     help="Cosine-similarity threshold of the patch graph (CutLER paper: 0.15).",
 )
@@ -53,7 +51,6 @@ from frugalvision.cli._options import (
     "--upsample",
     type=click.Choice(["bilinear", "nearest"]),
     default="bilinear",
-    show_default=True,
     help="How patch masks are brought to image size: bilinear then threshold at 0.5 (smooth) or nearest (blocky).",
 )
 @click.option(
@@ -73,7 +70,6 @@ from frugalvision.cli._options import (
 @click.option(
     "--overlays",
     default=8,
-    show_default=True,
     type=click.IntRange(min=0),
     help="How many overlays to write with --overlay-dir.",
 )

@@ -37,12 +37,11 @@ from frugalvision.cli._options import device_option, duplicate_threshold_option
     "--layout",
     type=click.Choice(["auto", "umap", "pca"]),
     default="auto",
-    show_default=True,
     help="Map layout: umap (needs umap-learn: pip install 'frugalvision[explore]'), pca, or auto (umap when "
     "installed). Computed once and cached in STORE_OR_INDEX/.explore/.",
 )
 @host_option
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--port", default=8765, type=click.IntRange(0, 65535), help="TCP port.")
 @allowed_host_option
 @device_option("Device that embeds uploaded photos.")
 def explore(

@@ -41,7 +41,6 @@ def _abstain_option(name: str, what: str) -> Callable[[F], F]:
     return click.option(
         name,
         default=0.0,
-        show_default=True,
         type=click.FloatRange(0, 1),
         help=f"Leave images unlabeled when {what} is below this.",
     )
@@ -63,7 +62,6 @@ def _abstain_option(name: str, what: str) -> Callable[[F], F]:
 @click.option(
     "--templates",
     default="default",
-    show_default=True,
     help="Prompt templates: default, simple, or a file with one template per line ({} = class name).",
 )
 @_abstain_option("--min-score", "their top-1 probability")
@@ -74,13 +72,11 @@ def _abstain_option(name: str, what: str) -> Callable[[F], F]:
 @click.option(
     "--review/--no-review",
     default=True,
-    show_default=True,
     help="Also write OUT.review.csv (most uncertain first) and OUT.review.png (contact sheet).",
 )
 @click.option(
     "--sheet-size",
     default=40,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Images on the review contact sheet.",
 )

@@ -112,34 +112,29 @@ def _load(detector_dir: Path) -> tuple[Any, Any]:
     "-k",
     "k",
     default="auto",
-    show_default=True,
     type=_AutoOr(click.IntRange(min=1)),
     help="Neighbour rank of the kNN score, or 'auto': chosen from the number of images and images per class of DATA (frugalvision.ood.auto_knn_k).",
 )
 @click.option(
     "--temperature",
     default=1.0,
-    show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Temperature of the energy and MSP scores.",
 )
 @click.option(
     "--shrinkage",
     default="auto",
-    show_default=True,
     type=_AutoOr(click.FloatRange(0, 1)),
     help="Mahalanobis covariance shrinkage towards a scaled identity: 'auto' = Ledoit-Wolf estimate (large with few images for the feature dimension), 0 = Lee et al.'s plain covariance.",
 )
 @click.option(
     "--select-block/--penultimate-block",
     default=False,
-    show_default=True,
     help="Choose the block_norm block by NormRatio on jigsaw puzzles of DATA (Yu et al. 2023) instead of the penultimate block.",
 )
 @click.option(
     "--jigsaw-images",
     default=256,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Images of DATA used for NormRatio.",
 )

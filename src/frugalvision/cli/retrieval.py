@@ -67,7 +67,6 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
     "--shard-mode",
     type=click.Choice(["contiguous", "strided"]),
     default="contiguous",
-    show_default=True,
     help="contiguous = blocks of the data set's listing; strided = every N-th image.",
 )
 @click.option(
@@ -93,7 +92,6 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 @click.option(
     "--ray-workers",
     default=2,
-    show_default=True,
     type=click.IntRange(min=1),
     help="With --ray: backbone actors.",
 )
@@ -109,7 +107,6 @@ def _embedder(model: str, pretrained: bool = True, weights: Path | None = None) 
 @click.option(
     "--normalize/--no-normalize",
     default=True,
-    show_default=True,
     help="L2-normalise the vectors (inner product = cosine similarity).",
 )
 @on_corrupt_option()
@@ -228,14 +225,12 @@ def embed(
     "--metric",
     type=click.Choice(["auto", "ip", "l2"]),
     default="auto",
-    show_default=True,
     help="ip = inner product (cosine for normalised vectors), l2 = Euclidean; auto picks ip for normalised stores.",
 )
 @click.option(
     "--kind",
     type=click.Choice(["auto", "flat", "ivf", "ivfpq", "hnsw"]),
     default="auto",
-    show_default=True,
     help="flat = exact search; ivf = inverted lists; ivfpq = inverted lists of compressed vectors, on disk and "
     "memory-mapped (for collections larger than memory); hnsw = graph, fast single queries; auto = flat below "
     "100k vectors, ivf above.",
@@ -264,7 +259,6 @@ def embed(
 @click.option(
     "--rerank/--no-rerank",
     default=False,
-    show_default=True,
     help="Approximate kinds: keep the exact vectors (vectors.npy) and re-rank the candidates with them.",
 )
 @click.option(
@@ -370,13 +364,10 @@ def index(
 @cli.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(path_type=Path))
 @click.argument("images", metavar="IMAGES...", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="Number of results per query."
-)
+@click.option("-k", "k", default=5, type=click.IntRange(min=1), help="Number of results per query.")
 @click.option(
     "--exclude-self/--include-self",
     default=True,
-    show_default=True,
     help="When a query image is itself in the index (the same file, however its path is written), leave it "
     "out of its own results.",
 )
@@ -518,7 +509,6 @@ _TASK_EVALUATORS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     multiple=True,
     type=click.IntRange(min=1),
     default=(1, 5),
-    show_default=True,
     help="Recall@K cut-offs (repeat: -k 1 -k 5 -k 10).",
 )
 @click.option("--no-nmi", is_flag=True, help="Skip NMI (its k-means is the slow part on big stores).")

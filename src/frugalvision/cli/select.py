@@ -49,7 +49,6 @@ _SCORES = (
     "--rank-by",
     type=click.Choice(_SCORES),
     default="linear_probe",
-    show_default=True,
     help="The score that orders the table and the Pareto front.",
 )
 @click.option(
@@ -58,14 +57,11 @@ _SCORES = (
     default=None,
     help="Score at most this many images per class (drawn with --seed) [default: all].",
 )
-@click.option(
-    "--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Linear-probe CV folds."
-)
+@click.option("--folds", type=click.IntRange(min=2), default=5, help="Linear-probe CV folds.")
 @seed_option("CV folds, the --per-class draw and --no-pretrained weights.")
 @click.option(
     "--speed/--no-speed",
     default=True,
-    show_default=True,
     help="Export each model to ONNX (cached) and measure ONNX Runtime images/s at batch 1 and 32.",
 )
 @threads_option("ONNX Runtime threads for the speed.", default=2)
@@ -73,7 +69,6 @@ _SCORES = (
     "--speed-seconds",
     type=click.FloatRange(min=0, min_open=True),
     default=2.0,
-    show_default=True,
     help="Seconds spent timing each batch size.",
 )
 @click.option(

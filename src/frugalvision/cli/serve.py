@@ -94,7 +94,7 @@ _LIMIT_OPTIONS: tuple[tuple[str, click.ParamType, float, str], ...] = (
 def _limit_options(f: F) -> F:
     """The options of :data:`_LIMIT_OPTIONS`, in that order."""
     for name, kind, default, text in reversed(_LIMIT_OPTIONS):
-        f = click.option(name, type=kind, default=default, show_default=True, help=text)(f)
+        f = click.option(name, type=kind, default=default, help=text)(f)
     return f
 
 
@@ -110,12 +110,11 @@ def _limit_options(f: F) -> F:
 @backend_options
 @pgvector_ef_search_option
 @host_option
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="TCP port.")
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "fp32-fused", "int8", "int8-dynamic", "bf16"]),
     default="auto",
-    show_default=True,
     help="Which model of the deploy bundle to run; auto = the fastest within the accuracy budget, as measured by "
     "`frugalvision export` (deploy.json's engine record), else fp32.",
 )
@@ -123,7 +122,6 @@ def _limit_options(f: F) -> F:
 @click.option(
     "--spin/--no-spin",
     default=True,
-    show_default=True,
     help="Let idle ONNX Runtime threads spin (lower latency; --no-spin frees the CPU for other processes).",
 )
 @_limit_options
@@ -132,7 +130,6 @@ def _limit_options(f: F) -> F:
     "path_mode",
     type=click.Choice(["relative", "name", "full", "none"]),
     default="relative",
-    show_default=True,
     help="How /search shows indexed paths: relative to the folder holding all images, the file name only, "
     "as recorded (may disclose server paths), or not at all. Hits always carry their id.",
 )
@@ -150,14 +147,12 @@ def _limit_options(f: F) -> F:
     "default_k",
     type=click.IntRange(min=1, max=1000),
     default=5,
-    show_default=True,
     help="Hits per image of /search when the request gives no k.",
 )
 @click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
-    show_default=True,
     help="uvicorn log level.",
 )
 def serve(
