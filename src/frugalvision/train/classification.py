@@ -54,6 +54,7 @@ from frugalvision.train.engine import (
     SupervisedRun,
     build_model,
     check_classifier_settings,
+    data_record,
     predict_outputs,
 )
 from frugalvision.train.run import TaskSpec, log_loss_terms, register_task
@@ -326,12 +327,7 @@ class ClassificationRun(SupervisedRun):
             training=config.to_dict(),
             metrics=metrics,
             history=module.history,
-            data={
-                "source": str(config.data.path),
-                "train": train.summary(),
-                "val": val.summary() if val is not None else None,
-                "fast_path": frozen,
-            },
+            data=data_record(config, train, val, frozen),
             figures=figures,
         )
         return result

@@ -88,6 +88,7 @@ __all__ = [
     "SupervisedRun",
     "build_model",
     "check_classifier_settings",
+    "data_record",
     "fit",
     "resolve_precision",
 ]
@@ -401,12 +402,7 @@ class SupervisedRun(TaskRun):
                 training=config.to_dict(),
                 metrics={**metrics, "baseline": dict(module.baseline)},
                 history=module.history,
-                data={
-                    "source": str(config.data.path),
-                    "train": train.summary(),
-                    "val": val.summary() if val is not None else None,
-                    "fast_path": frozen,
-                },
+                data=data_record(config, train, val, frozen),
             )
         return result
 
@@ -517,6 +513,16 @@ def _check_embedding(config: TrainConfig) -> None:
         )
     if config.loss.partial != "ignore" or config.loss.partial_kwargs:
         raise ConfigError("loss.partial / loss.partial_kwargs apply to the multilabel task only")
+
+
+def data_record(config: TrainConfig, train: Split, val: Split | None, fast_path: bool) -> dict[str, Any]:
+    """A bundle's ``data`` record: where the images came from, each side's summary, whether the fast path ran."""
+    return {
+        "source": str(config.data.path),
+        "train": train.summary(),
+        "val": val.summary() if val is not None else None,
+        "fast_path": fast_path,
+    }
 
 
 def check_classifier_settings(config: TrainConfig, what: str = "classifier") -> None:
