@@ -7,7 +7,10 @@ below is written beside the metadata when saving and compared when loading::
 
     sha256( utf8(json.dumps([paths, labels], ensure_ascii=False)) || float32_le(vectors row by row) )
 
-Vectors arrive in chunks so that hashing a large index needs memory for one chunk only.
+Vectors arrive in chunks so that hashing a large index needs memory for one chunk only. :func:`row_chunks` cuts
+an array into such chunks; for a memory-mapped ``.npy`` file (``np.load(..., mmap_mode="r")``) it reads each chunk
+with ordinary file reads (:func:`read_rows`), so a pass over a store larger than memory leaves no mapped pages in
+the process's resident set (the bytes pass through the page cache, which the kernel reclaims).
 
 The leftovers of killed saves are found and cleaned by :mod:`frugalvision._fs`.
 
@@ -18,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK_BYTES", "rows_digest"]
+__all__ = ["CHUNK_BYTES", "read_rows", "row_chunks", "rows_digest"]
 
 #: bytes of vectors hashed per chunk by callers that reconstruct vectors (faiss): about 16 MB.
 CHUNK_BYTES = 1 << 24
@@ -41,3 +44,35 @@ def rows_digest(paths: Any, labels: Any, vector_chunks: Iterable[np.ndarray]) ->
     for chunk in vector_chunks:
         digest.update(np.ascontiguousarray(chunk, dtype="<f4").data)  # a view: no copy for float32
     return f"sha256:{digest.hexdigest()}"
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a 2-D ``array`` as a new C-contiguous float32 array.
+
+    For a :class:`numpy.memmap` of a file (``np.load(path, mmap_mode="r")``), the rows are read with
+    ``np.fromfile`` at ``offset + start * row_bytes`` instead of through the mapping: the pages then count in the
+    page cache, not in this process's resident memory, whatever the file's size. Other arrays are sliced.
+    """
+    start, stop = max(0, int(start)), min(int(stop), int(array.shape[0]))
+    filename = getattr(array, "filename", None)
+    if isinstance(array, np.memmap) and filename is not None and array.flags.c_contiguous and stop > start:
+        base = array.base
+        if isinstance(base, np.memmap) or getattr(array, "offset", None) is None:  # a view of a memmap
+            return np.array(array[start:stop], dtype=np.float32, order="C")
+        width = int(np.prod(array.shape[1:], dtype=np.int64))
+        rows = np.fromfile(
+            filename,
+            dtype=array.dtype,
+            count=(stop - start) * width,
+            offset=int(array.offset) + start * width * array.dtype.itemsize,
+        )
+        return np.ascontiguousarray(rows.reshape(stop - start, *array.shape[1:]), dtype=np.float32)
+    return np.array(array[start:stop], dtype=np.float32, order="C")
+
+
+def row_chunks(array: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """Consecutive float32 blocks of a 2-D ``array`` of about ``chunk_bytes`` each, read with :func:`read_rows`."""
+    width = int(np.prod(array.shape[1:], dtype=np.int64)) or 1
+    step = max(1, chunk_bytes // (4 * width))
+    for start in range(0, int(array.shape[0]), step):
+        yield read_rows(array, start, start + step)
