@@ -126,7 +126,7 @@ def _limit_options(f: F) -> F:
     type=click.IntRange(min=1),
     default=None,
     help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
-    "[default: the server's, pgvector's 40].",
+    "[default: 10 x k, within 40-1000: 100 for k = 10].",
 )
 @click.option(
     "--host",
