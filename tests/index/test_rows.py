@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frugalvision._integrity import read_rows, row_chunks
+from frugalvision._integrity import read_rows, row_chunks, take_rows
 from frugalvision.embeddings import EmbeddingStore
 from frugalvision.errors import StoreError
 
@@ -26,6 +26,13 @@ def test_read_rows_of_a_mapped_file_equals_slicing(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate(list(row_chunks(mapped, chunk_bytes=13 * 4 * 100))), x)
     assert [len(c) for c in row_chunks(mapped, chunk_bytes=13 * 4 * 400)] == [400, 400, 201]
     np.testing.assert_array_equal(np.concatenate(list(row_chunks(x.astype(np.float64), 999))), x)
+    rows = np.array([1000, 0, 17, 17, 512, -1])
+    for source in (mapped, view, x):
+        got = take_rows(source, rows[rows < len(source)])
+        assert got.dtype == np.float32 and not isinstance(got, np.memmap)
+        np.testing.assert_array_equal(got, np.asarray(source)[rows[rows < len(source)]])
+    with pytest.raises(IndexError, match="out of range for 1001 rows"):
+        take_rows(mapped, np.array([1001]))
 
 
 def test_a_store_opens_memory_mapped_with_the_same_checks(tmp_path: Path) -> None:

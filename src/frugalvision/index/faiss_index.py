@@ -50,7 +50,7 @@ import numpy as np
 
 from frugalvision._checks import check_choice
 from frugalvision._fs import fsync, leftovers
-from frugalvision._integrity import CHUNK_BYTES, read_rows, row_chunks, rows_digest
+from frugalvision._integrity import CHUNK_BYTES, read_rows, row_chunks, rows_digest, take_rows
 from frugalvision.errors import StoreError
 
 if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported here (the runtime has none)
@@ -845,7 +845,7 @@ def measure_recall(
         pool = np.setdiff1d(pool, exclude_rows, assume_unique=True)
     held_out = len(pool) < count
     rows = np.sort(rng.choice(pool, min(queries, len(pool)), replace=False))
-    q = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    q = take_rows(vectors, rows)
     k = min(k, count - 1)
     _, exact = knn_ground_truth(q, row_chunks(vectors), k + 1, metric_type=_FAISS_METRIC[index.metric])
     is_self = exact == rows[:, None]

@@ -26,7 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from frugalvision._integrity import read_rows
+from frugalvision._integrity import read_rows, take_rows
 from frugalvision.errors import StoreError
 from frugalvision.index.faiss_index import (
     INDEX_FILE,
@@ -121,7 +121,7 @@ def build_on_disk(
     rng = np.random.default_rng(opts["seed"])
     pq_nbits = opts["pq_nbits"]
     train_rows = training_rows(count, nlist, opts["train_size"], pq_nbits, rng)
-    sample = np.ascontiguousarray(vectors[train_rows], dtype=np.float32)
+    sample = take_rows(vectors, train_rows)  # one read per row: no pages mapped around them
     if not np.isfinite(sample).all():
         _shard(sample, 0, len(sample))  # names the row (of the sample) with NaN
     trained = train_ivf(sample, opts["metric"], nlist, "ivfpq", pq_m=opts["pq_m"], pq_nbits=pq_nbits)
