@@ -197,7 +197,7 @@ def test_a_filter_still_finds_k_hits_and_the_default_ef_search_holds(pg_dsn: str
     rare = np.zeros(6000, bool)
     rare[rng.choice(6000, 600, replace=False)] = True
     labels = [("rare",) if r else ("common",) for r in rare]
-    q = _data(20, 16, seed=14)[0]
+    q = _data(100, 16, seed=14)[0]
     with PgVectorIndex.add(pg_dsn, x, paths, labels, store_id="s", table=table, info=INFO) as idx:
         found = idx.search(q, 10, where={"label": "rare"}, ef_search=40)
         plain = idx.search(q, 10)  # no filter: the default ef_search holds without one too
@@ -205,14 +205,13 @@ def test_a_filter_still_finds_k_hits_and_the_default_ef_search_holds(pg_dsn: str
     got = [[paths.index(p) for p in row if p is not None] for row in found.paths]
     assert all(len(row) == 10 and rare[row].all() for row in got)
     hits = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got, ref.tolist(), strict=True)])
-    assert hits >= 0.95, hits
+    assert hits >= 0.9, hits  # 0.986-0.993 over 7 builds (a parallel build's order varies)
     assert np.all(np.diff(found.scores, axis=1) <= 1e-6)  # strict order
     unfiltered = [[paths.index(p) for p in row] for row in plain.paths]
     ref_all = _exact(x, q, 10, "ip")
-    assert (
-        np.mean([len(set(g) & set(r)) / 10 for g, r in zip(unfiltered, ref_all.tolist(), strict=True)])
-        >= 0.95
-    )
+    r_all = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(unfiltered, ref_all.tolist(), strict=True)])
+    # ours: 0.977-0.988 over 4 builds; pgvector's defaults (ef_construction 64, ef_search 40): 0.81-0.90 over 3
+    assert r_all >= 0.92, r_all
 
 
 def test_default_ef_search_grows_with_k_within_pgvectors_range(pg_dsn: str, table: str) -> None:
