@@ -224,3 +224,17 @@ def test_default_ef_search_grows_with_k_within_pgvectors_range(pg_dsn: str, tabl
         assert np.all(np.diff(found.scores, axis=1) <= 1e-6)
         with pytest.raises(ValueError, match="ef_search must be an integer >= 1"):
             idx.search(x[:1], 3, ef_search=0)
+
+
+def test_a_table_name_with_capitals(pg_dsn: str) -> None:
+    """Tables are created with quoted names; the catalog look-ups (to_regclass) must quote them too, or
+    ``Photos`` is looked up as ``photos``: sizes() failed and a store of another dimension was not refused."""
+    x, paths, labels = _data(50, 8, seed=16)
+    with PgVectorIndex.add(pg_dsn, x, paths, labels, store_id="a", table="Photos_Mixed", info=INFO) as idx:
+        sizes = idx.sizes()
+        assert sizes["table"] > 0 and sizes["hnsw"] > 0 and sizes["total"] >= sizes["table"] + sizes["hnsw"]
+    x16 = _data(50, 16, seed=16)[0]
+    with pytest.raises(
+        StoreError, match="table 'Photos_Mixed' holds 8-d vectors but the store has 16-d ones"
+    ):
+        PgVectorIndex.add(pg_dsn, x16, paths, labels, store_id="b", table="Photos_Mixed", info=INFO)

@@ -442,7 +442,7 @@ class PgVectorIndex:
         row = self._conn.execute(
             "SELECT pg_total_relation_size(to_regclass(%s)), pg_relation_size(to_regclass(%s)), "
             "coalesce(pg_relation_size(to_regclass(%s)), 0)",
-            (self._table, self._table, f"{self._table}_hnsw"),
+            (_quoted(self._table), _quoted(self._table), _quoted(f"{self._table}_hnsw")),
         ).fetchone()
         return {"total": int(row[0]), "table": int(row[1]), "hnsw": int(row[2])}
 
@@ -536,6 +536,13 @@ class PgVectorIndex:
         self.close()
 
 
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier for ``to_regclass`` (which folds an unquoted name to lower case, while
+    the tables are created quoted: ``Photos`` and ``photos`` are two tables). Names are checked by
+    :func:`_check_table` (letters, digits, ``_``), so they hold no quote; the index names add a suffix."""
+    return f'"{name}"'
+
+
 def _read_meta(conn: Any, table: str) -> dict[str, Any] | None:
     _, sql, _ = _import()
     exists = conn.execute("SELECT to_regclass(%s)", (META_TABLE,)).fetchone()[0]
@@ -553,12 +560,12 @@ def _read_meta(conn: Any, table: str) -> dict[str, Any] | None:
 
 def _column_dim(conn: Any, table: str) -> int | None:
     """Dimension of ``table.embedding`` from the catalog (``vector(D)`` keeps D as its type modifier)."""
-    exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
+    exists = conn.execute("SELECT to_regclass(%s)", (_quoted(table),)).fetchone()[0]
     if exists is None:
         return None
     row = conn.execute(
         "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
-        (table,),
+        (_quoted(table),),
     ).fetchone()
     if row is None:
         raise StoreError(f"table {table!r} has no embedding column; use another --table")
