@@ -96,10 +96,11 @@ def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     idx = np.where(idx < 0, idx + count, idx)
     out = np.empty((idx.size, *array.shape[1:]), dtype=array.dtype)
     row_bytes = out[:1].nbytes
+    flat = out.reshape(-1).view(np.uint8)  # the rows' bytes, written in place
     with open(where[0], "rb", buffering=0) as f:
         for i, row in enumerate(idx.tolist()):
             f.seek(where[1] + row * row_bytes)
-            if f.readinto(memoryview(out[i : i + 1]).cast("B")) != row_bytes:
+            if f.readinto(flat[i * row_bytes : (i + 1) * row_bytes].data) != row_bytes:
                 raise OSError(f"{where[0]} ended before row {row}")
     return np.ascontiguousarray(out, dtype=np.float32)
 
