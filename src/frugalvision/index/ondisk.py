@@ -47,7 +47,7 @@ from frugalvision.index.faiss_index import (
 
 __all__ = ["SHARD_BYTES", "build_on_disk"]
 
-SHARD_BYTES = 1 << 28  # float32 bytes of vectors encoded per shard by default: 256 MiB
+SHARD_BYTES = 1 << 26  # float32 bytes of vectors encoded per shard by default: 64 MiB (faiss adds a copy)
 #: keywords of :meth:`EmbeddingIndex.build` that do not apply here (the kind is "ivfpq"; hnsw_m / ef_search are
 #: for graphs)
 _NOT_ON_DISK = ("vectors", "kind", "hnsw_m", "ef_search")
