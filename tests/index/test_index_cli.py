@@ -58,3 +58,33 @@ def test_option_of_another_kind_is_one_usage_error(store: Path, tmp_path: Path) 
     )
     assert result.exit_code == 2 and "pq_m applies to kind='ivfpq' only" in result.output
     assert not (tmp_path / "i").exists()
+
+
+def test_ivfpq_reads_the_store_memory_mapped_and_equals_the_in_memory_build(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store larger than memory: `index --kind ivfpq` hands build_on_disk a memory-mapped store (read shard by
+    shard), and the index equals the one built in memory from the same vectors."""
+    import frugalvision.index as index_package
+
+    real, handed = index_package.build_on_disk, []
+
+    def spy(vectors: np.ndarray, directory: Path, **options: object) -> EmbeddingIndex:
+        handed.append(type(vectors))
+        return real(vectors, directory, **options)
+
+    monkeypatch.setattr(index_package, "build_on_disk", spy)
+    out = tmp_path / "idx"
+    args = ["index", str(store), "--out", str(out), "--kind", "ivfpq", "--nlist", "8", "--pq-m", "4"]
+    result = CliRunner().invoke(cli, [*args, "--recall-queries", "100"])
+    assert result.exit_code == 0, result.output
+    assert handed == [np.memmap]
+    x = EmbeddingStore.load(store).vectors
+    in_memory = EmbeddingIndex.build(x, kind="ivfpq", nlist=8, pq_m=4, recall_queries=100)
+    built = EmbeddingIndex.load(out)
+    assert built.recall == in_memory.recall
+    a, b = built.search(x[:100], 10), in_memory.search(x[:100], 10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    hnsw_only = CliRunner().invoke(cli, [*args, "--hnsw-m", "8"])
+    assert hnsw_only.exit_code == 2 and "hnsw_m applies to kind='hnsw' only" in hnsw_only.output

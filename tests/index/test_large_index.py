@@ -227,3 +227,18 @@ def test_loading_an_on_disk_index_prints_nothing(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and "IO_FLAG" not in done.stderr
+
+
+def test_build_on_disk_takes_the_options_of_build_and_refuses_others(tmp_path: Path) -> None:
+    x = unit_clusters(600, 16, 4, 11)
+    with pytest.raises(ValueError, match="ef_search applies to kind='hnsw' only"):
+        build_on_disk(x, tmp_path / "a", ef_search=10)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'npobe'; use paths, labels, metric"):
+        build_on_disk(x, tmp_path / "a", npobe=3)
+    # shard_rows left out: one shard of SHARD_BYTES; same index as many small shards and as build
+    one = build_on_disk(x, tmp_path / "one", nlist=4, pq_m=4, pq_nbits=6, recall_queries=50)
+    many = build_on_disk(x, tmp_path / "many", shard_rows=64, nlist=4, pq_m=4, pq_nbits=6, recall_queries=50)
+    ref = EmbeddingIndex.build(x, kind="ivfpq", nlist=4, pq_m=4, pq_nbits=6, recall_queries=50)
+    assert one.recall == many.recall == ref.recall and one.nprobe == ref.nprobe
+    for built in (one, many):
+        np.testing.assert_array_equal(built.search(x[:40], 5).ids, ref.search(x[:40], 5).ids)

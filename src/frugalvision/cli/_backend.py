@@ -52,7 +52,7 @@ pgvector_ef_search_option = click.option(
     type=click.IntRange(min=1),
     default=None,
     help="With --backend pgvector: HNSW candidates per query (hnsw.ef_search; more = slower, higher recall) "
-    "[default: the server's, pgvector's 40].",
+    "[default: 10 x k, within 40-1000: 100 for k = 10].",
 )
 
 

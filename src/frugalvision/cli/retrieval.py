@@ -302,7 +302,8 @@ def index(
     check_backend(backend, dsn)
     if backend == "faiss" and out is None:
         raise click.UsageError("Missing option '--out' / '-o'.")
-    store = EmbeddingStore.load(store_dir)
+    # ivfpq reads the vectors shard by shard: a memory-mapped store keeps memory bounded whatever its size
+    store = EmbeddingStore.load(store_dir, mmap=backend == "faiss" and kind == "ivfpq")
     chosen = ("ip" if store.normalized else "l2") if metric == "auto" else metric
     if backend == "pgvector":
         from frugalvision.vectordb import PgVectorIndex, redact_dsn

@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 
 from frugalvision._fs import recover_interrupted_save, replacing_dir
-from frugalvision._integrity import rows_digest
+from frugalvision._integrity import row_chunks, rows_digest
 from frugalvision.errors import StoreError
 
 __all__ = ["STORE_FORMAT", "EmbeddingStore", "recover_interrupted_save"]
 
 STORE_FORMAT = 2  # 2: info.json holds the rows' checksum
-_FINITE_CHECK_ROWS = 1 << 16  # rows checked for NaN at a time (bounded memory)
 
 
 @dataclass
@@ -59,7 +58,9 @@ class EmbeddingStore:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        mapped = isinstance(self.vectors, np.memmap) and self.vectors.dtype == np.float32
+        if not (mapped and self.vectors.flags.c_contiguous):  # a memory-mapped store stays mapped
+            self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
         if self.vectors.ndim != 2:
             raise StoreError(f"vectors must be 2-D (N, D), got shape {self.vectors.shape}")
         if not (len(self.paths) == len(self.labels) == self.vectors.shape[0]):
@@ -93,7 +94,7 @@ class EmbeddingStore:
 
     def checksum(self) -> str:
         """``"sha256:..."`` of the rows' paths, labels and vectors (saved in ``info.json``, checked at load)."""
-        return rows_digest(self.paths, [list(lab) for lab in self.labels], [self.vectors])
+        return rows_digest(self.paths, [list(lab) for lab in self.labels], row_chunks(self.vectors))
 
     # ------------------------------------------------------------------------------------------------ disk
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -137,8 +138,13 @@ class EmbeddingStore:
         return (Path(directory) / "info.json").is_file() and (Path(directory) / "vectors.npy").is_file()
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> EmbeddingStore:
-        """Read a store written by :meth:`save`; raises :class:`StoreError` naming what is wrong."""
+    def load(cls, directory: str | os.PathLike[str], *, mmap: bool = False) -> EmbeddingStore:
+        """Read a store written by :meth:`save`; raises :class:`StoreError` naming what is wrong.
+
+        ``mmap=True``: :attr:`vectors` is a read-only ``np.memmap`` of ``vectors.npy`` and the checks read it in
+        chunks, so a store larger than memory opens (for consumers that read it in chunks, such as
+        :func:`frugalvision.index.build_on_disk`).
+        """
         d = Path(directory)
         if not d.is_dir():
             raise StoreError(
@@ -160,7 +166,7 @@ class EmbeddingStore:
                 f"{d} has store format {info.get('format')!r}; this version reads {STORE_FORMAT}{hint}"
             )
         try:
-            vectors = np.load(vectors_file, allow_pickle=False)
+            vectors = np.load(vectors_file, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise StoreError(f"{vectors_file} is not a readable numpy array ({e})") from e
         if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
@@ -173,10 +179,7 @@ class EmbeddingStore:
             raise StoreError(
                 f"{vectors_file} holds {vectors.shape[1]}-d vectors but {info_file} says dim {info.get('dim')!r}"
             )
-        bad = sum(
-            int((~np.isfinite(vectors[i : i + _FINITE_CHECK_ROWS])).sum())
-            for i in range(0, len(vectors), _FINITE_CHECK_ROWS)
-        )
+        bad = sum(int((~np.isfinite(chunk)).sum()) for chunk in row_chunks(vectors))
         if bad:
             raise StoreError(f"{vectors_file} holds {bad} NaN or infinite value(s)")
         paths: list[str] = []

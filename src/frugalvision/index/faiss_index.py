@@ -50,7 +50,7 @@ import numpy as np
 
 from frugalvision._checks import check_choice
 from frugalvision._fs import fsync, leftovers
-from frugalvision._integrity import CHUNK_BYTES, rows_digest
+from frugalvision._integrity import CHUNK_BYTES, read_rows, row_chunks, rows_digest, take_rows
 from frugalvision.errors import StoreError
 
 if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported here (the runtime has none)
@@ -584,7 +584,7 @@ class EmbeddingIndex:
             stop = min(start + step, len(self))
             if exact:
                 assert self._vectors is not None
-                yield np.asarray(self._vectors[start:stop], dtype=np.float32)
+                yield read_rows(self._vectors, start, stop)
             elif self._kind in ("flat", "hnsw"):
                 yield self._index.reconstruct_n(start, stop - start)
             else:  # IVF: by id through the direct map (reconstruct_n would scan every list per chunk)
@@ -845,11 +845,9 @@ def measure_recall(
         pool = np.setdiff1d(pool, exclude_rows, assume_unique=True)
     held_out = len(pool) < count
     rows = np.sort(rng.choice(pool, min(queries, len(pool)), replace=False))
-    q = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    q = take_rows(vectors, rows)
     k = min(k, count - 1)
-    step = max(1, CHUNK_BYTES // (4 * index.dim))
-    chunks = (np.ascontiguousarray(vectors[s : s + step], dtype=np.float32) for s in range(0, count, step))
-    _, exact = knn_ground_truth(q, chunks, k + 1, metric_type=_FAISS_METRIC[index.metric])
+    _, exact = knn_ground_truth(q, row_chunks(vectors), k + 1, metric_type=_FAISS_METRIC[index.metric])
     is_self = exact == rows[:, None]
     is_self[~is_self.any(1), -1] = True
     exact = exact[~is_self].reshape(len(rows), k)
@@ -916,12 +914,11 @@ def write_ivf_on_disk(index: Any, folder: Path) -> None:
 
 def write_vectors(path: Path, vectors: np.ndarray) -> None:
     """Copy ``(N, D)`` vectors (possibly memory-mapped) to a float32 ``.npy`` file, about 16 MB at a time."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=vectors.shape)
-    step = max(1, CHUNK_BYTES // (4 * vectors.shape[1]))
-    for start in range(0, vectors.shape[0], step):
-        out[start : start + step] = vectors[start : start + step]
-    out.flush()
-    del out
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
+    with open(path, "wb") as f:  # plain writes: no mapped pages of either file stay resident
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": tuple(int(v) for v in vectors.shape)})
+        for chunk in row_chunks(vectors):
+            f.write(chunk.astype("<f4", copy=False).tobytes())
 
 
 def _open_vectors(path: Path, count: int, dim: int) -> np.ndarray:

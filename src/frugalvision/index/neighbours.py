@@ -32,9 +32,12 @@ from frugalvision.index.faiss_index import CHUNK_BYTES, default_nlist
 __all__ = [
     "DEFAULT_CANDIDATES",
     "DEFAULT_PCA_DIM",
+    "KNN_CANDIDATES",
+    "KNN_PCA_DIM",
     "ReducedIndex",
     "approximate_knn",
     "exact_knn",
+    "knn_nprobe",
     "knn_recall",
     "pair_recall",
     "similar_pairs",
@@ -45,6 +48,18 @@ DEFAULT_NPROBE = 16
 DEFAULT_CANDIDATES = 32
 _TRAIN_PER_LIST = 40
 _MIN_TRAIN = 10_000
+# k-NN (the kNN OOD score) ranks k = 50 neighbours, where near duplicates only test a radius: it needs more of the
+# spectrum and more lists. Chosen with benchmarks/scale_knn.py on 50,000 x 1280 embedding-like rows (recall@50 of
+# PCA 128 / nprobe 16 / 2 x k candidates: 0.794; PCA 256 / 64 of 447 lists / 4 x k: 0.966), checked on 200,000 rows
+# (0.673 -> 0.947, with 128 of 894 lists: the lists scanned must grow with the lists).
+KNN_PCA_DIM = 256
+KNN_CANDIDATES = 4
+_KNN_LISTS_PER_PROBE = 7
+
+
+def knn_nprobe(nlist: int) -> int:
+    """Lists scanned per k-NN query by default: ``ceil(nlist / 7)`` (at least 1), a fixed share of the lists."""
+    return max(1, -(-int(nlist) // _KNN_LISTS_PER_PROBE))
 
 
 def _rows_per_chunk(dim: int) -> int:
@@ -288,10 +303,10 @@ def approximate_knn(
     k: int,
     *,
     exclude_self: bool = False,
-    candidates: int = 2,
-    pca_dim: int | None = DEFAULT_PCA_DIM,
+    candidates: int = KNN_CANDIDATES,
+    pca_dim: int | None = KNN_PCA_DIM,
     nlist: int | None = None,
-    nprobe: int = DEFAULT_NPROBE,
+    nprobe: int | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most cosine-similar reference rows of each query: ``candidates * k`` from the reduced IVF index,
@@ -299,13 +314,18 @@ def approximate_knn(
 
     Args:
         exclude_self: ``queries`` is ``reference`` (row ``i`` = row ``i``): drop each row's own match.
+        candidates, pca_dim, nlist: see :class:`ReducedIndex` (defaults :data:`KNN_CANDIDATES`,
+            :data:`KNN_PCA_DIM`).
+        nprobe: lists scanned per query; ``None``: :func:`knn_nprobe` of the index's lists.
 
     Returns:
         ``(similarities (Q, k) float32, descending; ids (Q, k) int64)``, ``-inf`` / ``-1`` where fewer were found.
     """
     reduced = ReducedIndex(
-        reference, pca_dim=pca_dim, nlist=nlist, nprobe=nprobe, seed=seed, name="reference"
+        reference, pca_dim=pca_dim, nlist=nlist, nprobe=nprobe or 1, seed=seed, name="reference"
     )
+    if nprobe is None:
+        reduced.index.nprobe = min(knn_nprobe(reduced.index.nlist), reduced.index.nlist)
     count_q, dim_q = _check_source(queries, "features")
     if dim_q != reduced.dim:
         raise ValueError(f"features have dimension {dim_q} but the reference has {reduced.dim}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from frugalvision._checks import check_class_labels, check_embedding_batch, check_positive, check_tensor
-from frugalvision.index.neighbours import DEFAULT_NPROBE, DEFAULT_PCA_DIM, approximate_knn, knn_recall
+from frugalvision.index.neighbours import KNN_CANDIDATES, KNN_PCA_DIM, approximate_knn, knn_recall
 from frugalvision.metrics import knn
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ class KnnSearchOptions(TypedDict, total=False):
     exclude_self: bool
     method: Literal["auto", "exact", "approximate"]
     pca_dim: int | None
-    nprobe: int
+    nprobe: int | None
     candidates: int
 
 
@@ -250,8 +250,9 @@ def knn_score(
         options: as :func:`knn_score_report`, which holds their defaults:
             ``exclude_self``: ``features`` *is* ``reference`` (row i = row i): skip each row's own match;
             ``method``: ``"exact"``, ``"approximate"`` or ``"auto"`` (see above);
-            ``pca_dim``, ``nprobe``, ``candidates``: approximate search: PCA dimensions (``None``: none), IVF
-            lists scanned per query, candidates per wanted neighbour.
+            ``pca_dim``, ``nprobe``, ``candidates``: approximate search: PCA dimensions (``None``: none; default
+            256), IVF lists scanned per query (``None``: a seventh of the lists,
+            :func:`frugalvision.index.neighbours.knn_nprobe`), candidates per wanted neighbour (default 4).
 
     Returns:
         ``(N,)`` in ``[-2, 0]``.
@@ -266,9 +267,9 @@ def knn_score_report(
     *,
     exclude_self: bool = False,
     method: Literal["auto", "exact", "approximate"] = "auto",
-    pca_dim: int | None = DEFAULT_PCA_DIM,
-    nprobe: int = DEFAULT_NPROBE,
-    candidates: int = 2,
+    pca_dim: int | None = KNN_PCA_DIM,
+    nprobe: int | None = None,
+    candidates: int = KNN_CANDIDATES,
     recall_sample: int = 200,
     seed: int = 0,
 ) -> tuple[torch.Tensor, dict[str, Any] | None]:

@@ -12,10 +12,16 @@ unit vectors, pgvector operator ``<#>`` = minus the inner product; ``l2``: opera
 and ``info`` (backbone, preprocessing, normalisation), which every store added to it must share.
 
 Search is ``ORDER BY embedding <op> query LIMIT k`` on the HNSW graph (Malkov & Yashunin, "Efficient and robust
-approximate nearest neighbor search using Hierarchical Navigable Small World graphs", 2016/2018), with pgvector's
-defaults ``m = 16``, ``ef_construction = 64``, ``hnsw.ef_search = 40`` unless told otherwise. A filter
-(``where={"label": ["cat"]}``) is a SQL ``WHERE``; with one, pgvector 0.8's iterative index scan
-(``hnsw.iterative_scan = strict_order``) keeps scanning the graph until ``k`` rows pass it. Scores follow
+approximate nearest neighbor search using Hierarchical Navigable Small World graphs", 2016/2018), built with
+``m = 16`` (pgvector's default) and ``ef_construction = 128`` (pgvector's is 64), searched with
+``hnsw.ef_search = clip(10 k, 40, 1000)`` (:func:`default_ef_search`; pgvector's default is 40) unless told
+otherwise: on the hard synthetic set of ``benchmarks/scale_pg.py`` these reach recall@10 >= 0.95 where pgvector's
+defaults gave 0.82. A filter (``where={"label": ["cat"]}``) is a SQL ``WHERE``; with one (or a query's own path
+left out, or ``k`` above ``ef_search``), pgvector 0.8's iterative index scan (``hnsw.iterative_scan =
+strict_order``) keeps walking the graph until ``k`` rows pass it, in exact distance order (without it, a filter
+that 10 % of the rows pass leaves about 4 of the 40 candidates; at most ``hnsw.max_scan_tuples``, 20,000 by
+default, are visited). A filter few rows pass is usually answered by the planner from the labels' GIN index
+with an exact sort instead. Scores follow
 :class:`~frugalvision.index.EmbeddingIndex`: inner products (higher is closer) for ``ip``, squared Euclidean
 distances (lower is closer) for ``l2``.
 
@@ -56,6 +62,27 @@ SHARED_INFO = ("backbone", "data_config", "normalized")
 _OPS = {"ip": ("<#>", "vector_ip_ops"), "l2": ("<->", "vector_l2_ops")}
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _COPY_ROWS = 10_000  # rows sent per COPY chunk (bounded memory whatever the store's size)
+#: HNSW links per row at build (pgvector's default)
+DEFAULT_M = 16
+#: HNSW build candidates (pgvector's default is 64; see :func:`default_ef_search` for how 128 was chosen)
+DEFAULT_EF_CONSTRUCTION = 128
+#: ``hnsw.ef_search`` per requested hit, and its floor (pgvector's default 40) and ceiling (pgvector's maximum)
+EF_SEARCH_PER_HIT = 10
+MIN_EF_SEARCH = 40
+MAX_EF_SEARCH = 1000
+
+
+def default_ef_search(k: int) -> int:
+    """``hnsw.ef_search`` used for ``k`` hits when none is given: ``clip(10 k, 40, 1000)`` (100 for ``k = 10``).
+
+    Chosen with ``benchmarks/scale_pg.py`` on 200,000 x 128-d clustered synthetic vectors (200 clusters: the
+    per-cluster density of the 1M set of issue 17, on which pgvector's defaults, ``ef_construction = 64`` and
+    ``ef_search = 40``, gave recall@10 0.821): building with ``ef_construction = 128`` raised recall@10 at
+    ``ef_search`` 40 from 0.926 to 0.979 and at 100 from 0.963 to 0.994 for a build about 1.2x as long, and
+    ``ef_search`` 100 costs little per query (a query's round trip dominates). Confirmed on another distribution
+    (Zipf-sized anisotropic clusters, 192-d) that was not used to choose: see ``docs/scale_cluster.md``.
+    """
+    return min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, EF_SEARCH_PER_HIT * int(k)))
 
 
 def redact_dsn(dsn: str) -> str:
@@ -179,7 +206,7 @@ class PgVectorIndex:
     ) -> None:
         self._conn, self._table, self._dim, self._metric, self._info = conn, table, dim, metric, info
         _check_ef(ef_search)
-        #: default ``hnsw.ef_search`` of :meth:`search` (``None``: the server's, pgvector's default 40)
+        #: default ``hnsw.ef_search`` of :meth:`search` (``None``: :func:`default_ef_search` of ``k``)
         self.ef_search = ef_search
         self._lock = (
             threading.Lock()
@@ -196,7 +223,7 @@ class PgVectorIndex:
         ef_search: int | None = None,
     ) -> PgVectorIndex:
         """Open a table filled by :meth:`add` (``frugalvision index --backend pgvector``); ``ef_search`` is the
-        default of :meth:`search` (``None``: the server's setting, pgvector's default 40).
+        default of :meth:`search` (``None``: :func:`default_ef_search` of each search's ``k``).
 
         Raises:
             StoreError: the server does not answer within ``connect_timeout`` s, or has no such table.
@@ -229,8 +256,8 @@ class PgVectorIndex:
         table: str = DEFAULT_TABLE,
         metric: str = "ip",
         info: Mapping[str, Any] | None = None,
-        m: int = 16,
-        ef_construction: int = 64,
+        m: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         build_memory: str | None = None,
         connect_timeout: float = 5.0,
     ) -> PgVectorIndex:
@@ -246,7 +273,8 @@ class PgVectorIndex:
             metric: ``"ip"`` or ``"l2"``; must match the table's.
             info: backbone / preprocessing record (``backbone``, ``data_config``, ``normalized``); every store of
                 one table must share it.
-            m, ef_construction: HNSW graph parameters, used when the table is created (pgvector's defaults).
+            m, ef_construction: HNSW graph parameters, used when the table is created (:data:`DEFAULT_M` = 16,
+                :data:`DEFAULT_EF_CONSTRUCTION` = 128; a table created by an earlier version keeps its graph).
             build_memory: ``maintenance_work_mem`` for building the HNSW index (e.g. ``"2GB"``: a graph that fits
                 builds much faster); ``None``: the server's setting.
             connect_timeout: seconds to wait for the server.
@@ -414,7 +442,7 @@ class PgVectorIndex:
         row = self._conn.execute(
             "SELECT pg_total_relation_size(to_regclass(%s)), pg_relation_size(to_regclass(%s)), "
             "coalesce(pg_relation_size(to_regclass(%s)), 0)",
-            (self._table, self._table, f"{self._table}_hnsw"),
+            (_quoted(self._table), _quoted(self._table), _quoted(f"{self._table}_hnsw")),
         ).fetchone()
         return {"total": int(row[0]), "table": int(row[1]), "hnsw": int(row[2])}
 
@@ -438,8 +466,9 @@ class PgVectorIndex:
             k: hits per query (``>= 1``).
             where: metadata filter (:func:`parse_where`): ``{"label": "cat"}``, ``["store=a", "label=dog"]``.
             exclude_paths: ``Q`` paths (or ``None``), each left out of its query's hits (the query itself).
-            ef_search: HNSW candidate list size (``hnsw.ef_search``; at least ``k`` is used); larger is slower and
-                more exact. ``None``: :attr:`ef_search` of this object, else the server's (pgvector's default 40).
+            ef_search: HNSW candidate list size (``hnsw.ef_search``; at least ``k`` and at most 1000, pgvector's
+                limit, are used); larger is slower and more exact. ``None``: :attr:`ef_search` of this object,
+                else :func:`default_ef_search` of ``k`` (100 for ``k = 10``).
 
         Returns:
             :class:`PgSearchResult`.
@@ -458,6 +487,8 @@ class PgVectorIndex:
             raise ValueError(f"exclude_paths has {len(exclude_paths)} entries for {x.shape[0]} queries")
         filters = parse_where(where)
         ef_search = self.ef_search if ef_search is None else ef_search
+        _check_ef(ef_search)
+        ef = default_ef_search(k) if ef_search is None else min(MAX_EF_SEARCH, max(int(k), int(ef_search)))
         op = sql.SQL(_OPS[self._metric][0])
         conds: list[Any] = []
         params: dict[str, Any] = {"k": int(k)}
@@ -479,10 +510,8 @@ class PgVectorIndex:
         stores: list[list[str | None]] = [[None] * k for _ in range(q_count)]
         try:
             with self._lock, self._conn.transaction():
-                ef = max(int(k), int(ef_search)) if ef_search is not None else None
-                if ef is not None or k > 40:
-                    self._conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef or k),))
-                if filters:
+                self._conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
+                if filters or exclude_paths is not None or k > ef:  # rows the graph's candidates may not fill
                     self._conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
                 with self._conn.cursor() as cur:
                     for qi in range(q_count):
@@ -507,6 +536,13 @@ class PgVectorIndex:
         self.close()
 
 
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier for ``to_regclass`` (which folds an unquoted name to lower case, while
+    the tables are created quoted: ``Photos`` and ``photos`` are two tables). Names are checked by
+    :func:`_check_table` (letters, digits, ``_``), so they hold no quote; the index names add a suffix."""
+    return f'"{name}"'
+
+
 def _read_meta(conn: Any, table: str) -> dict[str, Any] | None:
     _, sql, _ = _import()
     exists = conn.execute("SELECT to_regclass(%s)", (META_TABLE,)).fetchone()[0]
@@ -524,12 +560,12 @@ def _read_meta(conn: Any, table: str) -> dict[str, Any] | None:
 
 def _column_dim(conn: Any, table: str) -> int | None:
     """Dimension of ``table.embedding`` from the catalog (``vector(D)`` keeps D as its type modifier)."""
-    exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
+    exists = conn.execute("SELECT to_regclass(%s)", (_quoted(table),)).fetchone()[0]
     if exists is None:
         return None
     row = conn.execute(
         "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
-        (table,),
+        (_quoted(table),),
     ).fetchone()
     if row is None:
         raise StoreError(f"table {table!r} has no embedding column; use another --table")
