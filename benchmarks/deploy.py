@@ -187,7 +187,12 @@ def _calibration_images(count: int) -> list:
 
 
 def _torch_engines(
-    name: str, pretrained: bool, size: tuple[int, ...], batch: int, tome_r: int | None = None
+    name: str,
+    pretrained: bool,
+    size: tuple[int, ...],
+    batch: int,
+    tome_r: int | None = None,
+    with_bf16: bool = True,
 ) -> dict[str, Callable[[], object]]:
     backbone = create_backbone(name, pretrained=pretrained).eval()
     x = torch.randn(batch, *size)
@@ -206,7 +211,8 @@ def _torch_engines(
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return fast(x_fast)
 
-    engines["torch bf16"] = bf16
+    if with_bf16:
+        engines["torch bf16"] = bf16
     return engines
 
 
@@ -238,7 +244,12 @@ def _worker(conn: Connection, kind: str, spec: dict) -> None:
     with torch.inference_mode():
         if kind == "torch":
             engines = _torch_engines(
-                spec["name"], spec["pretrained"], spec["size"], spec["batch"], spec.get("tome_r")
+                spec["name"],
+                spec["pretrained"],
+                spec["size"],
+                spec["batch"],
+                spec.get("tome_r"),
+                spec["bf16"],
             )
         else:
             engines = _ort_engines(Path(spec["folder"]), spec["size"], spec["batch"], spec["threads"])
@@ -251,7 +262,13 @@ def _worker(conn: Connection, kind: str, spec: dict) -> None:
 
 
 def bench_model(
-    key: str, threads: int, seconds: float, rounds: int, tmp: Path, tome_r: int | None = None
+    key: str,
+    threads: int,
+    seconds: float,
+    rounds: int,
+    tmp: Path,
+    tome_r: int | None = None,
+    bf16: bool = True,
 ) -> list[dict]:
     label, name, pretrained = MODELS[key]
     backbone = create_backbone(name, pretrained=pretrained).eval()
@@ -284,7 +301,7 @@ def bench_model(
     rows: list[dict] = []
     for batch in (1, 32):
         spec = {"name": name, "pretrained": pretrained, "size": size, "batch": batch, "threads": threads,
-                "folder": str(tmp / key), "tome_r": tome_r_used}  # fmt: skip
+                "folder": str(tmp / key), "tome_r": tome_r_used, "bf16": bf16}  # fmt: skip
         workers, owner = [], {}
         try:
             for kind in ("torch", "ort"):
@@ -442,6 +459,11 @@ def main() -> None:
     parser.add_argument(
         "--max-per-class", type=int, default=40, help="held-out images per class for the accuracy check"
     )
+    parser.add_argument(
+        "--skip-bf16",
+        action="store_true",
+        help="leave out torch bf16 (emulated, ~0.2x eager, on CPUs without BF16)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits
@@ -458,7 +480,9 @@ def main() -> None:
           "|---|---|---|---|---|---|---|---|")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
-            bench_model(key, args.threads, args.seconds, args.rounds, Path(tmp), args.tome_r)
+            bench_model(
+                key, args.threads, args.seconds, args.rounds, Path(tmp), args.tome_r, not args.skip_bf16
+            )
         if not args.skip_accuracy:
             accuracy(args.threads, args.max_per_class, Path(tmp))
         if args.vit_student is not None and args.vit_heldout is not None:

@@ -113,6 +113,15 @@ def test_unsupported_models_are_refused_with_the_reason() -> None:
         apply_tome(tiny_cnn(), 2)
     with pytest.raises(UnsupportedModelError, match="attention pooling"):
         apply_tome(_vit(global_pool="map"), 2)
+    from frugalvision.models import create_embedding_model
+
+    gem = create_embedding_model("test_vit", pretrained=False, pooling="gem", embedding_size=8)
+    with pytest.raises(UnsupportedModelError, match="pooling 'gem' over the tokens"):
+        apply_tome(gem, 2)
+    native = create_embedding_model("test_vit", pretrained=False, embedding_size=8).eval()
+    with torch.inference_mode():
+        x = torch.randn(2, 3, *native.data_config["input_size"][1:])
+        assert torch.equal(apply_tome(native, 0)(x), native(x))
     with pytest.raises(UnsupportedModelError, match="r must be"):
         apply_tome(_vit(), [1, 2])
     with pytest.raises(UnsupportedModelError, match="r must be"):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def tome_support(model: nn.Module) -> str | None:
 
     Supported: a timm ``VisionTransformer`` (plain ViT, DeiT, AugReg, DINO(v2)-style with register tokens) whose
     blocks are timm's pre-norm ``Block`` with its standard ``Attention``, pooled by the class token or by the mean of
-    the patch tokens.
+    the patch tokens (the ViT's own pooling: not a pooling of ``forward_features``' tokens by a wrapper).
     """
     from timm.layers import Attention
     from timm.models.vision_transformer import Block, VisionTransformer
@@ -73,6 +74,10 @@ def tome_support(model: nn.Module) -> str | None:
         return "average pooling that includes the prefix tokens is not supported"
     if vit.global_pool == "token" and vit.cls_token is None:
         return "global_pool='token' without a class token"
+    for m in model.modules():  # e.g. an EmbeddingModel pooling forward_features' tokens itself (GeM, max...)
+        kind = getattr(getattr(m, "pooling", None), "kind", "native")
+        if kind != "native":
+            return f"pooling {kind!r} over the tokens is not supported (only the ViT's own pooling)"
     for i, blk in enumerate(vit.blocks):
         if type(blk) is not Block:
             return f"block {i} is a {type(blk).__name__}, not timm's pre-norm Block"
@@ -129,7 +134,7 @@ def bipartite_merge(
     return torch.cat([px, keep_x, sum_x / sum_s], dim=1), torch.cat([ps, keep_s, sum_s], dim=1)
 
 
-def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention(attn: Any, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm ``Attention`` with proportional attention (``+ log s`` on the logits); returns the output and the keys
     averaged over the heads ``(B, N, head_dim)``."""
     b, n, _ = x.shape
@@ -146,7 +151,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor) -> tuple[to
 
 
 def _tome_block(
-    blk: nn.Module, x: torch.Tensor, size: torch.Tensor, r: int, num_prefix: int
+    blk: Any, x: torch.Tensor, size: torch.Tensor, r: int, num_prefix: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     y, metric = _attention(blk.attn, blk.norm1(x), size)
     x = x + blk.drop_path1(blk.ls1(y))
@@ -156,22 +161,22 @@ def _tome_block(
 
 
 def _tome_forward_features(
-    self: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    self: Any, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
 ) -> torch.Tensor:
     """``VisionTransformer.forward_features`` with token merging (bound to a ToMe'd ViT by :func:`apply_tome`)."""
     if attn_mask is not None or is_causal:
         raise UnsupportedModelError("a ToMe ViT takes no attention mask (merging changes the token set)")
-    r: list[int] = self.tome_r  # type: ignore[assignment]
-    x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))  # type: ignore[operator]
-    p = int(self.num_prefix_tokens)  # type: ignore[arg-type]
+    r: list[int] = self.tome_r
+    x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+    p = int(self.num_prefix_tokens)
     num_patches = x.shape[1] - p
     size = x.new_ones(x.shape[0], x.shape[1], 1)
-    for blk, ri in zip(self.blocks, r, strict=True):  # type: ignore[call-overload]
+    for blk, ri in zip(self.blocks, r, strict=True):
         if ri == 0 and x.shape[1] - p == num_patches:
             x = blk(x)  # nothing merged yet: the original block, unchanged
         else:
             x, size = _tome_block(blk, x, size, ri, p)
-    x = self.norm(x)  # type: ignore[operator]
+    x = self.norm(x)
     if self.global_pool == "avg" and x.shape[1] - p != num_patches:
         # the head's plain mean over the M patch tokens then equals the size-weighted mean over the N patches
         m = x.shape[1] - p
@@ -199,5 +204,5 @@ def apply_tome(model: nn.Module, r: int | Sequence[int]) -> nn.Module:
     vit = find_vit(clone)
     assert vit is not None
     vit.tome_r = rs  # type: ignore[assignment]
-    vit.forward_features = _tome_forward_features.__get__(vit)  # type: ignore[method-assign]
+    vit.forward_features = _tome_forward_features.__get__(vit)
     return clone
