@@ -70,6 +70,7 @@ from frugalvision.deploy import (
     export_bundle,
     export_onnx,
     is_transformer_graph,
+    list_images,
     quantize_int8,
     tome_support,
 )
@@ -269,6 +270,8 @@ def bench_model(
     tmp: Path,
     tome_r: int | None = None,
     bf16: bool = True,
+    static_int8: bool = True,
+    choice: bool = True,
 ) -> list[dict]:
     label, name, pretrained = MODELS[key]
     backbone = create_backbone(name, pretrained=pretrained).eval()
@@ -278,8 +281,9 @@ def bench_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = export_onnx(backbone, tmp / key, data_config=backbone.data_config)
-    quantize_int8(tmp / key, _calibration_images(64), max_images=64, check_images=0)
-    choice = None
+    if static_int8:
+        quantize_int8(tmp / key, _calibration_images(64), max_images=64, check_images=0)
+    chosen = None
     tome_r_used = None
     if is_transformer_graph(tmp / key / "model.onnx"):  # what `frugalvision export` adds for transformers
         add_fused(tmp / key)
@@ -296,7 +300,10 @@ def bench_model(
                 f"counted with the attention products, {flops / 1e9:.2f} without ToMe) | | | | | | | |",
                 flush=True,
             )
-        choice = choose_model(tmp / key, check_images=_calibration_images(32), threads=threads, seconds=1.0)
+        if choice:
+            chosen = choose_model(
+                tmp / key, check_images=_calibration_images(32), threads=threads, seconds=1.0
+            )
     ctx = mp.get_context("spawn")
     rows: list[dict] = []
     for batch in (1, 32):
@@ -344,10 +351,10 @@ def bench_model(
         print(_fmt(rows[-1]), flush=True)
     print(f"  ({label}: {flops / 1e9:.2f} GFLOP/image, export {result.exporter}, parity min cos "
           f"{result.parity['min_cosine']:.7f})", flush=True)  # fmt: skip
-    if choice is not None:
-        print(f"  (export's choice on this machine: {choice.precision}; measured "
+    if chosen is not None:
+        print(f"  (export's choice on this machine: {chosen.precision}; measured "
               + "; ".join(f"{r['precision']} {r['score']:.1f} img/s geo-mean, cos {r['mean_cosine']:.4f}"
-                          f"{'' if r['within_budget'] else ' (over budget)'}" for r in choice.rows) + ")",
+                          f"{'' if r['within_budget'] else ' (over budget)'}" for r in chosen.rows) + ")",
               flush=True)  # fmt: skip
     return rows
 
@@ -408,21 +415,23 @@ def tome_accuracy(student: Path, heldout: Path, rs: list[int], threads: int, spe
                               speed_seconds=speed)  # fmt: skip
     base = rows[0]["recall@1"]
     tokens_in = None
-    table = [("-", "-", r) for r in rows]
+    table = [("-", "-", "-", r) for r in rows]
+    check = list_images(heldout)[::61][:16]  # a spread of held-out images for the cosine with fp32
     for r in rs:
-        config = add_tome(folder, result.model, r=r)  # type: ignore[arg-type]
+        config = add_tome(folder, result.model, r=r, check_images=check)  # type: ignore[arg-type]
         record = config.models["tome"]
         tokens_in = record["tokens_at_input"]
         for row in compare_precisions(folder, heldout, precisions=["tome", "tome-int8-dynamic"], threads=threads,
                                       speed_seconds=speed):  # fmt: skip
-            table.append((str(r), str(record["tokens_after_block"][-1]), row))
+            cos = config.models[row["precision"]]["agreement_with_fp32"]["mean_cosine"]
+            table.append((str(r), str(record["tokens_after_block"][-1]), f"{cos:.4f}", row))
     print(f"\nToMe accuracy: {student} ({result.config.source.get('arch')}, {tokens_in} tokens at the input), "
           f"{rows[0]['images']} images of {sum(1 for d in heldout.iterdir() if d.is_dir())} held-out classes "
           f"({heldout})")  # fmt: skip
-    print("| r | tokens after the last block | model | Recall@1 | change (points) | MAP@R | img/s b1 | img/s b32 |\n"
-          "|---|---|---|---|---|---|---|---|")  # fmt: skip
-    for r, left, row in table:
-        print(f"| {r} | {left} | {row['precision']} | {row['recall@1']:.4f} | {100 * (row['recall@1'] - base):+.2f} | "
+    print("| r | tokens after the last block | model | mean cos vs fp32 (16 held-out images) | Recall@1 | change (points) | MAP@R "
+          "| img/s b1 | img/s b32 |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for r, left, cos, row in table:
+        print(f"| {r} | {left} | {row['precision']} | {cos} | {row['recall@1']:.4f} | {100 * (row['recall@1'] - base):+.2f} | "
               f"{row['map@r']:.4f} | {row.get('images/s@b1', float('nan')):.1f} | "
               f"{row.get('images/s@b32', float('nan')):.1f} |", flush=True)  # fmt: skip
 
@@ -460,6 +469,12 @@ def main() -> None:
         "--max-per-class", type=int, default=40, help="held-out images per class for the accuracy check"
     )
     parser.add_argument(
+        "--skip-static-int8", action="store_true", help="leave out the static (calibrated QDQ) int8 model"
+    )
+    parser.add_argument(
+        "--skip-choice", action="store_true", help="do not run export's measured choice (choose_model)"
+    )
+    parser.add_argument(
         "--skip-bf16",
         action="store_true",
         help="leave out torch bf16 (emulated, ~0.2x eager, on CPUs without BF16)",
@@ -481,8 +496,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             bench_model(
-                key, args.threads, args.seconds, args.rounds, Path(tmp), args.tome_r, not args.skip_bf16
-            )
+                key, args.threads, args.seconds, args.rounds, Path(tmp), args.tome_r, not args.skip_bf16,
+                not args.skip_static_int8, not args.skip_choice,
+            )  # fmt: skip
         if not args.skip_accuracy:
             accuracy(args.threads, args.max_per_class, Path(tmp))
         if args.vit_student is not None and args.vit_heldout is not None:

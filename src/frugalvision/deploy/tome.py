@@ -104,7 +104,7 @@ def add_tome(
     opset = int(fp32.get("opset", 18))
     _, h, w = (int(s) for s in config.data_config["input_size"])
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
-    batch = _check_batch(config, check_images, 8, seed + 1)
+    batch = _check_batch(config, check_images, 16, seed + 1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".tome-", dir=folder) as tmp:
         out_tmp = Path(tmp) / TOME_FILE
