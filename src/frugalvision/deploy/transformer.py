@@ -9,7 +9,9 @@ channel, activations quantised per batch at run time, so no calibration set is n
 AVX2 / AVX-512 VNNI). Which of them is fastest depends on the CPU, so :func:`choose_model` measures every model of
 the bundle here, keeps those whose outputs agree with fp32 within the budget, and records the fastest in
 ``deploy.json`` (``"engine"``); :class:`frugalvision.runtime.Predictor` with ``precision="auto"`` (its default)
-then runs it.
+then runs it. For plain ViTs a third lever does less work instead of cheaper work: Token Merging
+(:func:`frugalvision.deploy.add_tome`: ``"tome"`` and ``"tome-int8-dynamic"``), which changes the outputs and so
+competes under the same budget as every other candidate.
 
 The budget: with a labelled set (``validate``), a model is kept when its accuracy (Recall@1 for embeddings, top-1
 for classifiers, mAP for multi-label; :func:`~frugalvision.deploy.compare_precisions`) is within
