@@ -320,10 +320,13 @@ def bench_model(
                     owner[engine] = parent
             # interleaved rounds: every engine sees the same background load (the machine may be shared)
             samples: dict[str, list[float]] = {engine: [] for engine in owner}
-            for _ in range(rounds):
-                for engine, conn in owner.items():
-                    conn.send((engine, seconds / rounds))
-                    samples[engine].append(conn.recv())
+            # each round starts at another engine, so a load that rises or falls during a round favours none
+            order = list(owner)
+            for k in range(rounds):
+                start = k * len(order) // rounds
+                for engine in order[start:] + order[:start]:
+                    owner[engine].send((engine, seconds / rounds))
+                    samples[engine].append(owner[engine].recv())
         finally:
             for proc, conn in workers:
                 conn.send(None)
