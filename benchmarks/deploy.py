@@ -17,7 +17,9 @@ Part 1 (speed). For EfficientNet-Lite0 (real offline weights), ResNet-50, ViT-S/
   CPU execution provider has no bf16 Conv/MatMul kernels there; its bf16 fast-math GEMMs are ARM64-only);
 * for transformer graphs (ViT, CoAtNet), what ``frugalvision export`` adds: ``ORT fp32-fused`` (ONNX Runtime's
   transformer fusions) and ``ORT int8-dynamic`` (int8 matrix products, activations quantised per batch), and the
-  model ``export`` would choose here (:func:`frugalvision.deploy.choose_model`).
+  model ``export`` would choose here (:func:`frugalvision.deploy.choose_model`);
+* for plain ViTs, Token Merging (:func:`frugalvision.deploy.add_tome`, ``--tome-r`` tokens merged per block):
+  ``torch ToMe`` (eager), ``ORT tome`` (fp32) and ``ORT tome-int8-dynamic``, also candidates of that choice.
 
 The engines of one cell are measured in interleaved rounds (each engine a short window per round, the median
 rate reported), so that background load on a shared machine hits them alike. torch and ONNX Runtime run in two
@@ -32,11 +34,16 @@ arithmetic is faster than fp32, so those rows can exceed 100% of the fp32 peak.
 
 Part 2 (accuracy, Lite0 with real weights): Recall@1 and MAP@R of fp32 and int8 embeddings of 25 Caltech-101 classes
 held out of calibration (``../shared/data/caltech101-dev``; calibration uses 200 images of the other 26 classes).
+
+Part 3 (ToMe accuracy, with ``--vit-student BUNDLE --vit-heldout DIR``): a trained ViT embedding bundle (e.g. the
+offline Lite0 distilled into a ViT-Tiny with ``frugalvision distill``) exported once, then Recall@1 / MAP@R of fp32,
+int8-dynamic and ToMe (fp32 and int8-dynamic) at each ``--tome-accuracy-r`` on the held-out classes, with speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -56,13 +63,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from frugalvision.deploy import (
     add_dynamic_int8,
     add_fused,
+    add_tome,
     choose_model,
     compare_precisions,
+    default_tome_r,
+    export_bundle,
     export_onnx,
     is_transformer_graph,
+    list_images,
     quantize_int8,
+    tome_support,
 )
 from frugalvision.models import create_backbone
+from frugalvision.models.tome import apply_tome
 from frugalvision.runtime import Predictor, bf16_fastmath_available
 
 MATMUL_N = 2048
@@ -175,11 +188,19 @@ def _calibration_images(count: int) -> list:
 
 
 def _torch_engines(
-    name: str, pretrained: bool, size: tuple[int, ...], batch: int
+    name: str,
+    pretrained: bool,
+    size: tuple[int, ...],
+    batch: int,
+    tome_r: int | None = None,
+    with_bf16: bool = True,
 ) -> dict[str, Callable[[], object]]:
     backbone = create_backbone(name, pretrained=pretrained).eval()
     x = torch.randn(batch, *size)
     engines: dict[str, Callable[[], object]] = {"torch eager": lambda: backbone(x)}
+    if tome_r is not None:
+        tome = apply_tome(backbone, tome_r).eval()
+        engines["torch ToMe"] = lambda: tome(x)
     fast = backbone
     if not name.startswith(("vit", "coatnet")):
         fast = create_backbone(name, pretrained=pretrained).eval().to(memory_format=torch.channels_last)
@@ -191,7 +212,8 @@ def _torch_engines(
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return fast(x_fast)
 
-    engines["torch bf16"] = bf16
+    if with_bf16:
+        engines["torch bf16"] = bf16
     return engines
 
 
@@ -200,8 +222,6 @@ def _ort_engines(
 ) -> dict[str, Callable[[], object]]:
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
     engines: dict[str, Callable[[], object]] = {}
-    import json
-
     for precision in json.loads((folder / "deploy.json").read_text())["models"]:
         if precision == "bf16":
             continue
@@ -224,7 +244,14 @@ def _worker(conn: Connection, kind: str, spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     with torch.inference_mode():
         if kind == "torch":
-            engines = _torch_engines(spec["name"], spec["pretrained"], spec["size"], spec["batch"])
+            engines = _torch_engines(
+                spec["name"],
+                spec["pretrained"],
+                spec["size"],
+                spec["batch"],
+                spec.get("tome_r"),
+                spec["bf16"],
+            )
         else:
             engines = _ort_engines(Path(spec["folder"]), spec["size"], spec["batch"], spec["threads"])
         for fn in engines.values():
@@ -235,25 +262,53 @@ def _worker(conn: Connection, kind: str, spec: dict) -> None:
             conn.send(_rate(engines[engine], spec["batch"], seconds, min_calls=1, warmup=False))
 
 
-def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) -> list[dict]:
+def bench_model(
+    key: str,
+    threads: int,
+    seconds: float,
+    rounds: int,
+    tmp: Path,
+    tome_r: int | None = None,
+    bf16: bool = True,
+    static_int8: bool = True,
+    choice: bool = True,
+) -> list[dict]:
     label, name, pretrained = MODELS[key]
     backbone = create_backbone(name, pretrained=pretrained).eval()
     size = tuple(int(s) for s in backbone.data_config["input_size"])
     flops = flops_per_image(backbone, size)  # type: ignore[arg-type]
+    tome_flops = flops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = export_onnx(backbone, tmp / key, data_config=backbone.data_config)
-    quantize_int8(tmp / key, _calibration_images(64), max_images=64, check_images=0)
-    choice = None
+    if static_int8:
+        quantize_int8(tmp / key, _calibration_images(64), max_images=64, check_images=0)
+    chosen = None
+    tome_r_used = None
     if is_transformer_graph(tmp / key / "model.onnx"):  # what `frugalvision export` adds for transformers
         add_fused(tmp / key)
         add_dynamic_int8(tmp / key)
-        choice = choose_model(tmp / key, check_images=_calibration_images(32), threads=threads, seconds=1.0)
+        if tome_support(backbone) is None:  # Token Merging, for plain ViTs
+            tome_r_used = default_tome_r(backbone) if tome_r is None else tome_r
+            add_tome(tmp / key, backbone, r=tome_r_used)
+            tome_flops = flops_per_image(apply_tome(backbone, tome_r_used), size)  # type: ignore[arg-type]
+            tokens = json.loads((tmp / key / "deploy.json").read_text())["models"]["tome"][
+                "tokens_after_block"
+            ]
+            print(
+                f"|   (ToMe r={tome_r_used}: tokens after each block {tokens}; {tome_flops / 1e9:.2f} GFLOP/image "
+                f"counted with the attention products, {flops / 1e9:.2f} without ToMe) | | | | | | | |",
+                flush=True,
+            )
+        if choice:
+            chosen = choose_model(
+                tmp / key, check_images=_calibration_images(32), threads=threads, seconds=1.0
+            )
     ctx = mp.get_context("spawn")
     rows: list[dict] = []
     for batch in (1, 32):
         spec = {"name": name, "pretrained": pretrained, "size": size, "batch": batch, "threads": threads,
-                "folder": str(tmp / key)}  # fmt: skip
+                "folder": str(tmp / key), "tome_r": tome_r_used, "bf16": bf16}  # fmt: skip
         workers, owner = [], {}
         try:
             for kind in ("torch", "ort"):
@@ -265,10 +320,13 @@ def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) 
                     owner[engine] = parent
             # interleaved rounds: every engine sees the same background load (the machine may be shared)
             samples: dict[str, list[float]] = {engine: [] for engine in owner}
-            for _ in range(rounds):
-                for engine, conn in owner.items():
-                    conn.send((engine, seconds / rounds))
-                    samples[engine].append(conn.recv())
+            # each round starts at another engine, so a load that rises or falls during a round favours none
+            order = list(owner)
+            for k in range(rounds):
+                start = k * len(order) // rounds
+                for engine in order[start:] + order[:start]:
+                    owner[engine].send((engine, seconds / rounds))
+                    samples[engine].append(owner[engine].recv())
         finally:
             for proc, conn in workers:
                 conn.send(None)
@@ -283,6 +341,8 @@ def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) 
         for engine, r in rate.items():
             gflops = r * flops / 1e9
             low = "int8" in engine
+            if "ToMe" in engine or "tome" in engine:  # fewer FLOPs: the share of the peak uses the ToMe count
+                gflops = r * tome_flops / 1e9
             rows.append({"model": label, "batch": batch, "engine": engine, "img/s": r,
                          "x eager": r / rate["torch eager"], "GFLOP/s": gflops, "% peak": 100 * gflops / peak,
                          "% low peak": 100 * gflops / peak8 if low else None})  # fmt: skip
@@ -294,10 +354,10 @@ def bench_model(key: str, threads: int, seconds: float, rounds: int, tmp: Path) 
         print(_fmt(rows[-1]), flush=True)
     print(f"  ({label}: {flops / 1e9:.2f} GFLOP/image, export {result.exporter}, parity min cos "
           f"{result.parity['min_cosine']:.7f})", flush=True)  # fmt: skip
-    if choice is not None:
-        print(f"  (export's choice on this machine: {choice.precision}; measured "
+    if chosen is not None:
+        print(f"  (export's choice on this machine: {chosen.precision}; measured "
               + "; ".join(f"{r['precision']} {r['score']:.1f} img/s geo-mean, cos {r['mean_cosine']:.4f}"
-                          f"{'' if r['within_budget'] else ' (over budget)'}" for r in choice.rows) + ")",
+                          f"{'' if r['within_budget'] else ' (over budget)'}" for r in chosen.rows) + ")",
               flush=True)  # fmt: skip
     return rows
 
@@ -345,11 +405,45 @@ def accuracy(threads: int, max_per_class: int, tmp: Path) -> None:
     print(f"Recall@1 change int8 - fp32: {100 * (rows[1]['recall@1'] - rows[0]['recall@1']):+.2f} points")
 
 
+def tome_accuracy(student: Path, heldout: Path, rs: list[int], threads: int, speed: float, tmp: Path) -> None:
+    """Recall@1 / MAP@R of a trained ViT embedding bundle's fp32, int8-dynamic and ToMe models (each ``r``) on
+    held-out classes, with ONNX Runtime speed (``speed`` seconds per batch size)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = export_bundle(student, tmp / "vit-acc")
+    folder = result.folder
+    add_fused(folder)
+    add_dynamic_int8(folder)
+    rows = compare_precisions(folder, heldout, precisions=["fp32", "int8-dynamic"], threads=threads,
+                              speed_seconds=speed)  # fmt: skip
+    base = rows[0]["recall@1"]
+    tokens_in = None
+    table = [("-", "-", "-", r) for r in rows]
+    check = list_images(heldout)[::61][:16]  # a spread of held-out images for the cosine with fp32
+    for r in rs:
+        config = add_tome(folder, result.model, r=r, check_images=check)  # type: ignore[arg-type]
+        record = config.models["tome"]
+        tokens_in = record["tokens_at_input"]
+        for row in compare_precisions(folder, heldout, precisions=["tome", "tome-int8-dynamic"], threads=threads,
+                                      speed_seconds=speed):  # fmt: skip
+            cos = config.models[row["precision"]]["agreement_with_fp32"]["mean_cosine"]
+            table.append((str(r), str(record["tokens_after_block"][-1]), f"{cos:.4f}", row))
+    print(f"\nToMe accuracy: {student} ({result.config.source.get('arch')}, {tokens_in} tokens at the input), "
+          f"{rows[0]['images']} images of {sum(1 for d in heldout.iterdir() if d.is_dir())} held-out classes "
+          f"({heldout})")  # fmt: skip
+    print("| r | tokens after the last block | model | mean cos vs fp32 (16 held-out images) | Recall@1 | change (points) | MAP@R "
+          "| img/s b1 | img/s b32 |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for r, left, cos, row in table:
+        print(f"| {r} | {left} | {row['precision']} | {cos} | {row['recall@1']:.4f} | {100 * (row['recall@1'] - base):+.2f} | "
+              f"{row['map@r']:.4f} | {row.get('images/s@b1', float('nan')):.1f} | "
+              f"{row.get('images/s@b32', float('nan')):.1f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch and ONNX Runtime threads"
     )
@@ -361,7 +455,32 @@ def main() -> None:
     )
     parser.add_argument("--skip-accuracy", action="store_true", help="skip the int8 Recall@1 check")
     parser.add_argument(
+        "--tome-r", type=int, default=None, help="ToMe tokens merged per block in the speed table [default: "
+        "frugalvision.deploy.default_tome_r]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vit-student", type=Path, help="a trained ViT embedding bundle for the ToMe accuracy check"
+    )
+    parser.add_argument("--vit-heldout", type=Path, help="held-out labelled class folders for --vit-student")
+    parser.add_argument(
+        "--tome-accuracy-r", type=int, nargs="+", default=[1, 2, 3, 4], help="r values checked"
+    )
+    parser.add_argument(
+        "--tome-accuracy-speed", type=float, default=1.0, help="seconds of ORT speed per model and batch size"
+    )
+    parser.add_argument(
         "--max-per-class", type=int, default=40, help="held-out images per class for the accuracy check"
+    )
+    parser.add_argument(
+        "--skip-static-int8", action="store_true", help="leave out the static (calibrated QDQ) int8 model"
+    )
+    parser.add_argument(
+        "--skip-choice", action="store_true", help="do not run export's measured choice (choose_model)"
+    )
+    parser.add_argument(
+        "--skip-bf16",
+        action="store_true",
+        help="leave out torch bf16 (emulated, ~0.2x eager, on CPUs without BF16)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -379,9 +498,15 @@ def main() -> None:
           "|---|---|---|---|---|---|---|---|")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
-            bench_model(key, args.threads, args.seconds, args.rounds, Path(tmp))
+            bench_model(
+                key, args.threads, args.seconds, args.rounds, Path(tmp), args.tome_r, not args.skip_bf16,
+                not args.skip_static_int8, not args.skip_choice,
+            )  # fmt: skip
         if not args.skip_accuracy:
             accuracy(args.threads, args.max_per_class, Path(tmp))
+        if args.vit_student is not None and args.vit_heldout is not None:
+            tome_accuracy(args.vit_student, args.vit_heldout, args.tome_accuracy_r, args.threads,
+                          args.tome_accuracy_speed, Path(tmp))  # fmt: skip
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -58,5 +58,9 @@ class ExportError(FrugalVisionError, RuntimeError):
     """The model could not be exported, or the exported model disagrees with PyTorch."""
 
 
+class UnsupportedModelError(FrugalVisionError, ValueError):
+    """A model transformation (e.g. Token Merging) does not apply to this architecture; the message says why."""
+
+
 class DataWarning(UserWarning):
     """Something in the data was skipped or looks wrong but work could go on (e.g. corrupt images skipped)."""

@@ -70,7 +70,8 @@ def test_export_transformer_records_the_fastest_model(tmp_path: Path, labelled: 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{") :])
     deploy = json.loads((out / "deploy.json").read_text())
-    assert set(deploy["models"]) == {"fp32", "fp32-fused", "int8-dynamic"}
+    assert set(deploy["models"]) == {"fp32", "fp32-fused", "int8-dynamic", "tome", "tome-int8-dynamic"}
+    assert deploy["models"]["tome"]["parity_with_torch"]["min_cosine"] >= 0.9999  # Token Merging candidates
     engine = deploy["engine"]
     assert engine == report["engine"] and engine["precision"] in deploy["models"]
     assert {r["precision"] for r in engine["measured"]} == set(deploy["models"])

@@ -116,6 +116,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
     "graphs, e.g. ViTs; on: for any model).",
 )
 @click.option(
+    "--tome-r",
+    type=click.IntRange(min=0),
+    default=None,
+    help="ViTs, with --optimize: also add Token Merging models (fp32 and dynamic int8) merging R tokens per block "
+    "as candidates, chosen only within the accuracy budget [default: about half the patches merged by the last "
+    "block; 0: no ToMe models].",
+)
+@click.option(
     "--score-threshold",
     type=click.FloatRange(0, 1),
     default=0.25,
@@ -141,6 +149,7 @@ def export_cmd(
     weights: Path | None,
     normalize: bool,
     optimize: str,
+    tome_r: int | None,
     score_threshold: float,
     as_json: bool,
 ) -> None:
@@ -159,6 +168,7 @@ def export_cmd(
         add_bf16_fastmath,
         add_dynamic_int8,
         add_fused,
+        add_tome,
         choose_model,
         compare_precisions,
         export_backbone,
@@ -244,6 +254,13 @@ def export_cmd(
         images = list_images(check)[:32] if check is not None else None
         add_fused(out, check_images=images)
         add_dynamic_int8(out, check_images=images)
+        if tome_r != 0 and result.model is not None:
+            from frugalvision.errors import UnsupportedModelError
+
+            try:
+                add_tome(out, result.model, r=tome_r, check_images=images)
+            except UnsupportedModelError as e:
+                click.echo(f"no Token Merging models: {e}", err=True)
         choice = choose_model(
             out, check_images=images, validate=validate, threads=threads, seconds=max(speed_seconds / 2, 0.2),
             max_validate=max_validate,

@@ -113,7 +113,9 @@ def _limit_options(f: F) -> F:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, help="TCP port.")
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "fp32-fused", "int8", "int8-dynamic", "bf16"]),
+    type=click.Choice(
+        ["auto", "fp32", "fp32-fused", "int8", "int8-dynamic", "bf16", "tome", "tome-int8-dynamic"]
+    ),
     default="auto",
     help="Which model of the deploy bundle to run; auto = the fastest within the accuracy budget, as measured by "
     "`frugalvision export` (deploy.json's engine record), else fp32.",

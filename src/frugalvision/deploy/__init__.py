@@ -11,6 +11,8 @@
 - :func:`add_fused` (ONNX Runtime's transformer fusions) and :func:`add_dynamic_int8` (int8 matrix products, no
   calibration) add faster models for transformers; :func:`choose_model` measures every model of a bundle on this
   machine and records the fastest within the accuracy budget, which the runtime then runs by default.
+- :func:`add_tome` adds Token Merging ViTs (fp32 and dynamic int8): less work per image, chosen only within the
+  accuracy budget.
 - :func:`compare_precisions` reports accuracy (Recall@1 / MAP@R, accuracy or mAP) next to speed per precision.
 
 Needs torch (``frugalvision[full]``); the exported bundle runs with :class:`frugalvision.runtime.Predictor` alone.
@@ -42,6 +44,7 @@ from frugalvision.deploy.quantize import (
     list_images,
     quantize_int8,
 )
+from frugalvision.deploy.tome import add_tome, default_tome_r, tome_support
 from frugalvision.deploy.transformer import (
     EngineChoice,
     add_dynamic_int8,
@@ -62,8 +65,10 @@ __all__ = [
     "add_bf16_fastmath",
     "add_dynamic_int8",
     "add_fused",
+    "add_tome",
     "choose_model",
     "compare_precisions",
+    "default_tome_r",
     "detection_agreement",
     "export_backbone",
     "export_bundle",
@@ -78,4 +83,5 @@ __all__ = [
     "quantize_int8",
     "set_onnx_metadata",
     "throughput",
+    "tome_support",
 ]

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ class ExportResult:
         exporter: ``"dynamo"`` or ``"torchscript"``, the one that produced the file.
         parity: :func:`output_agreement` of ONNX Runtime against PyTorch (``min_cosine``, ``max_abs`` ...).
         config: the written :class:`~frugalvision.runtime.DeployConfig`.
+        model: the torch module that was exported (e.g. for :func:`frugalvision.deploy.add_tome`).
     """
 
     folder: Path
@@ -77,6 +78,7 @@ class ExportResult:
     exporter: str
     parity: dict[str, float]
     config: DeployConfig
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 def output_agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
@@ -410,7 +412,7 @@ def _export_eval_model(
         )
         set_onnx_metadata(model_path, config, precision="fp32")
         config.write(tmp)
-    return ExportResult(target, target / MODEL_FILE, chosen, parity, config)
+    return ExportResult(target, target / MODEL_FILE, chosen, parity, config, model)
 
 
 def set_onnx_metadata(path: str | os.PathLike[str], config: DeployConfig, *, precision: str) -> None:

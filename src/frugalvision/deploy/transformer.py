@@ -9,7 +9,9 @@ channel, activations quantised per batch at run time, so no calibration set is n
 AVX2 / AVX-512 VNNI). Which of them is fastest depends on the CPU, so :func:`choose_model` measures every model of
 the bundle here, keeps those whose outputs agree with fp32 within the budget, and records the fastest in
 ``deploy.json`` (``"engine"``); :class:`frugalvision.runtime.Predictor` with ``precision="auto"`` (its default)
-then runs it.
+then runs it. For plain ViTs a third lever does less work instead of cheaper work: Token Merging
+(:func:`frugalvision.deploy.add_tome`: ``"tome"`` and ``"tome-int8-dynamic"``), which changes the outputs and so
+competes under the same budget as every other candidate.
 
 The budget: with a labelled set (``validate``), a model is kept when its accuracy (Recall@1 for embeddings, top-1
 for classifiers, mAP for multi-label; :func:`~frugalvision.deploy.compare_precisions`) is within
@@ -25,6 +27,7 @@ import io
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -173,16 +176,20 @@ def add_dynamic_int8(
     keep_last_fp32: bool = True,
     check_images: Sequence[Any] | None = None,
     seed: int = 0,
+    precision: str = "int8-dynamic",
 ) -> DeployConfig:
     """Add ``model.int8-dynamic.onnx`` (precision ``"int8-dynamic"``): ONNX Runtime's dynamic quantisation of the
     matrix products (``MatMul``/``Gemm``; int8 weights per output channel, activations quantised per batch at run
     time: QOperator ``MatMulInteger`` / ``DynamicQuantizeMatMul``), no calibration needed.
 
     Args:
-        source: the model quantised: ``"fp32"``, ``"fp32-fused"`` or ``"auto"`` (the fused one when present).
+        source: the model quantised: ``"fp32"``, ``"fp32-fused"`` or ``"auto"`` (the fused one when present), or
+            another model of the bundle (e.g. ``"tome"``, :func:`frugalvision.deploy.add_tome`).
         keep_last_fp32: keep the last product (the output projection, which sets the embedding's direction or the
             logits) in fp32.
         check_images: images on which the agreement with fp32 is measured and recorded (random inputs if none).
+        precision: the name of the new model in ``deploy.json`` (file ``model.<precision>.onnx``), e.g.
+            ``"tome-int8-dynamic"`` for the quantised ToMe model.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -194,9 +201,12 @@ def add_dynamic_int8(
         raise FrugalVisionError(f"{deploy_dir} has no {source!r} model to quantise")
     src_path = config.model_path(source)
     excluded = _last_product(src_path) if keep_last_fp32 else []
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", precision):
+        raise ValueError(f"precision must be a lower-case name of letters, digits and '-', got {precision!r}")
+    file = INT8_DYNAMIC_FILE if precision == "int8-dynamic" else f"model.{precision}.onnx"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=folder) as tmp:
-        out_tmp = Path(tmp) / INT8_DYNAMIC_FILE
+        out_tmp = Path(tmp) / file
         try:
             with _quiet("root"):  # advice to pre-process the graph first
                 quantize_dynamic(
@@ -213,20 +223,20 @@ def add_dynamic_int8(
             raise FrugalVisionError(
                 f"ONNX Runtime's dynamic quantisation failed: {type(e).__name__}: {e}"
             ) from e
-        set_onnx_metadata(out_tmp, config, precision="int8-dynamic")
-        os.replace(out_tmp, folder / INT8_DYNAMIC_FILE)
+        set_onnx_metadata(out_tmp, config, precision=precision)
+        os.replace(out_tmp, folder / file)
     record: dict[str, Any] = {
-        "file": INT8_DYNAMIC_FILE,
+        "file": file,
         "source": source,
         "format": "QOperator (dynamic)",
         "types": "int8 weights per channel / activations quantised per batch",
         "kept_fp32": excluded,
         "quantize_seconds": round(time.perf_counter() - t0, 2),
     }
-    config = _add_model(folder, config, "int8-dynamic", record)
+    config = _add_model(folder, config, precision, record)
     batch = _check_batch(config, check_images, 16, seed)
-    agreement = output_agreement(_outputs(config, "fp32", batch), _outputs(config, "int8-dynamic", batch))
-    return _add_model(folder, config, "int8-dynamic", {**record, "agreement_with_fp32": agreement})
+    agreement = output_agreement(_outputs(config, "fp32", batch), _outputs(config, precision, batch))
+    return _add_model(folder, config, precision, {**record, "agreement_with_fp32": agreement})
 
 
 @dataclass(frozen=True)

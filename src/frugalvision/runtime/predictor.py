@@ -37,9 +37,11 @@ from frugalvision.runtime.preprocess import Preprocessor
 __all__ = ["PRECISIONS", "Prediction", "Predictor", "bf16_fastmath_available"]
 
 #: Model variants a deploy bundle may hold: fp32, its transformer-fused form, static (calibrated QDQ) and dynamic
-#: int8, and bf16 fast-math (ARM64). ``"auto"`` asks for the one ``deploy.json`` records as fastest within the
+#: int8, bf16 fast-math (ARM64), and Token Merging ViTs in fp32 / dynamic int8 (``frugalvision.deploy.add_tome``). ``"auto"`` asks for the one ``deploy.json`` records as fastest within the
 #: accuracy budget on the machine that exported it (``frugalvision.deploy.choose_model``), else fp32.
-PRECISIONS: tuple[str, ...] = ("fp32", "fp32-fused", "int8", "int8-dynamic", "bf16")
+PRECISIONS: tuple[str, ...] = (
+    "fp32", "fp32-fused", "int8", "int8-dynamic", "bf16", "tome", "tome-int8-dynamic"
+)  # fmt: skip
 #: ONNX Runtime's session option for bfloat16 fast-math GEMMs; only ARM64 builds implement it.
 BF16_FASTMATH_KEY = "mlas.enable_gemm_fastmath_arm64_bfloat16"
 
