@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from frugalvision.deploy.export import (
-    _export_file,
+    _export_with_fallback,
     _first_line,
     _ort_outputs,
     _resolve_exporter,
@@ -116,7 +116,9 @@ def add_tome(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _export_file(tome, example, out_tmp, exporter, opset, config.output_name)
+                _export_with_fallback(
+                    tome, example, out_tmp, exporter, opset, [config.output_name], what="ToMe model"
+                )
             onnx.checker.check_model(str(out_tmp), full_check=True)
         except Exception as e:  # the exporters and the checker raise many types
             raise ExportError(f"ONNX export of the ToMe model failed ({exporter}): {_first_line(e)}") from e
