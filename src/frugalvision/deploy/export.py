@@ -246,6 +246,27 @@ def _ort_session(model: str | os.PathLike[str] | bytes) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def _torch_parity(
+    model: nn.Module, path: Path, batch: np.ndarray, min_cosine: float, what: str = ""
+) -> tuple[dict[str, float], np.ndarray]:
+    """ONNX Runtime's outputs of the model at ``path`` on ``batch`` and their agreement with ``model``'s
+    (:func:`output_agreement`).
+
+    Raises:
+        ExportError: the minimum cosine is below ``min_cosine`` (``what`` names the model in the message).
+    """
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch)).float().numpy()
+    got = _ort_outputs(path, batch)
+    parity = output_agreement(expected, got)
+    if not parity["min_cosine"] >= min_cosine:
+        raise ExportError(
+            f"ONNX Runtime and PyTorch disagree{what}: min cosine {parity['min_cosine']:.6f} < {min_cosine} "
+            f"(max abs diff {parity['max_abs']:.3g}); the exporter may not support an operation of this model"
+        )
+    return parity, got
+
+
 def _ort_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
     session = _ort_session(path)
     return np.asarray(session.run(None, {session.get_inputs()[0].name: batch})[0], dtype=np.float32)
@@ -389,15 +410,7 @@ def _export_eval_model(
 
         # parity with PyTorch, on a batch size other than the traced one
         batch = _sample_batch(sample_images, data_config, seed + 1)
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(batch)).float().numpy()
-        got = _ort_outputs(model_path, batch)
-        parity = output_agreement(expected, got)
-        if not parity["min_cosine"] >= min_cosine:
-            raise ExportError(
-                f"ONNX Runtime and PyTorch disagree: min cosine {parity['min_cosine']:.6f} < {min_cosine} "
-                f"(max abs diff {parity['max_abs']:.3g}); the exporter may not support an operation of this model"
-            )
+        parity, _ = _torch_parity(model, model_path, batch, min_cosine)
 
         config = DeployConfig(
             task=task,

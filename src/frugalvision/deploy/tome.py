@@ -41,6 +41,7 @@ from frugalvision.deploy.export import (
     _first_line,
     _ort_outputs,
     _resolve_exporter,
+    _torch_parity,
     output_agreement,
     set_onnx_metadata,
 )
@@ -122,15 +123,7 @@ def add_tome(
             onnx.checker.check_model(str(out_tmp), full_check=True)
         except Exception as e:  # the exporters and the checker raise many types
             raise ExportError(f"ONNX export of the ToMe model failed ({exporter}): {_first_line(e)}") from e
-        with torch.inference_mode():
-            expected = tome(torch.from_numpy(batch)).float().numpy()
-        got = _ort_outputs(out_tmp, batch)
-        parity = output_agreement(expected, got)
-        if not parity["min_cosine"] >= min_cosine:
-            raise ExportError(
-                f"ONNX Runtime and torch disagree on the ToMe model: min cosine {parity['min_cosine']:.6f} < "
-                f"{min_cosine} (max abs diff {parity['max_abs']:.3g})"
-            )
+        parity, got = _torch_parity(tome, out_tmp, batch, min_cosine, what=" on the ToMe model")
         agreement = output_agreement(_ort_outputs(config.model_path("fp32"), batch), got)
         set_onnx_metadata(out_tmp, config, precision="tome")
         os.replace(out_tmp, folder / TOME_FILE)
