@@ -202,21 +202,30 @@ class _RecordSteps(Callback):
         self.steps[-1]["targets"] = args[1]
 
 
-def _sides(image_size: int, ratio: float) -> set[int]:
-    """The allowed sides, from the definition: multiples of 32 in [S (1 - r), S (1 + r)] (float64)."""
-    return {
-        s
-        for s in range(32, 4 * image_size + 1, 32)
-        if image_size * (1 - ratio) <= s <= image_size * (1 + ratio)
-    }
+def _sides(image_size: int, ratio: str) -> set[int]:
+    """The allowed sides, from the definition in exact arithmetic: multiples of 32 in [S (1 - r), S (1 + r)]."""
+    from fractions import Fraction
+
+    r = Fraction(ratio)
+    return {s for s in range(32, 4 * image_size + 1, 32) if image_size * (1 - r) <= s <= image_size * (1 + r)}
 
 
 def test_multi_scale_side_draws_multiples_of_32_in_range() -> None:
     from frugalvision.train.detection import multi_scale_side
 
-    for size, ratio in [(416, 0.5), (640, 0.25), (64, 0.5), (320, 0.1), (96, 0.3), (256, 0.05)]:
+    cases = [
+        (416, "0.5"),
+        (640, "0.25"),
+        (64, "0.5"),
+        (320, "0.1"),
+        (96, "0.3"),
+        (256, "0.05"),
+        (800, "0.16"),
+    ]
+    for size, text in cases:  # 800 x 1.16 = 928 exactly, 927.99... in floating point
+        ratio = float(text)
         drawn = [multi_scale_side(size, ratio, seed=3, step=k) for k in range(400)]
-        assert set(drawn) == _sides(size, ratio), (size, ratio)  # every allowed side, and only those
+        assert set(drawn) == _sides(size, text), (size, ratio)  # every allowed side, and only those
         assert drawn == [
             multi_scale_side(size, ratio, seed=3, step=k) for k in range(400)
         ]  # (seed, step) decide

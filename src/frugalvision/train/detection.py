@@ -122,8 +122,9 @@ def multi_scale_side(image_size: int, ratio: float, seed: int, step: int, stride
     """
     if ratio <= 0:
         return int(image_size)
-    low = max(stride, math.ceil(image_size * (1 - ratio) / stride) * stride)
-    high = math.floor(image_size * (1 + ratio) / stride) * stride
+    eps = 1e-9  # a bound that is a multiple of stride up to rounding (800 * 1.16 = 927.99...) counts as one
+    low = max(stride, math.ceil(image_size * (1 - ratio) / stride - eps) * stride)
+    high = math.floor(image_size * (1 + ratio) / stride + eps) * stride
     sides = np.arange(low, high + 1, stride)
     rng = np.random.default_rng((int(seed), int(step)))
     return int(sides[rng.integers(len(sides))])
