@@ -103,6 +103,7 @@ def run_ours(args: argparse.Namespace, size: str, rep_aux: bool, test: Detection
         f"detection.repconv={str(rep_aux).lower()}",
         f"detection.aux_head={str(rep_aux).lower()}",
         "detection.close_mosaic=1",
+        f"detection.multi_scale={args.multi_scale}",
         f"data.batch_size={args.batch_size}",
         "data.num_workers=0",
         f"optim.lr={args.lr}",
@@ -244,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", default=["n"])
     parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux"])
     parser.add_argument("--peers", nargs="*", default=["retinanet", "fcos"])
+    parser.add_argument(
+        "--multi-scale", type=float, default=0.0, help="detection.multi_scale of our detector"
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--out", default="runs/bench-detection")
     args = parser.parse_args(argv)

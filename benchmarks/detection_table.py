@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", default=["n"])
     parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux"])
     parser.add_argument("--peers", nargs="*", default=["retinanet", "fcos"])
+    parser.add_argument(
+        "--multi-scale", type=float, default=0.0, help="detection.multi_scale of our detector"
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--out", default="runs/bench-detection")
     args = parser.parse_args(argv)
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench.print_table(
         rows,
         f"BCCD test ({len(test_set)} images), {args.image_size} px, {args.epochs} epoch(s), batch "
-        f"{args.batch_size}, lr {args.lr} (heads x10 for the peers), backbone {bench.BACKBONE}, same augmentation; "
+        f"{args.batch_size}, lr {args.lr} (heads x10 for the peers), multi-scale {args.multi_scale}, backbone {bench.BACKBONE}, same augmentation; "
         "latency ms: torch CPU, ORT ms: ONNX Runtime with NMS, both batch 1, 2 threads (indicative: shared CPU)",
     )
 

@@ -20,6 +20,7 @@ from frugalvision.data.detection import (
     check_class_names,
     collate_detection,
     letterbox,
+    resize_batch,
 )
 from frugalvision.errors import CorruptImageError, DataError
 
@@ -337,6 +338,32 @@ def test_data_loader_batches(drawn: ImageDataset) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate_detection)
     images, targets, metas, skipped = next(iter(loader))
     assert images.shape == (3, 3, 128, 128) and len(targets) == len(metas) == 3 and skipped == []
+
+
+@pytest.mark.parametrize("side", [160, 224, 352, 384])
+def test_resized_batch_keeps_boxes_on_their_pixels(drawn: ImageDataset, side: int) -> None:
+    """Multi-scale training's batch resize: the letterboxed and the mosaic / affine batches at 256, resized to
+    ``side``, still have every box on its coloured rectangle and every coloured pixel in a box of its class."""
+    plain = DetectionDataset(drawn, 256, **RAW)
+    augment = DetectionAugment(
+        mosaic=1.0, translate=0.2, scale=(0.6, 1.4), hsv=(0, 0, 0), min_area_ratio=0.0, min_box_size=1.0
+    )
+    mosaic = DetectionDataset(drawn, 256, train=True, augment=augment, **RAW)
+    checked = 0
+    for ds in (plain, mosaic):
+        batch = collate_detection([ds[i] for i in range(len(ds))])
+        assert batch.images is not None
+        images, targets = resize_batch(batch.images, batch.targets, side)
+        assert images.shape == (len(ds), 3, side, side) and len(targets) == len(ds)
+        for image, target, before in zip(images, targets, batch.targets, strict=True):
+            assert torch.equal(target["labels"], before["labels"])
+            checked += _check_boxes_cover_their_colour(image, target, interior=True)
+    assert checked >= 12
+    # the letterbox's own size is left as it is (the same tensors)
+    batch = collate_detection([plain[i] for i in range(2)])
+    assert batch.images is not None
+    images, targets = resize_batch(batch.images, batch.targets, 256)
+    assert images is batch.images and all(a is b for a, b in zip(targets, batch.targets, strict=True))
 
 
 COCO128 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "coco128"

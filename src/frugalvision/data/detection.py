@@ -85,6 +85,7 @@ __all__ = [
     "check_class_names",
     "collate_detection",
     "letterbox",
+    "resize_batch",
 ]
 
 #: Grey of the letterbox padding and of the parts of an augmented canvas no image covers (YOLO's convention).
@@ -192,6 +193,21 @@ def boxes_to_original(
         return torch.minimum(moved.clamp(min=0), limit)
     out = (np.asarray(boxes, dtype=np.float64) - offset) / scale
     return np.minimum(np.maximum(out, 0.0), np.array([w, h, w, h])).astype(np.float32)
+
+
+def resize_batch(
+    images: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], side: int
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """``images (B, 3, S, S)`` resized to ``(B, 3, side, side)`` (``torch.nn.functional.interpolate``, bilinear,
+    ``align_corners=False``: pixel ``i`` of the output samples input position ``(i + 0.5) S / side - 0.5``, so the
+    whole canvas maps onto the whole canvas) and every target's ``boxes`` (xyxy, input pixels) multiplied by
+    ``side / S``; the other keys of a target are kept. ``side == S`` returns the inputs unchanged."""
+    size = int(images.shape[-1])
+    if side == size:
+        return images, list(targets)
+    factor = side / size
+    resized = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+    return resized, [{**t, "boxes": t["boxes"] * factor} for t in targets]
 
 
 def check_class_names(found: Sequence[str], expected: Sequence[str], source: str) -> None:

@@ -246,6 +246,12 @@ class DetectionConfig:
     ``close_mosaic``: the last epochs train without mosaic and mixup; ``ema_decay``: timm's ``ModelEmaV3`` (with
     warm-up) -- validation and the bundle use the averaged weights. ``class_agnostic``: every box is one class,
     ``object``.
+
+    ``multi_scale`` (``r`` in ``[0, 0.5]``, default 0 = off): multi-scale training (YOLOv3 / YOLOv5 practice).
+    Each training batch, letterboxed to ``S = image_size``, is resized (bilinear) to a side ``S'`` drawn uniformly
+    from the multiples of 32 in ``[S (1 - r), S (1 + r)]`` and its boxes are scaled by ``S' / S``; the side is
+    drawn from ``(seed, global step)``, so a resumed run draws the same sides. Validation, the bundle and export
+    stay at ``image_size``. A batch at ``S (1 + r)`` takes ``(1 + r)^2`` times the memory of one at ``S``.
     """
 
     size: Literal["n", "s", "m"] = "n"
@@ -258,6 +264,7 @@ class DetectionConfig:
     close_mosaic: int = 2
     ema_decay: float = 0.9998
     class_agnostic: bool = False
+    multi_scale: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ A :class:`~frugalvision.train.run.TaskRun` on the shared run scaffold (checkpoin
   negatives. :class:`~frugalvision.data.detection.DetectionDataset` letterboxes them to ``detection.image_size``
   and, for training, applies mosaic (``detection.mosaic``), random affine, mixup (``detection.mixup``), HSV and
   flips (``augment.hflip``), seeded by ``(seed, epoch, index)``; mosaic and mixup are off for the last
-  ``detection.close_mosaic`` epochs;
+  ``detection.close_mosaic`` epochs; with ``detection.multi_scale = r > 0`` each training batch is then resized
+  to a side drawn from the multiples of 32 in ``[S (1 - r), S (1 + r)]`` (:func:`multi_scale_side`,
+  :func:`~frugalvision.data.detection.resize_batch`), validation staying at ``S``;
 * model -- :class:`~frugalvision.models.detection.Detector` (``model.name`` backbone, ``detection.size`` / ``head``
   / ``repconv`` / ``aux_head``); with ``head=anchor`` the anchors are chosen on the training boxes
   (:func:`~frugalvision.models.detection.choose_anchors`: YOLOv3's when their best possible recall is >= 0.98,
@@ -45,6 +47,7 @@ from frugalvision.data.detection import (
     DetectionDataset,
     boxes_to_original,
     collate_detection,
+    resize_batch,
 )
 from frugalvision.embeddings import default_num_workers
 from frugalvision.errors import CorruptImageError, DataError, ImageFileMissingError
@@ -68,9 +71,18 @@ from frugalvision.train.run import (
 )
 from frugalvision.train.samplers import SeededItems
 
-__all__ = ["DetectionModule", "DetectionResult", "DetectionRun", "collate_detection_items"]
+__all__ = [
+    "DetectionModule",
+    "DetectionResult",
+    "DetectionRun",
+    "collate_detection_items",
+    "multi_scale_side",
+]
 
 CHECKPOINT_KEY = "frugalvision"
+
+#: The detector's largest stride: a multi-scale side is a multiple of it.
+STRIDE = 32
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -98,6 +110,24 @@ def collate_detection_items(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     None, "targets": [dict], "meta": [dict], "skipped": [(index, message)]}``."""
     out = collate_detection([(b["image"], b["target"], b["meta"]) for b in batch])
     return {"image": out.images, "targets": out.targets, "meta": out.metas, "skipped": out.skipped}
+
+
+# ---------------------------------------------------------------------------------------------- multi-scale
+def multi_scale_side(image_size: int, ratio: float, seed: int, step: int, stride: int = STRIDE) -> int:
+    """The training side of optimisation step ``step`` with ``detection.multi_scale = ratio``.
+
+    Uniform over the multiples of ``stride`` in ``[S (1 - r), S (1 + r)]`` (``S = image_size``, itself a multiple
+    of ``stride``, so ``S`` is always among them), drawn from ``numpy.random.default_rng((seed, step))``: the same
+    ``(seed, step)`` gives the same side, whichever process or resumed run asks. ``ratio = 0`` gives ``S``.
+    """
+    if ratio <= 0:
+        return int(image_size)
+    eps = 1e-9  # a bound that is a multiple of stride up to rounding (800 * 1.16 = 927.99...) counts as one
+    low = max(stride, math.ceil(image_size * (1 - ratio) / stride - eps) * stride)
+    high = math.floor(image_size * (1 + ratio) / stride + eps) * stride
+    sides = np.arange(low, high + 1, stride)
+    rng = np.random.default_rng((int(seed), int(step)))
+    return int(sides[rng.integers(len(sides))])
 
 
 # ----------------------------------------------------------------------------------------------- module
@@ -151,9 +181,14 @@ class DetectionModule(HistoryCheckpoint, pl.LightningModule):
         images = batch["image"]
         if images is None:
             return None
+        targets = batch["targets"]
+        det = self.config.detection
+        if det.multi_scale > 0:
+            side = multi_scale_side(det.image_size, det.multi_scale, self.config.seed, self.global_step)
+            images, targets = resize_batch(images, targets, side)
         outputs = self.detector(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            terms = self.loss(outputs, batch["targets"])
+            terms = self.loss(outputs, targets)
         advice = "lower optim.lr, keep optim.grad_clip, or use 32-bit precision (trainer.precision=32-true)"
         log_loss_terms(self, terms, int(images.shape[0]), batch_idx, advice)
         self._loss_sum += float(terms["loss"].detach())
@@ -472,6 +507,10 @@ def _check_detection(config: TrainConfig) -> None:
     if not (0 <= det.mosaic <= 1 and 0 <= det.mixup <= 1):
         raise ConfigError(
             f"detection.mosaic / detection.mixup must be in [0, 1], got {det.mosaic} / {det.mixup}"
+        )
+    if not 0 <= det.multi_scale <= 0.5:
+        raise ConfigError(
+            f"detection.multi_scale must be in [0, 0.5] (a fraction of detection.image_size), got {det.multi_scale}"
         )
     if det.close_mosaic < 0:
         raise ConfigError(f"detection.close_mosaic must be >= 0, got {det.close_mosaic}")
