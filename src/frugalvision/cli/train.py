@@ -14,6 +14,7 @@ from frugalvision.cli._options import (
     config_option,
     data_option,
     holdout_options,
+    input_option,
     lightning_run_options,
     out_option,
     recipe_option,
@@ -76,11 +77,10 @@ option = config_option(TRAIN, _FLAG_KEYS)
 @out_option(
     "Run folder: config.yaml, checkpoints/, logs/, tensorboard/ and the bundle model/.", required=False
 )
-@click.option(
+@input_option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
+    kind="file",
     help="YAML file of settings (sections data, model, loss, optim, augment, trainer); flags and --set win over it.",
 )
 @click.option(
