@@ -3,8 +3,9 @@
 The options every command that embeds images takes (``--model/--weights/--pretrained``, which
 :func:`model_options` hands to the command as one :class:`ModelSettings`, ``--batch-size``, ``--workers``,
 ``--device``, ``--on-corrupt``, ``--progress``; :func:`run_options` hands the last four to the command as one
-:class:`RunSettings`), those several commands take alike (``--data``, ``--out``, ``--format``,
-``--seed``, ``--clusters``, ``--cache``, ``--json``, a near-duplicate threshold), the ONNX Runtime ``--threads``,
+:class:`RunSettings`), those several commands take alike (``--data``, ``--out``, ``--format``, ``--seed``,
+``--clusters``, ``--cache``, ``--json``, a near-duplicate threshold; :func:`input_option` for any option naming an
+existing file or folder, :func:`out_option` for where a command writes), the ONNX Runtime ``--threads``,
 and for the run commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read
 from the configuration dataclass when help is shown (so help text cannot drift from the configuration),
 :func:`lightning_run_options`, :func:`holdout_options` and :func:`recipe_option`, the flags both runs take, and
