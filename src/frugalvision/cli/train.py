@@ -178,14 +178,15 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
-    out = values.get("out") or (read_yaml(config_file).get("out") if config_file else None)
+    from_file = read_yaml(config_file) if config_file else None  # read once: its out, then the whole config
+    out = values.get("out") or (from_file or {}).get("out")
     base = None
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out (the run folder to continue)")
         saved = Path(out) / "config.yaml"
         base = read_yaml(saved) if saved.is_file() else None
-    config = load_config(config_file, values, base=base)
+    config = load_config(config_file, values, base=base, file_values=from_file)
     if flags["class_agnostic"] and config.task != "detection":
         raise ConfigError(f"--class-agnostic goes with --task detection (the task is {config.task!r})")
     if config.data.path is None:
