@@ -149,7 +149,7 @@ def discover(
     for path, reason in skipped:
         click.secho(f"Warning: skipped {path}: {reason}", fg="yellow", err=True)
     settings = {
-        "model": model,
+        "model": model.name,
         "objects": num_objects,
         "tau": tau,
         "image_size": image_size,
@@ -180,7 +180,7 @@ def discover(
     if metrics["corloc"] <= base["corloc"]:
         click.secho(
             f"Warning: MaskCut's first box (CorLoc {metrics['corloc']:.4f}) does no better than a fixed centred "
-            f"box ({base['corloc']:.4f}): the features of {model} do not find the objects of these images.",
+            f"box ({base['corloc']:.4f}): the features of {model.name} do not find the objects of these images.",
             fg="yellow",
             err=True,
         )
