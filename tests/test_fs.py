@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from frugalvision._fs import IMAGE_EXTENSIONS, list_images, replacing_dir, write_text_atomic
+from frugalvision._fs import IMAGE_EXTENSIONS, list_images, read_json, replacing_dir, write_text_atomic
+from frugalvision.errors import DataError, StoreError
 
 
 def dead_pid() -> int:
@@ -89,3 +90,19 @@ def test_leftovers_of_a_killed_folder_save_are_cleaned_by_the_next(tmp_path: Pat
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["model", *others]
     )  # a running writer's and foreign folders stay
+
+
+def test_read_json_names_the_file_of_bad_json(tmp_path: Path) -> None:
+    good = tmp_path / "info.json"
+    good.write_text('{"format": 2, "name": "caf\u00e9"}', encoding="utf-8")
+    assert read_json(good) == {"format": 2, "name": "café"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": 2,}', encoding="utf-8")
+    with pytest.raises(StoreError, match=r"bad\.json is not valid JSON: Expecting property name"):
+        read_json(bad)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"name": "café"}'.encode("latin-1"))
+    with pytest.raises(StoreError, match=r"latin\.json is not valid JSON: 'utf-8' codec"):
+        read_json(latin)
+    with pytest.raises(DataError, match=r"bad\.json is not valid JSON"):
+        read_json(bad, DataError)

@@ -12,11 +12,15 @@ Windows, so a reader sees the old version or the new one, never half of one.
 behind. :func:`leftovers` finds those of processes that are no longer running, and only names of that exact form,
 so the next save can clean them (:func:`recover_interrupted_save`).
 
-Standard library only: the torch-free runtime imports it.
+**Reading.** :func:`read_json` reads the JSON file of a saved folder (a bundle's ``config.json``, a store's
+``info.json``...) and names the file when it is not valid JSON.
+
+Standard library only (and :mod:`frugalvision.errors`): the torch-free runtime imports it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,6 +28,9 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from frugalvision.errors import StoreError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,6 +41,7 @@ __all__ = [
     "list_images",
     "normalize_extensions",
     "process_running",
+    "read_json",
     "recover_interrupted_save",
     "replacing_dir",
     "write_text_atomic",
@@ -84,6 +92,20 @@ def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAG
                 found.append((path.relative_to(folder).as_posix(), path))
     found.sort(key=lambda item: item[0])
     return [path for _, path in found]
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def read_json(path: str | os.PathLike[str], error: type[Exception] = StoreError) -> Any:
+    """The JSON value of the UTF-8 file ``path`` (a saved folder's record: ``config.json``, ``info.json``...).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (callers check what a complete folder holds first).
+        StoreError: (or ``error``) the file is not valid UTF-8 JSON: ``"<path> is not valid JSON: <reason>"``.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON: {e}") from e
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes

@@ -43,7 +43,7 @@ from frugalvision._fields import (
     check_str_list_field,
     field_error,
 )
-from frugalvision._fs import replacing_dir
+from frugalvision._fs import read_json, replacing_dir
 from frugalvision._version import __version__
 from frugalvision.errors import DataWarning, FrugalVisionError, StoreError
 from frugalvision.models import Backbone, backbone_from_spec
@@ -94,10 +94,7 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name in ("config.json", _WEIGHTS):
         if not (folder / name).is_file():
             raise StoreError(f"{folder} is not a complete model bundle: {name} is missing")
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
+    config = read_json(folder / "config.json")
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
         raise StoreError(f"{folder / 'config.json'} is not a frugalvision bundle config (format field)")
     if config.get("format_version") != BUNDLE_VERSION:

@@ -7,6 +7,7 @@ import functools
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -150,3 +151,59 @@ def test_choices_written_in_the_cli_are_the_library_names(command: str, param: s
     expected = getattr(importlib.import_module(module), attr)
     option = next(p for p in cli.commands[command].params if p.name == param)
     assert sorted(option.type.choices) == sorted(expected)  # type: ignore[attr-defined]
+
+
+def test_model_options_give_the_command_one_model_settings(tmp_path: Path) -> None:
+    """``--model/--weights/--pretrained`` reach the command as one ModelSettings; the options themselves (names,
+    defaults, help) are those of the three separate options."""
+    from frugalvision.cli._options import DEFAULT_MODEL, ModelSettings, model_options
+
+    got: list[ModelSettings] = []
+
+    @click.command()
+    @model_options()
+    @click.option("--other", default=1)
+    def command(model: ModelSettings, other: int) -> None:
+        got.append(model)
+
+    assert [p.name for p in command.params] == ["model", "weights", "pretrained", "other"]
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    runner = CliRunner()
+    assert runner.invoke(command, []).exit_code == 0
+    assert (
+        runner.invoke(command, ["-m", "resnet18", "--weights", str(weights), "--no-pretrained"]).exit_code
+        == 0
+    )
+    assert got == [ModelSettings(DEFAULT_MODEL, None, True), ModelSettings("resnet18", weights, False)]
+    folder = runner.invoke(command, ["--weights", str(tmp_path)])
+    assert folder.exit_code == 2 and "is a directory" in folder.output
+
+
+@pytest.mark.parametrize(
+    ("kind", "given", "ok"),
+    [("file", "file", True), ("file", "folder", False), ("folder", "folder", True), ("folder", "file", False),
+     ("any", "file", True), ("any", "folder", True), ("any", "missing", False)],
+)  # fmt: skip
+def test_input_option_takes_an_existing_path_of_its_kind(
+    tmp_path: Path, kind: str, given: str, ok: bool
+) -> None:
+    from frugalvision.cli._options import input_option
+
+    seen: list[Path | None] = []
+
+    @click.command()
+    @input_option("--thing", "thing_path", kind=kind, help="A thing.")
+    def command(thing_path: Path | None) -> None:
+        seen.append(thing_path)
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    runner = CliRunner()
+    assert runner.invoke(command, []).exit_code == 0 and seen == [None]
+    result = runner.invoke(command, ["--thing", str(tmp_path / given)])
+    assert (result.exit_code == 0) == ok, result.output
+    if ok:
+        assert seen[-1] == tmp_path / given and isinstance(seen[-1], Path)
+    else:
+        assert "Invalid value for '--thing'" in result.output

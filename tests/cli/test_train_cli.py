@@ -128,6 +128,42 @@ def test_user_errors_are_one_line(data: Path, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "no training data" in r.output
 
 
+def test_config_file_is_read_once(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config gives the run folder and the settings: the command reads the file once, resuming or not (the
+    resumed run's own config.yaml is the other file read)."""
+    import frugalvision.train
+    from frugalvision.cli import train  # noqa: F401
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "data": {"path": str(data)}}))
+    reads: list[Path] = []
+    read_text = Path.read_text
+
+    def counting(self: Path, *args: object, **kwargs: object) -> str:
+        reads.append(self)
+        return read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    fitted: list[object] = []
+
+    def fake_fit(cfg: object, resume: bool = False) -> object:
+        fitted.append(cfg)
+        return type("Result", (), {"bundle": None})()  # as a secondary process of a multi-device run
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    monkeypatch.setattr(frugalvision.train, "fit", fake_fit)
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert reads.count(config) == 1
+    assert fitted[0].out == str(tmp_path / "run") and fitted[0].trainer.epochs == 3  # type: ignore[attr-defined]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": 7}}))
+    reads.clear()
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert reads.count(config) == 1 and reads.count(tmp_path / "run" / "config.yaml") == 1
+    assert fitted[1].trainer.epochs == 7  # type: ignore[attr-defined]
+
+
 def test_every_train_option_has_help() -> None:
     import click
 

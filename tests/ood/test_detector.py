@@ -97,6 +97,12 @@ def test_save_load_round_trip(data: dict[str, np.ndarray], tmp_path: Path) -> No
         det.save(tmp_path / "other")
     with pytest.raises(StoreError, match=r"detector\.json is missing"):
         OODDetector.load(tmp_path / "other")
+    meta = tmp_path / "det" / "detector.json"
+    meta.write_bytes(
+        meta.read_text(encoding="utf-8").replace("{", '{"note": "caf\u00e9", ', 1).encode("latin-1")
+    )
+    with pytest.raises(StoreError, match=r"detector\.json is not valid JSON"):
+        OODDetector.load(tmp_path / "det")
 
 
 def test_errors(data: dict[str, np.ndarray]) -> None:

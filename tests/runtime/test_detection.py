@@ -55,6 +55,24 @@ def test_letterbox_equals_torchvision_reference() -> None:
         assert metas[0].size == (image.height, image.width)
 
 
+def test_letterbox_call_batch_and_batch_with_meta_give_the_reference_pixels() -> None:
+    """The three ways in (one image, a batch, a batch with metas) and the input size all follow the contract."""
+    pre = LetterboxPreprocessor(320, IMAGENET_MEAN, IMAGENET_STD, fill=0)
+    images = _images()[:3]
+    expected = np.stack([_torchvision_letterbox(image, 320, fill=0)[0].numpy() for image in images])
+    batch, metas = pre.batch_with_meta(images)
+    assert batch.shape == (3, *pre.input_size) == (3, 3, 320, 320) and (pre.height, pre.width) == (320, 320)
+    np.testing.assert_allclose(batch, expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(pre.batch(images), batch)
+    np.testing.assert_array_equal(pre(images[1]), batch[1])
+    assert [m.size for m in metas] == [(im.height, im.width) for im in images]
+    assert pre.batch([]).shape == (0, 3, 320, 320)
+    with pytest.raises(TypeError, match="sequence of images"):
+        pre.batch("cat.jpg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        LetterboxPreprocessor(320, IMAGENET_MEAN, IMAGENET_STD, interpolation="cubic")
+
+
 def test_letterbox_matches_a_tensor_letterbox_within_one_grey_level() -> None:
     """Training letterboxes uint8 tensors (torchvision's antialiased tensor resize, not Pillow's): the runtime's
     Pillow resize differs from it by at most one grey level, on a tiny share of the pixels."""

@@ -1,9 +1,11 @@
 """Option declarations shared by the commands, each written once.
 
-The options every command that embeds images takes (``--model/--weights/--pretrained``, ``--batch-size``,
-``--workers``, ``--device``, ``--on-corrupt``, ``--progress``; :func:`run_options` hands the last four to the
-command as one :class:`RunSettings`), those several commands take alike (``--data``, ``--out``, ``--format``,
-``--seed``, ``--clusters``, ``--cache``, ``--json``, a near-duplicate threshold), the ONNX Runtime ``--threads``,
+The options every command that embeds images takes (``--model/--weights/--pretrained``, which
+:func:`model_options` hands to the command as one :class:`ModelSettings`, ``--batch-size``, ``--workers``,
+``--device``, ``--on-corrupt``, ``--progress``; :func:`run_options` hands the last four to the command as one
+:class:`RunSettings`), those several commands take alike (``--data``, ``--out``, ``--format``, ``--seed``,
+``--clusters``, ``--cache``, ``--json``, a near-duplicate threshold; :func:`input_option` for any option naming an
+existing file or folder, :func:`out_option` for where a command writes), the ONNX Runtime ``--threads``,
 and for the run commands (``train``, ``distill``): :func:`config_option`, whose options show ``[default: X]`` read
 from the configuration dataclass when help is shown (so help text cannot drift from the configuration),
 :func:`lightning_run_options`, :func:`holdout_options` and :func:`recipe_option`, the flags both runs take, and
@@ -31,6 +33,7 @@ __all__ = [
     "RECIPE_NAMES",
     "ConfigDefaultOption",
     "LazyChoice",
+    "ModelSettings",
     "RunSettings",
     "batch_size_option",
     "cache_option",
@@ -42,6 +45,7 @@ __all__ = [
     "duplicate_threshold_option",
     "format_option",
     "holdout_options",
+    "input_option",
     "json_option",
     "lightning_run_options",
     "model_option",
@@ -81,17 +85,44 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return wrap
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """The backbone a command embeds with: what :func:`model_options` reads from the command line."""
+
+    name: str
+    weights: Path | None
+    pretrained: bool
+
+    def feature_model(self) -> Any:
+        """:func:`frugalvision.foundation.create_feature_model` of these settings (a timm, offline or open_clip
+        model); imports torch."""
+        from frugalvision.foundation import create_feature_model
+
+        return create_feature_model(self.name, pretrained=self.pretrained, weights=self.weights)
+
+
 def model_options(
     default: str = DEFAULT_MODEL,
     *,
     model_help: str = _MODEL_HELP,
     weights_help: str = _WEIGHTS_HELP,
     pretrained_help: str = _PRETRAINED_HELP,
-) -> Callable[[F], F]:
-    """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with."""
-    return _stack(
-        model_option(default, model_help), weights_option(weights_help), pretrained_option(pretrained_help)
-    )
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--model/-m``, ``--weights`` and ``--pretrained/--no-pretrained``: the backbone a command embeds with,
+    given to the command as one parameter ``model`` (a :class:`ModelSettings`)."""
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(*args: Any, model: str, weights: Path | None, pretrained: bool, **kwargs: Any) -> Any:
+            return f(*args, model=ModelSettings(model, weights, pretrained), **kwargs)
+
+        return _stack(
+            model_option(default, model_help),
+            weights_option(weights_help),
+            pretrained_option(pretrained_help),
+        )(command)
+
+    return wrap
 
 
 def model_option(default: str = DEFAULT_MODEL, help: str = _MODEL_HELP) -> Callable[[F], F]:
@@ -106,15 +137,13 @@ def pretrained_option(help: str = _PRETRAINED_HELP) -> Callable[[F], F]:
 
 def weights_option(help: str = _WEIGHTS_HELP, name: str = "--weights") -> Callable[[F], F]:
     """``--weights FILE`` (or another ``name``, e.g. ``--teacher-weights``): local weights for a backbone name."""
-    return click.option(
-        name, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=help
-    )
+    return input_option(name, help=help, kind="file")
 
 
 def data_option(help: str) -> Callable[[F], F]:
     """``--data DATA``: the labelled images a command trains or evaluates on (a folder, a manifest, COCO JSON...,
     whatever :func:`frugalvision.data.open_dataset` reads); ``None`` when left out."""
-    return click.option("--data", type=click.Path(exists=True, path_type=Path), default=None, help=help)
+    return input_option("--data", help=help)
 
 
 def batch_size_option(default: int = 64, help: str = "Images per forward pass.") -> Callable[[F], F]:
@@ -179,6 +208,19 @@ def clusters_option(help: str, min: int = 1) -> Callable[[F], F]:
     return click.option("--clusters", "-k", type=click.IntRange(min=min), default=None, help=help)
 
 
+def _path_type(kind: str, exists: bool = False) -> click.Path:
+    """A ``click.Path`` (as :class:`pathlib.Path`) of a ``kind``: ``"folder"``, ``"file"`` or ``"any"``."""
+    if kind not in ("folder", "file", "any"):
+        raise ValueError(f"kind must be 'folder', 'file' or 'any', got {kind!r}")
+    return click.Path(exists=exists, file_okay=kind != "folder", dir_okay=kind != "file", path_type=Path)
+
+
+def input_option(*names: str, help: str, kind: str = "any") -> Callable[[F], F]:
+    """An existing file or folder a command reads, given by an option (``names`` as ``click.option`` takes them:
+    ``"--index", "index_dir"``); ``None`` when left out; ``kind`` is ``"file"``, ``"folder"`` or ``"any"``."""
+    return click.option(*names, type=_path_type(kind, exists=True), default=None, help=help)
+
+
 def out_option(
     help: str,
     *,
@@ -188,13 +230,10 @@ def out_option(
 ) -> Callable[[F], F]:
     """``--out/-o PATH``: where a command writes; ``kind`` is ``"folder"``, ``"file"`` or ``"any"``. A
     ``default`` is shown in the help; without one the option is required unless ``required=False``."""
-    if kind not in ("folder", "file", "any"):
-        raise ValueError(f"kind must be 'folder', 'file' or 'any', got {kind!r}")
-    path = click.Path(file_okay=kind != "folder", dir_okay=kind != "file", path_type=Path)
     return click.option(
         "--out",
         "-o",
-        type=path,
+        type=_path_type(kind),
         required=required and default is None,
         default=default,
         show_default=default is not None,
@@ -366,12 +405,7 @@ def holdout_options(
             type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
             help="Share of classes or images held out for validation.",
         ),
-        click.option(
-            "--val-data",
-            type=click.Path(exists=True, path_type=Path),
-            default=None,
-            help="A separate validation data set (wins over --val-split).",
-        ),
+        input_option("--val-data", help="A separate validation data set (wins over --val-split)."),
     )
 
 

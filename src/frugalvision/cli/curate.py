@@ -11,6 +11,7 @@ import numpy as np
 
 from frugalvision.cli._app import cli
 from frugalvision.cli._options import (
+    ModelSettings,
     RunSettings,
     cache_option,
     clusters_option,
@@ -68,9 +69,7 @@ def duplicates(
     max_pairs: int,
     method: str,
     cache: Path | None,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     run: RunSettings,
 ) -> None:
     """Find exact duplicates (same bytes) and near duplicates (cosine >= --threshold)."""
@@ -86,7 +85,7 @@ def duplicates(
 
     if threshold is None:
         threshold = NEAR_DUPLICATE_THRESHOLD
-    store = load_store(source, model, weights, pretrained, cache, run)
+    store = load_store(source, model, cache, run)
     present = [i for i, p in enumerate(store.paths) if os.path.isfile(p)]
     exact = [[present[i] for i in g] for g in exact_duplicates([store.paths[i] for i in present])]
     pairs = near_duplicates(store.vectors, threshold, method=method)  # type: ignore[arg-type]  # click.Choice
@@ -148,15 +147,13 @@ def select(
     within: str,
     seed: int,
     cache: Path | None,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     run: RunSettings,
 ) -> None:
     """Select N images spread evenly over k-means clusters (balanced sampling) and write them as a manifest."""
     from frugalvision.curation import select_balanced
 
-    store = load_store(source, model, weights, pretrained, cache, run)
+    store = load_store(source, model, cache, run)
     if levels is not None:
         try:
             ks: list[int] | None = [int(v) for v in levels.split(",")]
@@ -209,16 +206,14 @@ def compare(
     dominance: float,
     min_size: int,
     seed: int,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     run: RunSettings,
 ) -> None:
     """Compare two data sets (stores or images) by clustering their union: report the clusters one set dominates."""
     from frugalvision.curation import compare_datasets, write_comparison_report
 
-    a = load_store(data_a, model, weights, pretrained, None, run)
-    b = load_store(data_b, model, weights, pretrained, None, run)
+    a = load_store(data_a, model, None, run)
+    b = load_store(data_b, model, None, run)
     result = compare_datasets(
         a.vectors, b.vectors, k=clusters, dominance=dominance, min_size=min_size, seed=seed
     )

@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from frugalvision.cli._app import cli
-from frugalvision.cli._options import json_option, pretrained_option, threads_option, weights_option
+from frugalvision.cli._options import (
+    input_option,
+    json_option,
+    pretrained_option,
+    threads_option,
+    weights_option,
+)
 
 
 def _default_out(source: str) -> Path:
@@ -51,10 +57,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     is_flag=True,
     help="Also write an int8 model (ONNX Runtime static quantisation, QDQ, per-channel); needs --calibrate.",
 )
-@click.option(
+@input_option(
     "--calibrate",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
+    kind="folder",
     help="Folder of images like those the model will see (searched recursively) to calibrate int8 ranges.",
 )
 @click.option(
@@ -74,10 +79,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
     is_flag=True,
     help="Add a bf16 entry (ONNX Runtime's bfloat16 fast-math GEMMs). Runs on ARM64 CPUs only: ONNX Runtime has no bf16 kernels on x86.",
 )
-@click.option(
+@input_option(
     "--validate",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
     help="Labelled data (class folders, manifest...) to report accuracy (Recall@1 / MAP@R, accuracy or mAP) and speed per precision.",
 )
 @click.option(

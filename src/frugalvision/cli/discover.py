@@ -9,6 +9,7 @@ import click
 
 from frugalvision.cli._app import cli
 from frugalvision.cli._options import (
+    ModelSettings,
     device_option,
     json_option,
     model_options,
@@ -82,9 +83,7 @@ from frugalvision.cli._options import (
 def discover(
     data: Path,
     out: Path,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     num_objects: int,
     tau: float,
     image_size: int | None,
@@ -121,7 +120,7 @@ def discover(
     dataset = open_discovery_set(data, split=split).head(max_images)
     click.echo(f"data: {len(dataset.paths)} images ({dataset.format}) from {data}", err=True)
     backbone = create_discovery_backbone(
-        model, pretrained=pretrained, weights=weights, image_size=image_size or 480
+        model.name, pretrained=model.pretrained, weights=model.weights, image_size=image_size or 480
     )
     backbone.to(resolve_device(device))
     gt_by_path = dict(zip(dataset.paths, dataset.boxes, strict=True)) if dataset.boxes is not None else {}
@@ -150,7 +149,7 @@ def discover(
     for path, reason in skipped:
         click.secho(f"Warning: skipped {path}: {reason}", fg="yellow", err=True)
     settings = {
-        "model": model,
+        "model": model.name,
         "objects": num_objects,
         "tau": tau,
         "image_size": image_size,
@@ -181,7 +180,7 @@ def discover(
     if metrics["corloc"] <= base["corloc"]:
         click.secho(
             f"Warning: MaskCut's first box (CorLoc {metrics['corloc']:.4f}) does no better than a fixed centred "
-            f"box ({base['corloc']:.4f}): the features of {model} do not find the objects of these images.",
+            f"box ({base['corloc']:.4f}): the features of {model.name} do not find the objects of these images.",
             fg="yellow",
             err=True,
         )

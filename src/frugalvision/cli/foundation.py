@@ -11,24 +11,30 @@ from typing import Any, TypeVar
 import click
 
 from frugalvision.cli._app import cli, data_warnings
-from frugalvision.cli._options import RunSettings, cache_option, model_options, out_option, run_options
+from frugalvision.cli._options import (
+    ModelSettings,
+    RunSettings,
+    cache_option,
+    input_option,
+    model_options,
+    out_option,
+    run_options,
+)
 
 DEFAULT_CLIP = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def load_store(
-    source: Path, model: str, weights: Path | None, pretrained: bool, cache: Path | None, run: RunSettings
-) -> Any:
+def load_store(source: Path, model: ModelSettings, cache: Path | None, run: RunSettings) -> Any:
     """An embedding store: ``source`` itself if it is one, else the images of ``source`` embedded with ``model``."""
     from frugalvision.embeddings import EmbeddingStore, extract_embeddings
-    from frugalvision.foundation import create_feature_model, open_images
+    from frugalvision.foundation import open_images
 
     if EmbeddingStore.exists(source):
         return EmbeddingStore.load(source)
     dataset = open_images(source)
     click.echo(f"data: {dataset!r}", err=True)
-    fm = create_feature_model(model, pretrained=pretrained, weights=weights)
+    fm = model.feature_model()
     with data_warnings():
         if cache is not None:
             return extract_embeddings(fm, dataset, cache, **run.kwargs())
@@ -51,12 +57,7 @@ def _abstain_option(name: str, what: str) -> Callable[[F], F]:
 @click.option(
     "--classes", "classes_text", default=None, help='Comma-separated class names, e.g. "cat,dog,red fox".'
 )
-@click.option(
-    "--classes-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Text file with one class name per line.",
-)
+@input_option("--classes-file", kind="file", help="Text file with one class name per line.")
 @out_option("Manifest CSV to write (path,label,prediction,score,margin).", kind="file")
 @model_options(DEFAULT_CLIP)
 @click.option(
@@ -86,9 +87,7 @@ def label(
     classes_text: str | None,
     classes_file: Path | None,
     out: Path,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     templates: str,
     min_score: float,
     min_margin: float,
@@ -104,7 +103,6 @@ def label(
     review queue.
     """
     from frugalvision.foundation import (
-        create_feature_model,
         open_images,
         parse_class_names,
         read_class_names,
@@ -120,7 +118,7 @@ def label(
     temps = resolve_templates(templates)
     dataset = open_images(data)
     click.echo(f"data: {dataset!r}; {len(names)} classes x {len(temps)} templates", err=True)
-    fm = create_feature_model(model, pretrained=pretrained, weights=weights)
+    fm = model.feature_model()
     with data_warnings():
         result = zero_shot_classify(fm, dataset, names, temps, cache=cache, **run.kwargs())
     write_label_manifest(result, out, min_score=min_score, min_margin=min_margin)

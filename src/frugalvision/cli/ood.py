@@ -12,6 +12,7 @@ import numpy as np
 
 from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._options import (
+    ModelSettings,
     RunSettings,
     cache_option,
     json_option,
@@ -61,14 +62,14 @@ def _default_num_classes(name: str) -> int:
     return int(cfg.num_classes or 0)
 
 
-def _build(model: str, weights: Path | None, pretrained: bool, num_classes: int | None) -> Any:
-    from frugalvision.foundation import OPEN_CLIP_PREFIX, create_feature_model
+def _build(model: ModelSettings, num_classes: int | None) -> Any:
+    from frugalvision.foundation import OPEN_CLIP_PREFIX
     from frugalvision.models import create_backbone
 
-    if model.startswith(OPEN_CLIP_PREFIX):
-        return create_feature_model(model, pretrained=pretrained, weights=weights)
-    n = _default_num_classes(model) if num_classes is None else num_classes
-    return create_backbone(model, pretrained=pretrained, weights=weights, num_classes=n)
+    if model.name.startswith(OPEN_CLIP_PREFIX):
+        return model.feature_model()
+    n = _default_num_classes(model.name) if num_classes is None else num_classes
+    return create_backbone(model.name, pretrained=model.pretrained, weights=model.weights, num_classes=n)
 
 
 def _inputs(backbone: Any, data: Path, cache: Path | None, run: RunSettings) -> Any:
@@ -143,9 +144,7 @@ def _load(detector_dir: Path) -> tuple[Any, Any]:
 def fit(
     data: Path,
     out: Path,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     num_classes: int | None,
     score_names: str | None,
     k: int | str,
@@ -160,7 +159,7 @@ def fit(
     from frugalvision.foundation import open_images
     from frugalvision.ood import OODDetector, jigsaw_block_norms
 
-    backbone = _build(model, weights, pretrained, num_classes)
+    backbone = _build(model, num_classes)
     inputs = _inputs(backbone, data, cache, run)
     names = [s.strip() for s in score_names.split(",")] if score_names else None
     det = OODDetector(

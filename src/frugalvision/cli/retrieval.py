@@ -14,6 +14,7 @@ import numpy as np
 from frugalvision.cli._app import cli, data_warnings
 from frugalvision.cli._backend import backend_options, check_backend, pgvector_ef_search_option
 from frugalvision.cli._options import (
+    ModelSettings,
     batch_size_option,
     data_option,
     device_option,
@@ -134,9 +135,7 @@ def embed(
     merge_out: Path | None,
     ray_address: str | None,
     ray_workers: int,
-    model: str,
-    weights: Path | None,
-    pretrained: bool,
+    model: ModelSettings,
     fmt: str,
     batch_size: int,
     workers: int | None,
@@ -185,7 +184,7 @@ def embed(
     shards: dict[str, Any] = {"shard_size": shard_size, "shard_seconds": shard_seconds}
     shards = {k: v for k, v in shards.items() if v is not None}  # left out: the library's default
     # the model first: a bad one is one error line, before any other output
-    backbone = _embedder(model, pretrained, weights)
+    backbone = _embedder(model.name, model.pretrained, model.weights)
     dataset = open_dataset(data, format=fmt, on_corrupt=on_corrupt)
     click.echo(f"data: {dataset!r}", err=True)
     common: dict[str, Any] = {

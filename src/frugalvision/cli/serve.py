@@ -11,7 +11,7 @@ import click
 from frugalvision.cli._app import cli
 from frugalvision.cli._backend import backend_options, check_backend, pgvector_ef_search_option
 from frugalvision.cli._listen import ANY_ADDRESS, allowed_host_option, allowed_hosts_for, host_option
-from frugalvision.cli._options import threads_option
+from frugalvision.cli._options import input_option, threads_option
 
 #: Largest request line + headers uvicorn buffers (h11's own default, set explicitly).
 MAX_HEADER_BYTES = 16 * 1024
@@ -100,11 +100,10 @@ def _limit_options(f: F) -> F:
 
 @cli.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option(
+@input_option(
     "--index",
     "index_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
+    kind="folder",
     help="Saved EmbeddingIndex (frugalvision index) built with this model; enables POST /search.",
 )
 @backend_options

@@ -14,6 +14,7 @@ from frugalvision.cli._options import (
     config_option,
     data_option,
     holdout_options,
+    input_option,
     lightning_run_options,
     out_option,
     recipe_option,
@@ -76,11 +77,10 @@ option = config_option(TRAIN, _FLAG_KEYS)
 @out_option(
     "Run folder: config.yaml, checkpoints/, logs/, tensorboard/ and the bundle model/.", required=False
 )
-@click.option(
+@input_option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
+    kind="file",
     help="YAML file of settings (sections data, model, loss, optim, augment, trainer); flags and --set win over it.",
 )
 @click.option(
@@ -178,14 +178,15 @@ def train(config_file: Path | None, overrides: tuple[str, ...], resume: bool, **
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
-    out = values.get("out") or (read_yaml(config_file).get("out") if config_file else None)
+    from_file = read_yaml(config_file) if config_file else None  # read once: its out, then the whole config
+    out = values.get("out") or (from_file or {}).get("out")
     base = None
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out (the run folder to continue)")
         saved = Path(out) / "config.yaml"
         base = read_yaml(saved) if saved.is_file() else None
-    config = load_config(config_file, values, base=base)
+    config = load_config(config_file, values, base=base, file_values=from_file)
     if flags["class_agnostic"] and config.task != "detection":
         raise ConfigError(f"--class-agnostic goes with --task detection (the task is {config.task!r})")
     if config.data.path is None:

@@ -9,19 +9,21 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from frugalvision.bundle import is_bundle
 from frugalvision.data import ImageDataset
 from frugalvision.distill.config import DistillConfig
-from frugalvision.embeddings import EmbeddingStore
+from frugalvision.embeddings import EmbeddingStore, ExtractOptions
 from frugalvision.errors import DataError
 from frugalvision.models.embedding_model import jsonable_data_config
 from frugalvision.train.cache import extract_once, rows_in_order
 from frugalvision.train.config import ConfigError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Teacher", "resolve_teacher", "teacher_embeddings"]
 
@@ -125,11 +127,8 @@ def teacher_embeddings(
     *,
     source: str,
     cache_root: str | os.PathLike[str],
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
     wait_s: float = 3600.0,
+    **loader: Unpack[ExtractOptions],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's embedding of every image of ``dataset`` (its own preprocessing, no augmentation).
 
@@ -137,7 +136,8 @@ def teacher_embeddings(
     (L2-normalised rows) under ``cache_root/<key>``, the key hashing the teacher (name, weights file, bundle id),
     its preprocessing and ``source``, so a second run (or a resumed one) reads it back. A randomly initialised
     teacher (``pretrained=False``, for tests) is not told apart by the key. A teacher store is looked up by image
-    path (as given, or resolved).
+    path (as given, or resolved). ``loader`` (``batch_size``, ``num_workers``, ``device``, ``progress``) is passed
+    to :func:`~frugalvision.embeddings.extract_embeddings`, whose defaults apply.
 
     Returns:
         ``(vectors (N', D) float32, kept (N,) bool)``: ``kept[i]`` is False for images that could not be read
@@ -183,7 +183,6 @@ def teacher_embeddings(
         settings["weights_file"] = [stat.st_size, stat.st_mtime_ns]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cache_root) / key
-    loader = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "progress": progress}
     found = extract_once(
         model, dataset, folder, what="teacher cache", wait_s=wait_s, normalize=True, **loader
     )

@@ -1,6 +1,7 @@
 """Embedding extraction (backbone over a data set) and the on-disk store of its results."""
 
 from frugalvision.embeddings.extract import (
+    ExtractOptions,
     default_num_workers,
     embed_images,
     extract_embeddings,
@@ -11,6 +12,7 @@ from frugalvision.embeddings.store import EmbeddingStore
 
 __all__ = [
     "EmbeddingStore",
+    "ExtractOptions",
     "default_num_workers",
     "embed_images",
     "extract_embeddings",

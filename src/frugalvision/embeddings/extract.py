@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_SHARD_SECONDS",
     "DEFAULT_SHARD_SIZE",
     "Embedder",
+    "ExtractOptions",
     "ExtractionJob",
     "default_num_workers",
     "embed_images",
@@ -200,6 +201,16 @@ def _clean_parts(parts: Path) -> None:
 def _next_shard_number(parts: Path) -> int:
     numbers = [int(p.stem.split("-")[1]) for p in parts.glob("part-*.npz") if p.stem.split("-")[1].isdigit()]
     return max(numbers, default=-1) + 1
+
+
+class ExtractOptions(TypedDict, total=False):
+    """How :func:`extract_embeddings` runs a model over a data set, as the functions built on it take and pass on
+    these options (``**options: Unpack[ExtractOptions]``): their defaults are :func:`extract_embeddings`' own."""
+
+    batch_size: int
+    num_workers: int | None
+    device: str | torch.device
+    progress: bool
 
 
 def extract_embeddings(

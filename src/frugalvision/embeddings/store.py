@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from frugalvision._fs import recover_interrupted_save, replacing_dir
+from frugalvision._fs import read_json, recover_interrupted_save, replacing_dir
 from frugalvision._integrity import row_chunks, rows_digest
 from frugalvision.errors import StoreError
 
@@ -154,10 +154,7 @@ class EmbeddingStore:
             if not (d / name).is_file():
                 raise StoreError(f"{d} is not a complete embedding store: {name} is missing")
         info_file, vectors_file = d / "info.json", d / "vectors.npy"
-        try:
-            info = json.loads(info_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(f"{info_file} is not valid JSON: {e}") from e
+        info = read_json(info_file)
         if not isinstance(info, dict):
             raise StoreError(f"{info_file} must hold a JSON object, got {type(info).__name__}")
         if info.get("format") != STORE_FORMAT:

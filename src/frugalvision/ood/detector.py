@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from frugalvision._checks import check_choice, check_positive
-from frugalvision._fs import atomic_replace_dir
+from frugalvision._fs import atomic_replace_dir, read_json
 from frugalvision.errors import StoreError
 from frugalvision.ood import scores as S
 
@@ -399,10 +399,7 @@ class OODDetector:
                 raise StoreError(
                     f"{d} is not a saved OOD detector: {name} is missing (create one with `frugalvision ood fit`)"
                 )
-        try:
-            meta = json.loads((d / _JSON).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{d / _JSON} is not valid JSON: {e}") from e
+        meta = read_json(d / _JSON)
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise StoreError(
                 f"{d / _JSON} is not an OOD detector of format {FORMAT} v{FORMAT_VERSION} "

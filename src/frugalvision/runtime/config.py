@@ -30,7 +30,7 @@ from frugalvision._fields import (
     check_str_list_field,
     field_error,
 )
-from frugalvision._fs import write_text_atomic
+from frugalvision._fs import read_json, write_text_atomic
 from frugalvision.errors import StoreError
 from frugalvision.runtime.detection import check_detection_record, square_side
 
@@ -303,10 +303,7 @@ def read_deploy_config(path: str | os.PathLike[str]) -> DeployConfig:
                 f"`frugalvision export {path} --out {path}-onnx` (needs torch), then use {path}-onnx"
             )
         raise StoreError(f"{path} is not a deploy bundle: {DEPLOY_FILE} is missing")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{file} is not valid JSON: {e}") from e
+    data = read_json(file)
     return DeployConfig.from_dict(data, folder=path.resolve(), origin=str(file))
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from frugalvision.errors import StoreError
 from frugalvision.runtime._image import ImageInput, decode_image
-from frugalvision.runtime.preprocess import INTERPOLATIONS
+from frugalvision.runtime.preprocess import INTERPOLATIONS, PreprocessorBase, resample_filter
 
 __all__ = [
     "DEFAULT_FILL",
@@ -94,7 +94,7 @@ def letterbox_geometry(height: int, width: int, size: int) -> LetterboxMeta:
     )
 
 
-class LetterboxPreprocessor:
+class LetterboxPreprocessor(PreprocessorBase):
     """Images -> letterboxed, normalised ``(B, 3, S, S)`` float32 and one :class:`LetterboxMeta` each.
 
     Args:
@@ -119,19 +119,16 @@ class LetterboxPreprocessor:
     ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}"
-            )
+        self._resample = resample_filter(interpolation)
         if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
             raise ValueError(f"fill must be an int in [0, 255], got {fill!r}")
         self.size, self.fill, self.interpolation = size, fill, interpolation
+        self.height = self.width = size
         self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
         self.std = np.asarray(std, dtype=np.float32).reshape(3)
         if not (self.std > 0).all():
             raise ValueError(f"std must be > 0, got {self.std.tolist()}")
         self.max_pixels, self.max_aspect = max_pixels, max_aspect
-        self._resample = INTERPOLATIONS[interpolation]
 
     @classmethod
     def from_config(
@@ -147,18 +144,6 @@ class LetterboxPreprocessor:
             fill=int(letterbox.get("fill", DEFAULT_FILL)),
             **kwargs,
         )
-
-    @property
-    def height(self) -> int:
-        return self.size
-
-    @property
-    def width(self) -> int:
-        return self.size
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        return 3, self.size, self.size
 
     def __repr__(self) -> str:
         return (
@@ -184,28 +169,20 @@ class LetterboxPreprocessor:
         out[py : py + new_h, px : px + new_w] = np.asarray(image, dtype=np.uint8)
         return out, meta
 
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """``(..., S, S, 3)`` uint8 -> ``(..., 3, S, S)`` float32: ``(x / 255 - mean) / std``."""
-        x = (pixels.astype(np.float32) / np.float32(255.0) - self.mean) / self.std
-        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """One image (path, bytes, PIL image or RGB array) decoded and letterboxed: ``(S, S, 3)`` uint8."""
+        return self.letterbox(self.decode(image))[0]
 
     def batch_with_meta(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[LetterboxMeta]]:
         """Images (paths, bytes, PIL images, RGB arrays) -> ``(B, 3, S, S)`` float32 and their metas."""
-        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-            raise TypeError(f"images must be a sequence of images, got {type(images).__name__}")
-        pixels = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
-        metas = []
-        for i, image in enumerate(images):
-            pixels[i], meta = self.letterbox(self.decode(image))
+        metas: list[LetterboxMeta] = []
+
+        def pixels(image: ImageInput) -> np.ndarray:
+            out, meta = self.letterbox(self.decode(image))
             metas.append(meta)
-        return self.normalize(pixels), metas
+            return out
 
-    def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """``(B, 3, S, S)`` float32 (the calibration reader's interface of :class:`~frugalvision.runtime.Preprocessor`)."""
-        return self.batch_with_meta(images)[0]
-
-    def __call__(self, image: ImageInput) -> np.ndarray:
-        return self.batch([image])[0]
+        return self._batch(images, pixels), metas
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ numbers (the tests check equality on real photos):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from PIL import Image
 from frugalvision._pixels import MAX_ASPECT_RATIO, MAX_RESIZED_PIXELS, ResizeRule, check_image_size
 from frugalvision.runtime._image import ImageInput, decode_image
 
-__all__ = ["INTERPOLATIONS", "Preprocessor"]
+__all__ = ["INTERPOLATIONS", "Preprocessor", "PreprocessorBase", "resample_filter"]
 
 #: timm interpolation names and the Pillow filter each one means (torchvision's ``pil_modes_mapping``).
 INTERPOLATIONS: dict[str, Image.Resampling] = {
@@ -44,6 +44,65 @@ _CROP_MODES = ("center", "squash", "border")
 _DEFAULT_CROP_PCT = 0.875  # timm's DEFAULT_CROP_PCT, used when crop_pct is missing or None
 
 
+def resample_filter(interpolation: Any, key: str = "interpolation") -> Image.Resampling:
+    """The Pillow filter of a timm ``interpolation`` name (:data:`INTERPOLATIONS`); ``key`` names the setting in
+    the error.
+
+    Raises:
+        ValueError: not one of :data:`INTERPOLATIONS`.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"{key} must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    return INTERPOLATIONS[interpolation]
+
+
+class PreprocessorBase:
+    """What every preprocessor of the runtime shares (:class:`Preprocessor`, and the detectors'
+    :class:`~frugalvision.runtime.LetterboxPreprocessor`): a ``(3, H, W)`` input, the normalisation
+    ``(x / 255 - mean) / std`` in torch's op order, and a batch filled one image at a time.
+
+    A subclass sets ``height``, ``width``, ``mean`` and ``std`` (float32 ``(3,)``) and implements :meth:`pixels`.
+    """
+
+    height: int
+    width: int
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """``(3, H, W)``."""
+        return 3, self.height, self.width
+
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """One image (path, bytes, PIL image or RGB array) to its ``(H, W, 3)`` uint8 pixels, before
+        normalisation."""
+        raise NotImplementedError
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """``(..., H, W, 3)`` uint8 to ``(..., 3, H, W)`` float32: ``(x / 255 - mean) / std`` (torch's op order)."""
+        x = pixels.astype(np.float32) / np.float32(255.0)
+        x = (x - self.mean) / self.std
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def __call__(self, image: ImageInput) -> np.ndarray:
+        """One image (path, bytes, PIL image or RGB array) to ``(3, H, W)`` float32."""
+        return self.normalize(self.pixels(image))
+
+    def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Several images to ``(B, 3, H, W)`` float32 (``B = len(images)``, may be 0)."""
+        return self._batch(images, self.pixels)
+
+    def _batch(self, images: Sequence[ImageInput], pixels: Callable[[ImageInput], np.ndarray]) -> np.ndarray:
+        """``(B, 3, H, W)`` float32 of ``images``, ``pixels`` giving each image's ``(H, W, 3)`` uint8 pixels."""
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            raise TypeError(f"images must be a sequence of images, got {type(images).__name__}")
+        out = np.empty((len(images), self.height, self.width, 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            out[i] = pixels(image)
+        return self.normalize(out)
+
+
 def _triple(value: Any, key: str) -> tuple[float, float, float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value,) * 3
@@ -53,7 +112,7 @@ def _triple(value: Any, key: str) -> tuple[float, float, float]:
     return out[0], out[1], out[2]
 
 
-class Preprocessor:
+class Preprocessor(PreprocessorBase):
     """Images to the normalised ``(B, 3, H, W)`` float32 batch a model expects, from its timm ``data_config``.
 
     Args:
@@ -97,12 +156,8 @@ class Preprocessor:
             raise ValueError(f"data_config['input_size'] must be (3, H, W) with positive ints, got {size!r}")
         self.height, self.width = int(size[1]), int(size[2])
         interpolation = data_config.get("interpolation", "bilinear")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"data_config['interpolation'] must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}"
-            )
+        self._resample = resample_filter(interpolation, "data_config['interpolation']")
         self.interpolation: str = interpolation
-        self._resample = INTERPOLATIONS[interpolation]
         crop_pct = data_config.get("crop_pct") or _DEFAULT_CROP_PCT
         if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool) or not 0 < crop_pct <= 10:
             raise ValueError(f"data_config['crop_pct'] must be a number in (0, 10], got {crop_pct!r}")
@@ -136,11 +191,6 @@ class Preprocessor:
             )
         #: The resize step as a function of the input size (what :func:`~frugalvision.runtime.decode_image` checks).
         self.resize_rule = rule
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        """``(3, H, W)``."""
-        return 3, self.height, self.width
 
     def __repr__(self) -> str:
         return (
@@ -185,25 +235,9 @@ class Preprocessor:
             image, max_pixels=self.max_pixels, max_aspect=self.max_aspect, resize=self.resize_rule
         )
 
-    # -- public ------------------------------------------------------------------------------------------------
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """``(..., H, W, 3)`` uint8 to ``(..., 3, H, W)`` float32: ``(x / 255 - mean) / std`` (torch's op order)."""
-        x = pixels.astype(np.float32) / np.float32(255.0)
-        x = (x - self.mean) / self.std
-        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
-
-    def __call__(self, image: ImageInput) -> np.ndarray:
-        """One image (path, bytes, PIL image or RGB array) to ``(3, H, W)`` float32."""
-        return self.normalize(self.resize_crop(self._decode(image)))
-
-    def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Several images to ``(B, 3, H, W)`` float32 (``B = len(images)``, may be 0)."""
-        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-            raise TypeError(f"images must be a sequence of images, got {type(images).__name__}")
-        pixels = np.empty((len(images), self.height, self.width, 3), dtype=np.uint8)
-        for i, image in enumerate(images):
-            pixels[i] = self.resize_crop(self._decode(image))
-        return self.normalize(pixels)
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """One image (path, bytes, PIL image or RGB array) decoded, resized and cropped: ``(H, W, 3)`` uint8."""
+        return self.resize_crop(self._decode(image))
 
 
 def _center_crop_or_pad(pixels: np.ndarray, height: int, width: int, fill: Sequence[int]) -> np.ndarray:

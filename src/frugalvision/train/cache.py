@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -29,10 +29,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from frugalvision.data import ImageDataset
-from frugalvision.embeddings import EmbeddingStore, extract_embeddings
+from frugalvision.embeddings import EmbeddingStore, ExtractOptions, extract_embeddings
 from frugalvision.errors import StoreError
 from frugalvision.models.embedding_model import EmbeddingModel, jsonable_data_config
 from frugalvision.train._dist import env_rank
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "SMALL_HEAD_MACS",
@@ -118,11 +121,8 @@ def cached_features(
     cache_root: str | os.PathLike[str],
     *,
     source: str,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
     wait_s: float = 3600.0,
+    **loader: Unpack[ExtractOptions],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of every image of ``dataset``, from the cache or computed and cached now.
 
@@ -131,15 +131,16 @@ def cached_features(
         dataset: the images.
         cache_root: folder of the cache; one sub-folder per :func:`feature_cache_key`.
         source: where the data set came from (part of the key, so two data sets do not evict each other).
-        batch_size, num_workers, device, progress: as for :func:`~frugalvision.embeddings.extract_embeddings`.
         wait_s: processes of rank > 0 (distributed training) wait this long for rank 0 to fill the cache.
+        loader: ``batch_size``, ``num_workers``, ``device``, ``progress``
+            (:class:`~frugalvision.embeddings.ExtractOptions`), as for
+            :func:`~frugalvision.embeddings.extract_embeddings`.
 
     Returns:
         ``(features (N', F) float32, kept (N,) bool)``: ``kept[i]`` is False for images that could not be read
         (they are left out of ``features``, which follows the data set's order).
     """
     folder = Path(cache_root) / feature_cache_key(model, source)
-    loader = {"batch_size": batch_size, "num_workers": num_workers, "device": device, "progress": progress}
     store = extract_once(
         PooledFeatures(model), dataset, folder, what="feature cache", wait_s=wait_s, normalize=False, **loader
     )

@@ -49,6 +49,7 @@ def load_config(
     overrides: Mapping[str, Any] | Sequence[str] = (),
     *,
     base: Mapping[str, Any] | None = None,
+    file_values: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """The resolved, checked configuration: defaults < recipe < ``base`` < YAML file ``path`` < ``overrides``.
 
@@ -57,6 +58,8 @@ def load_config(
         overrides: ``{"optim.lr": 3e-4}`` or ``["optim.lr=3e-4", ...]``.
         base: an earlier resolved config (e.g. a run's ``config.yaml`` when resuming); the recipe is not applied
             again below it.
+        file_values: the settings of ``path`` when the caller has already read them (``read_yaml(path)``), so the
+            file is read once; errors still name ``path``.
 
     Raises:
         ConfigError: unknown keys (naming the file they came from, with a suggestion), values of the wrong type or
@@ -67,7 +70,7 @@ def load_config(
         TrainConfig,
         [
             (base or {}, "the run's saved config.yaml"),
-            (read_yaml(path) if path is not None else {}, None if path is None else str(path)),
+            (_file_values(path, file_values), None if path is None else str(path)),
             (dict(items), None),
         ],
     )
@@ -83,6 +86,15 @@ def load_config(
     ):
         values = {**FROZEN_MULTILABEL_PRESET, **values}  # under the recipe and the user's values
     return resolve_config(TrainConfig.from_dict(values))
+
+
+def _file_values(path: str | os.PathLike[str] | None, read: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The settings of the YAML file ``path`` (``{}`` without one): ``read`` if given, else read now."""
+    if read is not None:
+        if path is None:
+            raise ValueError("file_values goes with the path of the file they were read from")
+        return read
+    return read_yaml(path) if path is not None else {}
 
 
 def _frozen_multilabel(flat: Mapping[str, Any]) -> bool:
