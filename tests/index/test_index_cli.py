@@ -97,7 +97,7 @@ def test_search_settings_default_or_given(store: Path, tmp_path: Path) -> None:
     args = ["index", str(store), "--out", str(out), "--kind", "ivf", "--nlist", "20", "--rerank"]
     result = CliRunner().invoke(cli, [*args, "--recall-queries", "100"])
     assert result.exit_code == 0, result.output
-    assert "on 100 queries (nprobe 16, rerank_factor 10)" in result.output
+    assert "on 100 queries (nprobe 16, rerank_factor 20)" in result.output
     loaded = EmbeddingIndex.load(out)
     assert (loaded.nprobe, loaded.rerank_factor) == (None, None)
     result = CliRunner().invoke(cli, [*args, "--nprobe", "3", "--rerank-factor", "2"])

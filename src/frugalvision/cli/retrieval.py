@@ -277,7 +277,7 @@ def embed(
     "--rerank-factor",
     type=click.IntRange(min=1),
     default=None,
-    help="With --rerank: candidates re-ranked per wanted hit [default: 10].",
+    help="With --rerank: candidates re-ranked per wanted hit [default: 20].",
 )
 @click.option(
     "--recall-queries",

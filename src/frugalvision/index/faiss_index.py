@@ -77,7 +77,7 @@ NPROBE_MIN = 16
 EF_SEARCH_PER_HIT = 10  # HNSW candidates per wanted hit...
 EF_SEARCH_MIN = 64  # ...at least...
 EF_SEARCH_MAX = 1024  # ...and at most
-RERANK_FACTOR = 10  # re-ranked candidates per wanted hit
+RERANK_FACTOR = 20  # re-ranked candidates per wanted hit
 LEGACY_EF_SEARCH, LEGACY_RERANK_FACTOR = 64, 4  # what a format-2 index implies (it had no such fields)
 RECALL_K = 10
 DEFAULT_RECALL_QUERIES = 1000
@@ -329,7 +329,7 @@ class EmbeddingIndex:
             rerank: approximate kinds: keep the exact vectors (saved as ``vectors.npy``) and re-order
                 ``rerank_factor * k`` candidates by their exact scores.
             rerank_factor: candidates per wanted hit when re-ranking (the ``rerank_factor`` attribute; 1 = off;
-                ``None``: :func:`default_rerank_factor`, 10).
+                ``None``: :func:`default_rerank_factor`, 20).
             recall_queries: approximate kinds: measure recall@10 against exact search with this many vectors
                 as queries, drawn from the rows not used for training where there are enough
                 (:attr:`recall`; 0 = skip). Costs ``recall_queries x N x D`` multiply-adds.
