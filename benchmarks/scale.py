@@ -50,7 +50,7 @@ import argparse
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,16 @@ def index_vectors(
         del out
         os.replace(tmp, path)
     return np.load(path, mmap_mode="r")
+
+
+def file_chunks(x: np.memmap) -> Iterator[np.ndarray]:
+    """The rows of a memory-mapped ``.npy`` in blocks of ``CHUNK``, read from the file: slicing the map would leave
+    its pages mapped, counted in this process's resident memory (the RSS column) for the rest of the run."""
+    width = x.shape[1] * x.dtype.itemsize
+    for start in range(0, len(x), CHUNK):
+        m = min(CHUNK, len(x) - start)
+        rows = np.fromfile(x.filename, dtype=x.dtype, count=m * x.shape[1], offset=x.offset + start * width)
+        yield rows.reshape(m, x.shape[1])
 
 
 def embedding_like(path: Path, n: int, dim: int = 1280, seed: int = 1, copies: float = 0.02) -> np.ndarray:
@@ -183,8 +193,8 @@ def bench_flat(
 ) -> Callable[[], tuple[Callable, Path, str]]:
     def build() -> tuple[Callable, Path, str]:
         index = faiss.IndexFlatIP(x.shape[1])
-        for s in range(0, len(x), CHUNK):
-            index.add(np.ascontiguousarray(x[s : s + CHUNK]))
+        for chunk in file_chunks(x):
+            index.add(chunk)
         faiss.write_index(index, str(work / "flat.faiss"))
         return (lambda q, k: index.search(q, k)[1]), work / "flat.faiss", "exact"
 
@@ -203,7 +213,9 @@ def _library(kind: str, **options: object) -> Callable:
                 )  # type: ignore[arg-type]
             else:
                 extra = {"nlist": args.nlist} if kind == "ivf" else {}
-                index = EmbeddingIndex.build(np.asarray(x), kind=kind, recall_queries=0, **extra, **options)  # type: ignore[arg-type]
+                rows = np.vstack(list(file_chunks(x)))  # in memory, as these kinds keep them
+                index = EmbeddingIndex.build(rows, kind=kind, recall_queries=0, **extra, **options)  # type: ignore[arg-type]
+                del rows
                 index.save(folder)
                 index = EmbeddingIndex.load(folder)
             used = {**index.params, **index.effective(10)}
@@ -232,14 +244,13 @@ def index_part(n: int, args: argparse.Namespace) -> list[Row]:
     x = index_vectors(args.work / f"vectors-{n}x128.npy", n)
     # same centres (seed 0) as the rows, other noise; fresh: other centres (what seed 99 drew before)
     queries = np.ascontiguousarray(
-        index_vectors(args.work / "queries-same-1000x128.npy", 1000, 5, centres_seed=0)
+        index_vectors(args.work / "queries-same-1000x128.npy", 1000, seed=5, centres_seed=0)
     )
     fresh = np.ascontiguousarray(index_vectors(args.work / "queries-1000x128.npy", 1000, seed=99))
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     both = np.vstack([queries, fresh])  # exact neighbours by a chunked scan (float32 brute force)
-    chunks = (np.ascontiguousarray(x[s : s + CHUNK]) for s in range(0, n, CHUNK))
-    truth = knn_ground_truth(both, chunks, 10, metric_type=faiss.METRIC_INNER_PRODUCT)[1]
+    truth = knn_ground_truth(both, file_chunks(x), 10, metric_type=faiss.METRIC_INNER_PRODUCT)[1]
     rows = []
     for name in args.backends:
         if name == "flat" and n > args.flat_max:
