@@ -83,7 +83,8 @@ def test_auto_kind_switches_to_ivf_at_the_threshold(monkeypatch: pytest.MonkeyPa
     assert EmbeddingIndex.build(vectors).kind == "flat"
     monkeypatch.setattr(module, "AUTO_IVF_MIN_COUNT", 800)
     index = EmbeddingIndex.build(vectors)
-    assert index.kind == "ivf" and index.nlist == 800 // 39 and index.nprobe == 16
+    assert index.kind == "ivf" and index.nlist == 800 // 39 and index.nprobe is None
+    assert index.effective(10) == {"nprobe": 16, "rerank_factor": 1}  # the default: at least 16 lists
 
 
 def test_default_nlist_bounds() -> None:

@@ -88,3 +88,39 @@ def test_ivfpq_reads_the_store_memory_mapped_and_equals_the_in_memory_build(
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     hnsw_only = CliRunner().invoke(cli, [*args, "--hnsw-m", "8"])
     assert hnsw_only.exit_code == 2 and "hnsw_m applies to kind='hnsw' only" in hnsw_only.output
+
+
+def test_search_settings_default_or_given(store: Path, tmp_path: Path) -> None:
+    """Left out, the search settings are the library's defaults for each k (null in meta.json) and the command says
+    which were used; given, they are kept."""
+    out = tmp_path / "ivf"
+    args = ["index", str(store), "--out", str(out), "--kind", "ivf", "--nlist", "20", "--rerank"]
+    result = CliRunner().invoke(cli, [*args, "--recall-queries", "100"])
+    assert result.exit_code == 0, result.output
+    assert "on 100 queries (nprobe 16, rerank_factor 20)" in result.output
+    loaded = EmbeddingIndex.load(out)
+    assert (loaded.nprobe, loaded.rerank_factor) == (None, None)
+    result = CliRunner().invoke(cli, [*args, "--nprobe", "3", "--rerank-factor", "2"])
+    assert result.exit_code == 0 and "(nprobe 3, rerank_factor 2)" in result.output, result.output
+    loaded = EmbeddingIndex.load(out)
+    assert (loaded.nprobe, loaded.rerank_factor) == (3, 2) and loaded.recall["nprobe"] == 3
+    out = tmp_path / "hnsw"
+    hnsw = [
+        "index",
+        str(store),
+        "--out",
+        str(out),
+        "--kind",
+        "hnsw",
+        "--hnsw-m",
+        "8",
+        "--ef-construction",
+        "24",
+    ]
+    result = CliRunner().invoke(cli, hnsw)
+    assert result.exit_code == 0 and "(ef_search 100)" in result.output, result.output
+    assert EmbeddingIndex.load(out).params == {"hnsw_m": 8, "ef_construction": 24}
+    lone = CliRunner().invoke(
+        cli, ["index", str(store), "--out", str(tmp_path / "x"), "--rerank-factor", "3"]
+    )
+    assert lone.exit_code == 2 and "--rerank-factor applies with --rerank" in lone.output

@@ -137,7 +137,7 @@ def test_build_on_disk_shard_by_shard_equals_the_in_memory_build(tmp_path: Path)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
-    assert meta["format_version"] == 3 and meta["recall"] == on_disk.recall
+    assert meta["format_version"] == 4 and meta["recall"] == on_disk.recall
     assert meta["params"] == {"nlist": 8, "pq_m": 4, "pq_nbits": 6}
 
 
@@ -197,10 +197,15 @@ def test_format_2_indexes_still_load(tmp_path: Path) -> None:
     meta = json.loads((saved / "meta.json").read_text())
     for field in ("ef_search", "params", "rerank_factor", "recall", "vectors_checksum"):
         del meta[field]
-    meta["format_version"] = 2
+    meta["format_version"], meta["nprobe"] = 2, 16  # format 2 always wrote an nprobe
     (saved / "meta.json").write_text(json.dumps(meta))
     loaded = EmbeddingIndex.load(saved)
     assert (loaded.kind, len(loaded), loaded.recall, loaded.reranks) == ("flat", 300, None, False)
+    assert (loaded.nprobe, loaded.ef_search, loaded.rerank_factor) == (16, 64, 4)  # kept as given
+    meta["nprobe"] = None  # "the default" is new in format 4
+    (saved / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="field 'nprobe' is null, which format_version 2 does not allow"):
+        EmbeddingIndex.load(saved)
 
 
 def test_query_of_another_dimension_is_refused(tmp_path: Path) -> None:

@@ -241,7 +241,10 @@ def embed(
     help="Number of IVF lists (ivf, ivfpq) [default: about 4*sqrt(N)].",
 )
 @click.option(
-    "--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists scanned per query [default: 16]."
+    "--nprobe",
+    type=click.IntRange(min=1),
+    default=None,
+    help="IVF lists scanned per query [default: a 32nd of the lists, at least 16, more for k > 10].",
 )
 @click.option(
     "--pq-m",
@@ -253,12 +256,27 @@ def embed(
     "--hnsw-m", type=click.IntRange(min=2), default=None, help="hnsw: links per vector [default: 32]."
 )
 @click.option(
-    "--ef-search", type=click.IntRange(min=1), default=None, help="hnsw: candidates per query [default: 64]."
+    "--ef-construction",
+    type=click.IntRange(min=1),
+    default=None,
+    help="hnsw: candidates per inserted vector while building [default: 128].",
+)
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="hnsw: candidates per query [default: 10 k, between 64 and 1024].",
 )
 @click.option(
     "--rerank/--no-rerank",
     default=False,
     help="Approximate kinds: keep the exact vectors (vectors.npy) and re-rank the candidates with them.",
+)
+@click.option(
+    "--rerank-factor",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --rerank: candidates re-ranked per wanted hit [default: 20].",
 )
 @click.option(
     "--recall-queries",
@@ -283,8 +301,10 @@ def index(
     nprobe: int | None,
     pq_m: int | None,
     hnsw_m: int | None,
+    ef_construction: int | None,
     ef_search: int | None,
     rerank: bool,
+    rerank_factor: int | None,
     recall_queries: int | None,
     backend: str,
     dsn: str | None,
@@ -307,7 +327,7 @@ def index(
     if backend == "pgvector":
         from frugalvision.vectordb import PgVectorIndex, redact_dsn
 
-        faiss_only = (nlist, nprobe, pq_m, hnsw_m, ef_search, recall_queries)
+        faiss_only = (nlist, nprobe, pq_m, hnsw_m, ef_construction, ef_search, rerank_factor, recall_queries)
         if out is not None or kind != "auto" or rerank or any(v is not None for v in faiss_only):
             raise click.UsageError("--out, --kind and the faiss index options are for --backend faiss")
         assert dsn is not None  # check_backend
@@ -329,7 +349,9 @@ def index(
         )
         return
     given = {"nlist": nlist, "nprobe": nprobe, "pq_m": pq_m, "hnsw_m": hnsw_m, "ef_search": ef_search}
-    given["recall_queries"] = recall_queries
+    given.update(ef_construction=ef_construction, rerank_factor=rerank_factor, recall_queries=recall_queries)
+    if rerank_factor is not None and not rerank:
+        raise click.UsageError("--rerank-factor applies with --rerank")
     options: dict[str, Any] = {
         k: v for k, v in given.items() if v is not None
     }  # left out: the library's default
@@ -353,8 +375,9 @@ def index(
         raise
     except ValueError as err:  # an option that does not fit the kind or the data
         raise click.UsageError(str(err)) from err
+    settings = ", ".join(f"{name} {value}" for name, value in idx.effective(10).items() if value > 1)
     recall = (
-        f"; recall@10 {idx.recall['recall_at_10']:.3f} on {idx.recall['queries']} queries"
+        f"; recall@10 {idx.recall['recall_at_10']:.3f} on {idx.recall['queries']} queries ({settings})"
         if idx.recall
         else ""
     )

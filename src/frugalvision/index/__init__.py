@@ -3,8 +3,11 @@
 from frugalvision.index.faiss_index import (
     EmbeddingIndex,
     SearchResult,
+    default_ef_search,
     default_nlist,
+    default_nprobe,
     default_pq_m,
+    default_rerank_factor,
     measure_recall,
 )
 from frugalvision.index.ondisk import build_on_disk
@@ -13,7 +16,10 @@ __all__ = [
     "EmbeddingIndex",
     "SearchResult",
     "build_on_disk",
+    "default_ef_search",
     "default_nlist",
+    "default_nprobe",
     "default_pq_m",
+    "default_rerank_factor",
     "measure_recall",
 ]

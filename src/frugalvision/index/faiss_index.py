@@ -20,6 +20,11 @@ query then takes ``rerank_factor * k`` candidates from the index and re-orders t
 approximate index measures its recall@10 against exact search when built (:attr:`EmbeddingIndex.recall`) and
 keeps it in ``meta.json``.
 
+Search settings left out (``None``, saved as ``null``) follow each search's ``k``: :func:`default_nprobe` (a 32nd
+of the lists, at least 16), :func:`default_ef_search` (``clip(10 k, 64, 1024)``) and :func:`default_rerank_factor`
+(20); values given are used as they are. :meth:`EmbeddingIndex.effective` says which values a search uses; they
+are handed to faiss per call, so the index itself is never changed by a search.
+
 On disk an index is a directory holding ``index.faiss`` (faiss's own format), ``meta.json`` and, depending on the
 kind, ``index.ivfdata`` and ``vectors.npy``. ``meta.json``
 records a ``checksum`` of every row's path, label and vector (:func:`frugalvision._integrity.rows_digest`), checked
@@ -57,22 +62,28 @@ if TYPE_CHECKING:  # torch tensors are accepted, but torch is never imported her
     import torch
 
 FORMAT = "frugalvision-embedding-index"
-FORMAT_VERSION = (
-    3  # 2: meta.json holds the rows' checksum; 3: kinds ivfpq and hnsw, recall, re-ranking vectors
-)
-READABLE_VERSIONS = (2, 3)
+# 2: meta.json holds the rows' checksum; 3: kinds ivfpq and hnsw, recall, re-ranking vectors; 4: nprobe, ef_search
+# and rerank_factor may be null (the defaults for each search's k)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 IVF_DATA_FILE = "index.ivfdata"  # the inverted lists of an "ivfpq" index, memory-mapped
 VECTORS_FILE = "vectors.npy"  # the exact vectors of an index built with rerank=True, memory-mapped
 AUTO_IVF_MIN_COUNT = 100_000  # kind="auto" builds IVF from this many vectors on
 MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below 39 training points per centroid
-DEFAULT_NPROBE = 16
 DEFAULT_HNSW_M = 32  # links per vector of an HNSW graph
-DEFAULT_EF_CONSTRUCTION = 40  # faiss's default
-DEFAULT_EF_SEARCH = 64
+DEFAULT_EF_CONSTRUCTION = 128  # candidates per insertion into an HNSW graph (faiss's default is 40)
 DEFAULT_PQ_NBITS = 8
-DEFAULT_RERANK_FACTOR = 4  # candidates per wanted hit when re-ranking
+# Search settings used when none is given (None): functions of k and the list count, see default_nprobe,
+# default_ef_search and default_rerank_factor for how they were chosen.
+NPROBE_SHARE = 1 / 32  # share of the IVF lists scanned for k <= 10
+NPROBE_MIN = 16
+EF_SEARCH_PER_HIT = 10  # HNSW candidates per wanted hit...
+EF_SEARCH_MIN = 64  # ...at least...
+EF_SEARCH_MAX = 1024  # ...and at most
+RERANK_FACTOR = 20  # re-ranked candidates per wanted hit
+LEGACY_EF_SEARCH, LEGACY_RERANK_FACTOR = 64, 4  # what a format-2 index implies (it had no such fields)
 RECALL_K = 10
 DEFAULT_RECALL_QUERIES = 1000
 TRAIN_POINTS_PER_LIST = (
@@ -164,6 +175,52 @@ def default_nlist(count: int) -> int:
     return max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST))
 
 
+def default_nprobe(nlist: int, k: int = RECALL_K) -> int:
+    """IVF lists scanned for ``k`` hits when no ``nprobe`` is given: ``clip(ceil(nlist s max(1, k/10)), 16, nlist)``.
+
+    ``s`` = :data:`NPROBE_SHARE` = 1/32: a fixed share of the lists (the lists scanned must grow with the lists:
+    with ``4 sqrt(N)`` lists each holds ``sqrt(N) / 4`` vectors), at least :data:`NPROBE_MIN`, more for more hits.
+    Chosen with ``benchmarks/scale_faiss.py`` on 200,000 x 128 clustered vectors (1,789 lists; recall@10 of queries
+    around the indexed centres / around other centres): nprobe 16: 1.000 / 0.537, 32: 1.000 / 0.650,
+    56 (1/32): 1.000 / 0.748, 128: 1.000 / 0.864, 256: 1.000 / 0.940, at 1,842 / 1,311 / 848 / 457 / 237
+    queries/s (batch 64; exact search: 55); confirmed on another distribution (Zipf-sized anisotropic clusters,
+    200,000 x 192): 16: 0.863, 32: 0.929, 56: **0.963**, 128: 0.992.
+    """
+    share = math.ceil(int(nlist) * NPROBE_SHARE * max(1.0, int(k) / RECALL_K))
+    return max(1, min(int(nlist), max(NPROBE_MIN, share)))
+
+
+def default_ef_search(k: int = RECALL_K) -> int:
+    """HNSW candidates kept for ``k`` hits when no ``ef_search`` is given: ``clip(10 k, 64, 1024)``, at least ``k``.
+
+    pgvector's rule (:func:`frugalvision.vectordb.default_ef_search`) with faiss's former fixed 64 as the floor:
+    100 for ``k = 10``. With :data:`DEFAULT_EF_CONSTRUCTION` 128 (faiss's own default is 40), on 200,000 x 128
+    clustered vectors (``benchmarks/scale_faiss.py``, M 32; recall@10 of queries around the indexed centres /
+    around other centres): ef_search 64: 1.000 / 0.634, 100: 1.000 / 0.745, 200: 1.000 / 0.890 (efConstruction 40:
+    0.996 / 0.391, 0.997 / 0.503, 0.998 / 0.696). Confirmed on Zipf-sized anisotropic clusters, 200,000 x 192:
+    ef_search 64 / 100 / 200: 0.963 / **0.983** / 0.995 (efConstruction 40: 0.938 / 0.962 / 0.981), for a build
+    1.8x as long (405 s against 221 s on a busy 2-core machine).
+    """
+    return max(int(k), min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, EF_SEARCH_PER_HIT * int(k))))
+
+
+def default_rerank_factor(k: int = RECALL_K) -> int:
+    """Candidates per wanted hit re-ranked by exact score when no ``rerank_factor`` is given (``k`` unused: the
+    candidates already grow with ``k``).
+
+    ``benchmarks/scale_faiss.py``, IVF-PQ with one byte per 4 dimensions at the default nprobe, recall@10 for
+    factors 1 / 4 / 10 / 20 against IVF-flat's at the same nprobe: 200,000 x 128 clustered (the tuning set) queries
+    around the indexed centres 0.592 / 0.994 / 1.000 / 1.000 (1.000), around other centres 0.450 / 0.689 / 0.739 /
+    0.746 (0.748) -- 10 was enough there; the confirmation set (Zipf-sized anisotropic clusters, 200,000 x 192)
+    did not confirm it: 0.489 / 0.786 / 0.895 / 0.940 (0.963), its codes lose more, hence 20 (reading 20 k rows of
+    ``vectors.npy`` per query). Denser data need more: on 10,000,000 x 128 clustered vectors (2,441 per centre,
+    ``benchmarks/scale.py``) the 20 x 10 candidates held 0.768 of the 10 nearest (1,000,000: 0.997); raise
+    ``rerank_factor`` or ``pq_m`` there and check the recall recorded in the index.
+    """
+    del k
+    return RERANK_FACTOR
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """Hits of ``Q`` queries.
@@ -226,13 +283,13 @@ class EmbeddingIndex:
         *,
         metric: IndexMetric,
         kind: str,
-        nprobe: int,
+        nprobe: int | None,
         paths: list[str] | None,
         labels: list[str] | None,
         info: dict[str, Any],
-        ef_search: int = DEFAULT_EF_SEARCH,
+        ef_search: int | None = None,
         vectors: np.ndarray | None = None,
-        rerank_factor: int = DEFAULT_RERANK_FACTOR,
+        rerank_factor: int | None = None,
         recall: dict[str, Any] | None = None,
     ) -> None:
         """Wrap an existing faiss index; use :meth:`build` or :meth:`load` rather than calling this."""
@@ -258,14 +315,15 @@ class EmbeddingIndex:
         metric: IndexMetric = "ip",
         kind: IndexKind = "auto",
         nlist: int | None = None,
-        nprobe: int = DEFAULT_NPROBE,
+        nprobe: int | None = None,
         pq_m: int | None = None,
         pq_nbits: int = DEFAULT_PQ_NBITS,
         hnsw_m: int = DEFAULT_HNSW_M,
-        ef_search: int = DEFAULT_EF_SEARCH,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        ef_search: int | None = None,
         train_size: int | None = None,
         rerank: bool = False,
-        rerank_factor: int = DEFAULT_RERANK_FACTOR,
+        rerank_factor: int | None = None,
         recall_queries: int = DEFAULT_RECALL_QUERIES,
         seed: int = 0,
         info: dict[str, Any] | None = None,
@@ -283,18 +341,24 @@ class EmbeddingIndex:
                 Must be ``<= N``; fewer than 39 vectors per list triggers a warning (poor k-means).
             nprobe: lists scanned per IVF query (saved with the index; can be changed later via the
                 ``nprobe`` attribute). Higher is slower and more accurate; ``nprobe = nlist`` is exact.
+                ``None``: :func:`default_nprobe` of the lists and each search's ``k`` (a 32nd of the lists, at
+                least 16, for ``k <= 10``).
             pq_m: ``"ivfpq"``: bytes (sub-quantisers) per vector, dividing ``D``; default one per 4 dimensions
                 (:func:`default_pq_m`).
             pq_nbits: ``"ivfpq"``: bits per sub-quantiser code (``2 ** pq_nbits`` centroids each, trained on at
                 least that many vectors).
             hnsw_m: ``"hnsw"``: links per vector (memory ``~ 8 hnsw_m`` bytes per vector on top of the vectors).
+            ef_construction: ``"hnsw"``: candidates kept while inserting a vector (higher builds a better graph,
+                more slowly; faiss's own default is 40).
             ef_search: ``"hnsw"``: candidates kept per query (the ``ef_search`` attribute; higher is slower and
-                more accurate).
+                more accurate; at least ``k`` are kept). ``None``: :func:`default_ef_search` of each search's ``k``
+                (``clip(10 k, 64, 1024)``).
             train_size: IVF kinds: vectors (a random sample) the k-means and PQ codebooks are trained on;
                 default ``64 nlist`` (at least ``2 ** pq_nbits``), at most ``N``.
             rerank: approximate kinds: keep the exact vectors (saved as ``vectors.npy``) and re-order
                 ``rerank_factor * k`` candidates by their exact scores.
-            rerank_factor: candidates per wanted hit when re-ranking (the ``rerank_factor`` attribute; 1 = off).
+            rerank_factor: candidates per wanted hit when re-ranking (the ``rerank_factor`` attribute; 1 = off;
+                ``None``: :func:`default_rerank_factor`, 20).
             recall_queries: approximate kinds: measure recall@10 against exact search with this many vectors
                 as queries, drawn from the rows not used for training where there are enough
                 (:attr:`recall`; 0 = skip). Costs ``recall_queries x N x D`` multiply-adds.
@@ -324,7 +388,7 @@ class EmbeddingIndex:
         if resolved == "flat":
             index: Any = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
         elif resolved == "hnsw":
-            index = new_hnsw(dim, metric, hnsw_m)
+            index = new_hnsw(dim, metric, hnsw_m, ef_construction)
         else:
             nlist = _check_nlist(nlist, count)
             train_rows = training_rows(count, nlist, train_size, pq_nbits if resolved == "ivfpq" else 0, rng)
@@ -355,12 +419,13 @@ class EmbeddingIndex:
 
     def __repr__(self) -> str:
         extra = ""
+        auto = "None (default)"
         if self._kind in IVF_KINDS:
-            extra = f", nlist={self.nlist}, nprobe={self.nprobe}"
+            extra = f", nlist={self.nlist}, nprobe={self.nprobe or auto}"
         elif self._kind == "hnsw":
-            extra = f", ef_search={self.ef_search}"
+            extra = f", ef_search={self.ef_search or auto}"
         if self._vectors is not None:
-            extra += f", rerank_factor={self.rerank_factor}"
+            extra += f", rerank_factor={self.rerank_factor or auto}"
         return f"EmbeddingIndex(count={len(self)}, dim={self.dim}, metric={self._metric!r}, kind={self._kind!r}{extra})"
 
     @property
@@ -381,51 +446,86 @@ class EmbeddingIndex:
 
     @property
     def params(self) -> dict[str, int]:
-        """The kind's build parameters (``nlist``, ``pq_m``, ``pq_nbits``, ``hnsw_m``), as saved in ``meta.json``."""
+        """The kind's build parameters (``nlist``, ``pq_m``, ``pq_nbits``, ``hnsw_m``, ``ef_construction``), as saved
+        in ``meta.json``."""
         if self._kind == "ivf":
             return {"nlist": int(self._index.nlist)}
         if self._kind == "ivfpq":
             pq = self._index.pq
             return {"nlist": int(self._index.nlist), "pq_m": int(pq.M), "pq_nbits": int(pq.nbits)}
         if self._kind == "hnsw":
-            return {"hnsw_m": int(self._index.hnsw.nb_neighbors(1))}
+            hnsw = self._index.hnsw
+            return {"hnsw_m": int(hnsw.nb_neighbors(1)), "ef_construction": int(hnsw.efConstruction)}
         return {}
 
     @property
-    def nprobe(self) -> int:
-        """IVF lists scanned per query (ignored by other kinds)."""
+    def nprobe(self) -> int | None:
+        """IVF lists scanned per query, as given (ignored by other kinds); ``None``: :func:`default_nprobe` of
+        each search's ``k`` (see :meth:`effective`)."""
         return self._nprobe
 
     @nprobe.setter
-    def nprobe(self, value: int) -> None:
-        self._nprobe = _positive_int(value, "nprobe")
-        if self._kind in IVF_KINDS:
-            self._index.nprobe = min(self._nprobe, int(self._index.nlist))
+    def nprobe(self, value: int | None) -> None:
+        self._nprobe = None if value is None else _positive_int(value, "nprobe")
 
     @property
-    def ef_search(self) -> int:
-        """HNSW candidates kept per query (ignored by other kinds)."""
+    def ef_search(self) -> int | None:
+        """HNSW candidates kept per query, as given (ignored by other kinds); ``None``: :func:`default_ef_search`
+        of each search's ``k`` (see :meth:`effective`)."""
         return self._ef_search
 
     @ef_search.setter
-    def ef_search(self, value: int) -> None:
-        self._ef_search = _positive_int(value, "ef_search")
-        if self._kind == "hnsw":
-            self._index.hnsw.efSearch = self._ef_search
+    def ef_search(self, value: int | None) -> None:
+        self._ef_search = None if value is None else _positive_int(value, "ef_search")
 
     @property
-    def rerank_factor(self) -> int:
-        """Candidates per wanted hit re-ranked by exact score (only with stored exact vectors; 1 = off)."""
+    def rerank_factor(self) -> int | None:
+        """Candidates per wanted hit re-ranked by exact score (only with stored exact vectors; 1 = off), as given;
+        ``None``: :func:`default_rerank_factor`."""
         return self._rerank_factor
 
     @rerank_factor.setter
-    def rerank_factor(self, value: int) -> None:
-        self._rerank_factor = _positive_int(value, "rerank_factor")
+    def rerank_factor(self, value: int | None) -> None:
+        self._rerank_factor = None if value is None else _positive_int(value, "rerank_factor")
 
     @property
     def reranks(self) -> bool:
         """Whether the index keeps the exact vectors and re-ranks its candidates with them."""
-        return self._vectors is not None and self._rerank_factor > 1
+        return self._vectors is not None and self.effective()["rerank_factor"] > 1
+
+    def effective(self, k: int = RECALL_K) -> dict[str, int]:
+        """The search settings a search for ``k`` hits uses: the values given, else the defaults for ``k``.
+
+        ``{"nprobe": ...}`` (IVF kinds; at most ``nlist``), ``{"ef_search": ...}`` (``"hnsw"``; at least the
+        candidates searched for), and ``"rerank_factor"`` (every kind; 1 when no exact vectors are kept).
+        """
+        k = _check_k(k)
+        out: dict[str, int] = {}
+        if self._vectors is None:
+            factor = 1
+        else:
+            factor = self._rerank_factor if self._rerank_factor is not None else default_rerank_factor(k)
+        if self._kind in IVF_KINDS:
+            nlist = int(self._index.nlist)
+            out["nprobe"] = min(nlist, self._nprobe if self._nprobe is not None else default_nprobe(nlist, k))
+        elif self._kind == "hnsw":
+            ef = self._ef_search if self._ef_search is not None else default_ef_search(k)
+            out["ef_search"] = max(ef, k * factor)
+        out["rerank_factor"] = factor
+        return out
+
+    def _search_params(self, k: int) -> Any:
+        """faiss per-call search parameters for ``k`` hits (``None`` for flat): the index itself is not changed,
+        so concurrent searches with different ``k`` do not interfere."""
+        settings = self.effective(k)
+        params: Any = None
+        if "nprobe" in settings:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = settings["nprobe"]
+        elif "ef_search" in settings:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
+            params.efSearch = settings["ef_search"]
+        return params
 
     @property
     def recall(self) -> dict[str, Any] | None:
@@ -486,10 +586,12 @@ class EmbeddingIndex:
                     f"exclude_ids has {exclude.shape[0]} entries but there are {x.shape[0]} queries; give one id per query"
                 )
         wanted = k + int(exclude is not None)
-        if self.reranks:
-            scores, ids = self._reranked(x, wanted)
+        settings = self.effective(k)
+        params = self._search_params(k)
+        if settings["rerank_factor"] > 1:
+            scores, ids = self._reranked(x, wanted, settings["rerank_factor"], params)
         else:
-            scores, ids = self._index.search(x, wanted)
+            scores, ids = self._index.search(x, wanted, params=params)
         if exclude is not None:
             is_self = (ids == exclude[:, None]) & (exclude[:, None] >= 0)  # -1 also pads missing hits
             is_self[~is_self.any(1), -1] = True
@@ -498,23 +600,28 @@ class EmbeddingIndex:
         scores[ids < 0] = -np.inf if self._metric == "ip" else np.inf
         return SearchResult(scores=scores, ids=ids, _paths=self._paths, _labels=self._labels)
 
-    def _reranked(self, x: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
-        """``rerank_factor * wanted`` candidates from the index, re-ordered by exact score: ``(Q, wanted)`` each.
+    def _reranked(
+        self, x: np.ndarray, wanted: int, factor: int, params: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``factor * wanted`` candidates from the index, re-ordered by exact score: ``(Q, wanted)`` each.
 
-        Queries go in blocks so that the gathered candidate vectors take at most about 64 MB.
+        Queries go in blocks so that the gathered candidate vectors take at most about 64 MB. Only the candidates'
+        rows of the exact vectors are read (sorted, one read each, :func:`~frugalvision._integrity.take_rows`):
+        through a memory map the pages around each row would be faulted in and stay resident, so the whole of a
+        large ``vectors.npy`` would end up counted in the process's memory.
         """
         assert self._vectors is not None
-        candidates = min(wanted * self._rerank_factor, max(wanted, len(self)))
+        candidates = min(wanted * factor, max(wanted, len(self)))
         block = max(1, (1 << 26) // (4 * self.dim * candidates))
         scores = np.empty((x.shape[0], wanted), dtype=np.float32)
         ids = np.empty((x.shape[0], wanted), dtype=np.int64)
         worst = -np.inf if self._metric == "ip" else np.inf
         for start in range(0, x.shape[0], block):
             q = x[start : start + block]
-            _, cand = self._index.search(q, candidates)
+            _, cand = self._index.search(q, candidates, params=params)
             found = cand >= 0
             unique, where = np.unique(cand[found], return_inverse=True)
-            stored = np.asarray(self._vectors[unique], dtype=np.float32)  # one sorted read of a memory map
+            stored = take_rows(self._vectors, unique)
             rows = np.nonzero(found)[0]
             exact = np.full(cand.shape, worst, dtype=np.float32)
             if self._metric == "ip":
@@ -574,7 +681,7 @@ class EmbeddingIndex:
         if id_arr.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._vectors is not None:
-            return np.asarray(self._vectors[id_arr], dtype=np.float32)
+            return take_rows(self._vectors, id_arr)  # one read per row: no mapped pages stay resident
         return self._index.reconstruct_batch(id_arr)
 
     def _vector_chunks(self, exact: bool = False) -> Iterator[np.ndarray]:
@@ -809,10 +916,10 @@ def train_ivf(
     return index
 
 
-def new_hnsw(dim: int, metric: str, hnsw_m: int) -> Any:
-    """An empty ``IndexHNSWFlat`` with ``hnsw_m`` links per vector."""
+def new_hnsw(dim: int, metric: str, hnsw_m: int, ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> Any:
+    """An empty ``IndexHNSWFlat`` with ``hnsw_m`` links per vector, ``ef_construction`` candidates per insertion."""
     index = faiss.IndexHNSWFlat(dim, _positive_int(hnsw_m, "hnsw_m"), _FAISS_METRIC[metric])
-    index.hnsw.efConstruction = DEFAULT_EF_CONSTRUCTION
+    index.hnsw.efConstruction = _positive_int(ef_construction, "ef_construction")
     return index
 
 
@@ -855,11 +962,11 @@ def measure_recall(
     hits = sum(len(np.intersect1d(a[a >= 0], b)) for a, b in zip(found, exact, strict=True))
     out: dict[str, Any] = {f"recall_at_{k}": round(hits / (k * len(rows)), 5), "queries": len(rows)}
     out["held_out"] = bool(held_out)
-    if index.kind in IVF_KINDS:
-        out["nprobe"] = index.nprobe
-    if index.kind == "hnsw":
-        out["ef_search"] = index.ef_search
-    out["rerank_factor"] = index.rerank_factor if index.reranks else 1
+    out.update(index.effective(k))  # the settings in force, given or default
+    given = {"nprobe": index.nprobe, "ef_search": index.ef_search}
+    if index._vectors is not None:
+        given["rerank_factor"] = index.rerank_factor
+    out["defaults"] = sorted(name for name in out if name in given and given[name] is None)
     return out
 
 
@@ -1003,7 +1110,7 @@ def _remove_leftovers(target: Path, kind: str) -> None:
 _META_FIELDS: dict[str, tuple[type, ...]] = {
     "metric": (str,),
     "kind": (str,),
-    "nprobe": (int,),
+    "nprobe": (int, type(None)),
     "dim": (int,),
     "count": (int,),
     "paths": (list, type(None)),
@@ -1013,9 +1120,9 @@ _META_FIELDS: dict[str, tuple[type, ...]] = {
 }
 # fields added by format 3, with the value a format-2 index implies
 _META_FIELDS_V3: dict[str, tuple[tuple[type, ...], Any]] = {
-    "ef_search": ((int,), DEFAULT_EF_SEARCH),
+    "ef_search": ((int, type(None)), LEGACY_EF_SEARCH),
     "params": ((dict,), {}),
-    "rerank_factor": ((int,), DEFAULT_RERANK_FACTOR),
+    "rerank_factor": ((int, type(None)), LEGACY_RERANK_FACTOR),
     "recall": ((dict, type(None)), None),
     "vectors_checksum": ((str, type(None)), None),
 }
@@ -1057,6 +1164,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if meta["kind"] not in kinds:
         raise StoreError(f"{path} field 'kind' must be one of {', '.join(kinds)}, got {meta['kind']!r}")
     for field in ("nprobe", "ef_search", "rerank_factor"):
-        if meta[field] < 1:
+        if meta[field] is None and version < 4:
+            raise StoreError(f"{path} field {field!r} is null, which format_version {version} does not allow")
+        if meta[field] is not None and meta[field] < 1:
             raise StoreError(f"{path} field {field!r} must be >= 1, got {meta[field]}")
     return meta

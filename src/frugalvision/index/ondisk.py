@@ -48,16 +48,16 @@ from frugalvision.index.faiss_index import (
 __all__ = ["SHARD_BYTES", "build_on_disk"]
 
 SHARD_BYTES = 1 << 26  # float32 bytes of vectors encoded per shard by default: 64 MiB (faiss adds a copy)
-#: keywords of :meth:`EmbeddingIndex.build` that do not apply here (the kind is "ivfpq"; hnsw_m / ef_search are
-#: for graphs)
-_NOT_ON_DISK = ("vectors", "kind", "hnsw_m", "ef_search")
+#: keywords of :meth:`EmbeddingIndex.build` that do not apply here (the kind is "ivfpq"; the others are for graphs)
+_HNSW_ONLY = ("hnsw_m", "ef_construction", "ef_search")
+_NOT_ON_DISK = ("vectors", "kind", *_HNSW_ONLY)
 
 
 def _ivfpq_options(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` completed with the defaults of :meth:`EmbeddingIndex.build` (their one home)."""
     signature = inspect.signature(EmbeddingIndex.build)
     for name in options:
-        if name in ("hnsw_m", "ef_search"):
+        if name in _HNSW_ONLY:
             raise ValueError(f"{name} applies to kind='hnsw' only; leave it out for kind='ivfpq'")
         if name not in signature.parameters or name in _NOT_ON_DISK:
             allowed = ", ".join(p for p in signature.parameters if p not in _NOT_ON_DISK)
