@@ -4,6 +4,7 @@ detector and torchvision RetinaNet / FCOS on the same offline Lite0 backbone, pl
 * the ONNX Runtime latency (batch 1, 2 threads, NMS inside the graph) of our detector exported as
   ``frugalvision export`` does it (fused, :func:`frugalvision.deploy.export_detector`); the torchvision peers keep
   their torch CPU latency (their ONNX export is not part of this toolkit);
+* ``--variants dfl``: our detector with distribution focal loss (``detection.dfl_bins``, ``--dfl-bins``, 16);
 * a centred-box baseline with no learning at all: for every test image and every class ``c`` one box centred on
   the image, of the mean relative size of class ``c``'s training boxes (``w_c / W``, ``h_c / H`` averaged over the
   training boxes, times the test image's ``W, H``), scored by the class's share of the training boxes. It is the
@@ -17,6 +18,7 @@ Usage (the small CPU budget of the issue's table, then a larger one on a GPU)::
     python benchmarks/detection_table.py --epochs 2 --image-size 320
     python benchmarks/detection_table.py --epochs 50 --image-size 416 --sizes n s \\
         --variants plain rep+aux --accelerator gpu
+    python benchmarks/detection_table.py --epochs 2 --image-size 256 --peers --variants plain dfl  # DFL vs plain
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sizes", nargs="+", default=["n"])
-    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux"])
+    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux", "dfl"])
+    parser.add_argument("--dfl-bins", type=int, default=16, help="detection.dfl_bins of the dfl variant")
     parser.add_argument("--peers", nargs="*", default=["retinanet", "fcos"])
     parser.add_argument(
         "--multi-scale", type=float, default=0.0, help="detection.multi_scale of our detector"
@@ -135,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         for variant in args.variants:
-            row = bench.run_ours(args, size, variant == "rep+aux", test)
-            folder = Path(args.out) / f"ours-{size}{'-rep-aux' if variant == 'rep+aux' else ''}" / "model"
+            rep_aux, bins = variant == "rep+aux", args.dfl_bins if variant == "dfl" else 0
+            row = bench.run_ours(args, size, rep_aux, test, dfl_bins=bins)
+            folder = bench.ours_dir(args, size, rep_aux, bins) / "model"
             row["ORT ms"] = onnx_latency_ms(folder, args.image_size)
             rows.append(row)
             print(row, flush=True)

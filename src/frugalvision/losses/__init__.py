@@ -141,6 +141,7 @@ from frugalvision.losses.detection_assigner import (  # noqa: E402
     TaskAlignedAssigner,
     pairwise_box_iou,
 )
+from frugalvision.losses.detection_dfl import distribution_focal_loss, side_distances  # noqa: E402
 
 __all__ += [
     "Assignment",
@@ -148,9 +149,11 @@ __all__ += [
     "TaskAlignedAssigner",
     "box_iou_loss",
     "ciou_loss",
+    "distribution_focal_loss",
     "giou_loss",
     "pad_targets",
     "paired_box_iou",
     "pairwise_box_iou",
+    "side_distances",
     "varifocal_loss",
 ]

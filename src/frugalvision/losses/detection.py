@@ -3,7 +3,7 @@
 For the positives ``P`` chosen by :class:`~frugalvision.losses.detection_assigner.TaskAlignedAssigner` with IoU-aware
 targets ``q`` (``q = t_hat`` at the assigned class, 0 elsewhere and for every negative)::
 
-    L = w_cls * sum_{i,c} VFL(p_ic, q_ic) / Q  +  w_box * sum_{i in P} q_i * L_CIoU(b_i, g_i) / Q
+    L = w_cls * sum_{i,c} VFL(p_ic, q_ic) / Q  +  w_box * sum_{i in P} q_i * L_CIoU(b_i, g_i) / Q  [+ w_dfl * DFL]
     Q = max(1, sum q)
 
 * Varifocal loss (Zhang et al. 2021, "VarifocalNet", https://arxiv.org/abs/2008.13367, eq. 2):
@@ -12,7 +12,12 @@ targets ``q`` (``q = t_hat`` at the assigned class, 0 elsewhere and for every ne
   ``q`` (positives) or ``alpha p^gamma`` (negatives), the weight detached. ``cls_loss="bce"``: unweighted BCE
   against ``q``.
 * Weights ``w_cls = 1.0``, ``w_box = 2.5`` (PP-YOLOE's, Xu et al. 2022, https://arxiv.org/abs/2203.16250).
-* No distribution focal loss: the heads regress distances directly (see :mod:`frugalvision.models.detection.heads`).
+* Distribution focal loss (GFL, Li et al. 2020, https://arxiv.org/abs/2006.04388; :mod:`.detection_dfl`), only when
+  the detector predicts side-distance distributions (``DetectorConfig(dfl_bins=R + 1)``: ``outputs["box_dist"]``
+  ``(B, N, 4, R + 1)``): ``+ w_dfl * sum_{i in P} q_i * mean_sides DFL(S_i, y_i) / Q`` with ``y_i`` the distances
+  from cell ``i``'s centre to the sides of its assigned box, in strides. ``w_dfl = 0.5``: YOLOv8's DFL : IoU ratio
+  (1.5 : 7.5 = 0.2) times our ``w_box = 2.5``; GFL's own ratio (0.25 : 2.0 = 0.125) would give 0.31. Without
+  distributions (the default head regresses distances directly) there is no such term.
 * Auxiliary head (YOLOv7's lead-guided assignment, Wang et al. 2022, https://arxiv.org/abs/2207.02696, section
   4.2): its targets are assigned from the *lead* head's predictions, coarser (``2 x topk`` positives per box), and
   its loss is added with weight ``aux_weight = 0.25``.
@@ -31,6 +36,7 @@ from torch.nn import functional as F
 from frugalvision.losses._registry import register_loss
 from frugalvision.losses.box_iou import BOX_LOSSES
 from frugalvision.losses.detection_assigner import Assignment, TaskAlignedAssigner
+from frugalvision.losses.detection_dfl import distribution_focal_loss, side_distances
 
 __all__ = ["DetectionLoss", "pad_targets", "varifocal_loss"]
 
@@ -78,10 +84,12 @@ class DetectionLoss(nn.Module):
         cls_loss: ``"varifocal"`` (default) or ``"bce"``.
         box_loss: ``"ciou"`` (default) or ``"giou"``.
         cls_weight, box_weight, aux_weight: term weights.
+        dfl_weight: weight of the distribution focal loss, used when the outputs carry ``box_dist``.
         topk, alpha, beta, radius: the assigner's (:class:`TaskAlignedAssigner`).
 
     ``forward(outputs, targets)`` with the detector's train-mode dict and per-image targets ``{"boxes" (n, 4) xyxy
-    input pixels, "labels" (n,)}`` returns ``{"loss", "cls", "box"[, "aux"]}`` (scalars; ``loss`` is the total).
+    input pixels, "labels" (n,)}`` returns ``{"loss", "cls", "box"[, "dfl"][, "aux"]}`` (scalars; ``loss`` is the
+    total; ``dfl`` when the detector predicts distributions).
 
     Example:
         >>> loss = DetectionLoss(num_classes=3)
@@ -96,6 +104,7 @@ class DetectionLoss(nn.Module):
         cls_weight: float = 1.0,
         box_weight: float = 2.5,
         aux_weight: float = 0.25,
+        dfl_weight: float = 0.5,
         topk: int = 10,
         alpha: float = 1.0,
         beta: float = 6.0,
@@ -113,6 +122,7 @@ class DetectionLoss(nn.Module):
             float(box_weight),
             float(aux_weight),
         )
+        self.dfl_weight = float(dfl_weight)
         self.assigner = TaskAlignedAssigner(topk, alpha, beta, radius)
         self.coarse_assigner = TaskAlignedAssigner(2 * topk, alpha, beta, radius)
 
@@ -135,17 +145,21 @@ class DetectionLoss(nn.Module):
         scores = torch.sigmoid(outputs["cls"].detach().float())
         pred = outputs["boxes"].detach().float()
         fine = self.assigner(scores, pred, outputs["points"], outputs["strides"], *gt)
-        cls_term, box_term = self._terms(outputs, fine)
-        terms = {"cls": cls_term, "box": box_term}
-        total = self.cls_weight * cls_term + self.box_weight * box_term
+        terms = self._terms(outputs, fine)
+        total = self._weighted(terms)
         if "aux" in outputs:
             coarse = self.coarse_assigner(scores, pred, outputs["points"], outputs["strides"], *gt)
-            a_cls, a_box = self._terms(outputs["aux"], coarse)
-            terms["aux"] = self.cls_weight * a_cls + self.box_weight * a_box
+            terms["aux"] = self._weighted(self._terms(outputs["aux"], coarse))
             total = total + self.aux_weight * terms["aux"]
         return {"loss": total, **terms}
 
-    def _terms(self, outputs: dict[str, Any], a: Assignment) -> tuple[torch.Tensor, torch.Tensor]:
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = self.cls_weight * terms["cls"] + self.box_weight * terms["box"]
+        if "dfl" in terms:
+            total = total + self.dfl_weight * terms["dfl"]
+        return total
+
+    def _terms(self, outputs: dict[str, Any], a: Assignment) -> dict[str, torch.Tensor]:
         logits = outputs["cls"].float()
         norm = a.scores.sum().clamp(min=1.0)
         if self.cls_loss == "varifocal":
@@ -159,4 +173,21 @@ class DetectionLoss(nn.Module):
             box_term = (per_box * weight).sum() / norm
         else:
             box_term = outputs["boxes"].sum() * 0.0
-        return cls_term, box_term
+        terms = {"cls": cls_term, "box": box_term}
+        if outputs.get("box_dist") is not None:
+            terms["dfl"] = self._dfl_term(outputs, a, norm)
+        return terms
+
+    def _dfl_term(self, outputs: dict[str, Any], a: Assignment, norm: torch.Tensor) -> torch.Tensor:
+        """``sum_{i in P} q_i * mean_sides DFL(S_i, y_i) / Q`` (module docstring)."""
+        dist = outputs["box_dist"].float()  # (B, N, 4, R + 1)
+        fg = a.foreground
+        if not fg.any():
+            return dist.sum() * 0.0
+        n = dist.shape[1]
+        cell = torch.arange(n, device=dist.device).expand_as(fg)[fg]
+        target = side_distances(
+            outputs["points"][cell].float(), a.boxes[fg].float(), outputs["strides"][cell].float()
+        )
+        per_box = distribution_focal_loss(dist[fg], target).mean(-1)
+        return (per_box * a.scores.sum(-1)[fg]).sum() / norm

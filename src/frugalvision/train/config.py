@@ -252,6 +252,11 @@ class DetectionConfig:
     from the multiples of 32 in ``[S (1 - r), S (1 + r)]`` and its boxes are scaled by ``S' / S``; the side is
     drawn from ``(seed, global step)``, so a resumed run draws the same sides. Validation, the bundle and export
     stay at ``image_size``. A batch at ``S (1 + r)`` takes ``(1 + r)^2`` times the memory of one at ``S``.
+
+    ``dfl_bins`` (default 0 = off): with ``R + 1 >= 2`` (e.g. 16) the anchor-free head predicts each side distance
+    as a distribution over ``0..R`` strides and the loss adds distribution focal loss (Generalized Focal Loss;
+    :mod:`frugalvision.losses.detection_dfl`, weight ``loss.kwargs.dfl_weight``, default 0.5). Not with
+    ``head=anchor``.
     """
 
     size: Literal["n", "s", "m"] = "n"
@@ -265,6 +270,7 @@ class DetectionConfig:
     ema_decay: float = 0.9998
     class_agnostic: bool = False
     multi_scale: float = 0.0
+    dfl_bins: int = 0
 
 
 @dataclass(frozen=True)

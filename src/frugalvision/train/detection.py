@@ -12,7 +12,7 @@ A :class:`~frugalvision.train.run.TaskRun` on the shared run scaffold (checkpoin
   to a side drawn from the multiples of 32 in ``[S (1 - r), S (1 + r)]`` (:func:`multi_scale_side`,
   :func:`~frugalvision.data.detection.resize_batch`), validation staying at ``S``;
 * model -- :class:`~frugalvision.models.detection.Detector` (``model.name`` backbone, ``detection.size`` / ``head``
-  / ``repconv`` / ``aux_head``); with ``head=anchor`` the anchors are chosen on the training boxes
+  / ``repconv`` / ``aux_head`` / ``dfl_bins``); with ``head=anchor`` the anchors are chosen on the training boxes
   (:func:`~frugalvision.models.detection.choose_anchors`: YOLOv3's when their best possible recall is >= 0.98,
   else k-means);
 * loss -- ``loss.name`` from the registry's detection losses (default ``yolo``: task-aligned assignment,
@@ -382,7 +382,9 @@ class DetectionRun(TaskRun):
             anchors, self.anchor_bpr = choose_anchors(
                 _letterboxed_wh(self.train_samples, det.image_size), det.image_size, seed=config.seed
             )
-        architecture = {k: getattr(det, k) for k in ("size", "image_size", "head", "repconv", "aux_head")}
+        architecture = {
+            k: getattr(det, k) for k in ("size", "image_size", "head", "repconv", "aux_head", "dfl_bins")
+        }
         spec = DetectorConfig(
             num_classes=len(self.classes), backbone=m.name, pretrained=m.pretrained, anchors=anchors,
             backbone_kwargs=dict(m.model_kwargs), **architecture,
@@ -514,6 +516,15 @@ def _check_detection(config: TrainConfig) -> None:
         )
     if det.close_mosaic < 0:
         raise ConfigError(f"detection.close_mosaic must be >= 0, got {det.close_mosaic}")
+    if det.dfl_bins < 0 or det.dfl_bins == 1:
+        raise ConfigError(
+            f"detection.dfl_bins must be 0 (off) or >= 2 (bins of each side's distance), got {det.dfl_bins}"
+        )
+    if det.dfl_bins and det.head != "anchor_free":
+        raise ConfigError(
+            f"detection.dfl_bins needs detection.head=anchor_free (got {det.head}): the anchor head decodes centre "
+            "and size, not side distances"
+        )
     if d.val_split == "classes":
         raise ConfigError(
             "data.val_split=classes holds out whole classes, which a detector cannot find; use images"

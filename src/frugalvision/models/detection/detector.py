@@ -51,6 +51,9 @@ class DetectorConfig:
         repconv: RepConv blocks (3x3 + 1x1 + identity) in the neck's CSP bottlenecks, fused by ``fuse()``.
         aux_head: an auxiliary head on the top-down features (YOLOv7 lead-guided training), dropped by ``fuse()``.
         backbone_kwargs: passed to ``timm.create_model`` (e.g. a tiny test configuration).
+        dfl_bins: ``0`` (default: softplus side distances) or ``R + 1 >= 2``: each side distance is a distribution
+            over ``0..R`` strides, trained with distribution focal loss (anchor-free head only; see
+            :mod:`~frugalvision.models.detection.heads`).
     """
 
     num_classes: int
@@ -63,6 +66,7 @@ class DetectorConfig:
     repconv: bool = False
     aux_head: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    dfl_bins: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -75,6 +79,14 @@ class DetectorConfig:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
         if self.anchors is not None and self.head != "anchor":
             raise ValueError("anchors are only used with head='anchor'")
+        bins = self.dfl_bins
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 0 or bins == 1:
+            raise ValueError(f"dfl_bins must be 0 (off) or an int >= 2, got {self.dfl_bins!r}")
+        if self.dfl_bins and self.head != "anchor_free":
+            raise ValueError(
+                f"dfl_bins needs head='anchor_free' (an anchor head decodes centre and size, not side distances); "
+                f"got head={self.head!r}, dfl_bins={self.dfl_bins}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,7 +110,8 @@ class Detector(nn.Module):
     """Backbone + PAN neck + decoupled head (see the module docstring and :class:`DetectorConfig`).
 
     ``train()`` mode: ``forward(images (B, 3, S, S))`` returns a dict ``cls (B, N, C)`` logits, ``boxes (B, N, 4)``
-    xyxy input pixels, ``points (N, 2)`` cell centres, ``strides (N,)``, and ``aux`` (the same dict from the
+    xyxy input pixels, ``points (N, 2)`` cell centres, ``strides (N,)``, ``box_dist (B, N, 4, R + 1)`` (the side
+    distance logits, only with ``dfl_bins``), and ``aux`` (the same dict from the
     auxiliary head) when there is one -- what :class:`~frugalvision.losses.DetectionLoss` needs.
     ``eval()`` mode: ``(boxes (B, N, 4), scores (B, N, C))`` with scores ``sigmoid(cls)``, before NMS.
 
@@ -136,9 +149,12 @@ class Detector(nn.Module):
         anchors = None
         if config.head == "anchor":
             anchors = config.anchors if config.anchors is not None else default_anchors(config.image_size)
-        self.head = DetectionHead(self.neck.out_channels, config.num_classes, self.strides, hidden, anchors)
+        bins = config.dfl_bins
+        self.head = DetectionHead(
+            self.neck.out_channels, config.num_classes, self.strides, hidden, anchors, bins
+        )
         self.aux_head: DetectionHead | None = (
-            DetectionHead(self.neck.aux_channels, config.num_classes, self.strides, hidden, anchors)
+            DetectionHead(self.neck.aux_channels, config.num_classes, self.strides, hidden, anchors, bins)
             if config.aux_head
             else None
         )
@@ -153,13 +169,17 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Any:
         outs, aux_feats = self.neck(self.features(images))
-        cls, boxes, points, strides = self.head(outs)
+        cls, boxes, points, strides, dist = self.head(outs)
         if not self.training:
             return boxes, torch.sigmoid(cls)
         result: dict[str, Any] = {"cls": cls, "boxes": boxes, "points": points, "strides": strides}
+        if dist is not None:
+            result["box_dist"] = dist
         if self.aux_head is not None:
-            a_cls, a_boxes, _, _ = self.aux_head(aux_feats)
+            a_cls, a_boxes, _, _, a_dist = self.aux_head(aux_feats)
             result["aux"] = {"cls": a_cls, "boxes": a_boxes, "points": points, "strides": strides}
+            if a_dist is not None:
+                result["aux"]["box_dist"] = a_dist
         return result
 
     @torch.no_grad()

@@ -8,8 +8,14 @@ of its box (varifocal targets, see :mod:`frugalvision.losses.detection`), so it 
 Box decoding (``p = (x + 0.5, y + 0.5) * s`` is the centre of grid cell ``(x, y)`` at stride ``s``; ``t`` the raw
 prediction):
 
-* anchor-free (no DFL: the four distances are regressed directly, which keeps the exported graph small):
-  ``(l, t, r, b) = softplus(t) * s`` and the box is ``(p_x - l, p_y - t, p_x + r, p_y + b)``;
+* anchor-free (default, ``dfl_bins=0``: the four distances are regressed directly, which keeps the exported graph
+  small): ``(l, t, r, b) = softplus(t) * s`` and the box is ``(p_x - l, p_y - t, p_x + r, p_y + b)``;
+* anchor-free with ``dfl_bins = R + 1`` (Generalized Focal Loss, Li et al. 2020, https://arxiv.org/abs/2006.04388,
+  eq. 5; YOLOv6 / v8): each distance is a distribution over ``0, 1, ..., R`` strides, ``4 (R + 1)`` logits ``z``
+  per cell (side-major: side ``k`` owns channels ``k (R + 1) .. k (R + 1) + R``), and ``d_k = s * sum_i
+  softmax(z_k)_i * i`` -- a softmax and a matmul with the fixed vector ``(0, 1, ..., R)`` in the exported graph.
+  Distances are bounded by ``R`` strides. The logits go to the loss as ``box_dist (B, N, 4, R + 1)``
+  (:mod:`frugalvision.losses.detection_dfl`);
 * anchor-based (YOLOv5's bounded decoding, ``A`` anchors ``(w_a, h_a)`` per level, in input pixels):
   ``centre = p + (2 sigmoid(t_xy) - 1) * s``, ``(w, h) = (2 sigmoid(t_wh))^2 * (w_a, h_a)`` -- a box can reach
   at most 4x its anchor, hence the best-possible-recall threshold 4 of :func:`~.anchors.best_possible_recall`.
@@ -61,10 +67,18 @@ class DetectionHead(nn.Module):
         hidden: width of the branches.
         anchors: ``None`` (anchor-free) or per level a list of ``(w, h)`` in input pixels (anchor-based); every
             level must have the same number ``A`` of anchors.
+        dfl_bins: ``0`` (softplus distances) or ``R + 1 >= 2`` bins of each side's distance distribution
+            (anchor-free only).
 
     ``forward(feats)`` returns ``(cls_logits (B, N, C), boxes (B, N, 4) xyxy input pixels, points (N, 2),
-    strides (N,))``.
+    strides (N,), box_dist)`` with ``box_dist (B, N, 4, R + 1)`` the distance logits, ``None`` when
+    ``dfl_bins=0``.
+
+    Raises:
+        ValueError: bad ``anchors``; ``dfl_bins`` with anchors.
     """
+
+    project: torch.Tensor  # (R + 1,) = 0..R, only with dfl_bins
 
     def __init__(
         self,
@@ -73,8 +87,16 @@ class DetectionHead(nn.Module):
         strides: tuple[int, ...],
         hidden: int,
         anchors: list[list[tuple[float, float]]] | None = None,
+        dfl_bins: int = 0,
     ) -> None:
         super().__init__()
+        if dfl_bins and anchors is not None:
+            raise ValueError(
+                "dfl_bins needs an anchor-free head (anchors=None): anchors decode centre and size"
+            )
+        if isinstance(dfl_bins, bool) or not isinstance(dfl_bins, int) or dfl_bins < 0 or dfl_bins == 1:
+            raise ValueError(f"dfl_bins must be 0 (off) or an int >= 2, got {dfl_bins!r}")
+        self.dfl_bins = int(dfl_bins)
         if anchors is not None and (
             len(anchors) != len(strides) or len({len(a) for a in anchors}) != 1 or not anchors[0]
         ):
@@ -95,8 +117,17 @@ class DetectionHead(nn.Module):
         a = self.num_anchors
         self.stems = nn.ModuleList(ConvBNAct(c, hidden, 1) for c in in_channels)
         self.cls = nn.ModuleList(_Branch(hidden, hidden, a * num_classes) for _ in in_channels)
-        self.box = nn.ModuleList(_Branch(hidden, hidden, a * 4) for _ in in_channels)
+        self.box = nn.ModuleList(_Branch(hidden, hidden, a * self.box_width) for _ in in_channels)
+        if self.dfl_bins:  # the integral's fixed weights 0..R (not saved: rebuilt from the config)
+            self.register_buffer(
+                "project", torch.arange(self.dfl_bins, dtype=torch.float32), persistent=False
+            )
         self._init_bias()
+
+    @property
+    def box_width(self) -> int:
+        """Box channels per anchor: 4 distances, or 4 distributions of ``dfl_bins`` logits."""
+        return 4 * self.dfl_bins if self.dfl_bins else 4
 
     def _init_bias(self) -> None:
         prior = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
@@ -107,13 +138,21 @@ class DetectionHead(nn.Module):
         box_bias = 0.0 if self.anchor_based else math.log(math.expm1(2.0))
         for branch in self.box:
             assert isinstance(branch, _Branch) and branch.pred.bias is not None
-            nn.init.constant_(branch.pred.bias, box_bias)
+            if self.dfl_bins:
+                # DFL: logits -(i - c)^2 / 2, a discretised unit Gaussian at c = min(2, R / 2) strides -> boxes about
+                # 4 strides wide, as without DFL (a uniform start would put every side at R / 2)
+                i = torch.arange(self.dfl_bins, dtype=torch.float32)
+                c = min(2.0, (self.dfl_bins - 1) / 2)
+                with torch.no_grad():
+                    branch.pred.bias.copy_((-((i - c) ** 2) / 2).repeat(self.num_anchors * 4))
+            else:
+                nn.init.constant_(branch.pred.bias, box_bias)
 
     def forward(
         self, feats: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, c = self.num_anchors, self.num_classes
-        logits, boxes, points, strides = [], [], [], []
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        a, c, k = self.num_anchors, self.num_classes, self.box_width
+        logits, boxes, points, strides, dists = [], [], [], [], []
         for level, x in enumerate(feats):
             b, _, h, w = x.shape
             s = self.strides[level]
@@ -123,20 +162,29 @@ class DetectionHead(nn.Module):
             t = (
                 self.box[level](y)
                 .float()
-                .reshape(b, a, 4, h, w)
+                .reshape(b, a, k, h, w)
                 .permute(0, 3, 4, 1, 2)
-                .reshape(b, h * w, a, 4)
+                .reshape(b, h * w, a, k)
             )
             p = grid_points(h, w, s, x.device, t.dtype)  # (hw, 2)
             boxes.append(self._decode(t, p, s, level).reshape(b, h * w * a, 4))
+            if self.dfl_bins:
+                dists.append(t.reshape(b, h * w * a, 4, self.dfl_bins))
             logits.append(cls)
             points.append(p.repeat_interleave(a, dim=0))
             strides.append(torch.full((h * w * a,), float(s), device=x.device, dtype=t.dtype))
-        return torch.cat(logits, 1), torch.cat(boxes, 1), torch.cat(points, 0), torch.cat(strides, 0)
+        dist = torch.cat(dists, 1) if dists else None
+        return torch.cat(logits, 1), torch.cat(boxes, 1), torch.cat(points, 0), torch.cat(strides, 0), dist
 
     def _decode(self, t: torch.Tensor, p: torch.Tensor, s: int, level: int) -> torch.Tensor:
-        """``t (B, hw, A, 4)`` raw, ``p (hw, 2)`` cell centres -> boxes ``(B, hw, A, 4)`` xyxy."""
+        """``t (B, hw, A, K)`` raw (``K = 4``, or ``4 (R + 1)`` with DFL), ``p (hw, 2)`` cell centres -> boxes
+        ``(B, hw, A, 4)`` xyxy."""
         centre = p[None, :, None, :]
+        if self.dfl_bins:
+            z = t.reshape(*t.shape[:-1], 4, self.dfl_bins)
+            # (B, hw, A, 4): sum_i S_i i, times the stride -> pixels
+            d = torch.matmul(torch.softmax(z, dim=-1), self.project.to(t.dtype)) * s
+            return torch.cat([centre - d[..., :2], centre + d[..., 2:]], dim=-1)
         if not self.anchor_based:
             d = F.softplus(t) * s
             return torch.cat([centre - d[..., :2], centre + d[..., 2:]], dim=-1)
