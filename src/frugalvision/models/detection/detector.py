@@ -50,6 +50,10 @@ class DetectorConfig:
         anchors: for ``head="anchor"``: 3 levels of ``(w, h)``; ``None`` -> YOLOv3's, scaled to ``image_size``.
         repconv: RepConv blocks (3x3 + 1x1 + identity) in the neck's CSP bottlenecks, fused by ``fuse()``.
         aux_head: an auxiliary head on the top-down features (YOLOv7 lead-guided training), dropped by ``fuse()``.
+        depthwise: depthwise-separable 3x3 convolutions (depthwise 3x3 + pointwise 1x1, BN + SiLU each) in the
+            neck's CSP bottlenecks and downsamplings and in the head's branches, as YOLOX-nano / NanoDet /
+            PP-PicoDet do: about 3x fewer neck + head FLOPs at size n. With ``repconv`` the RepConvs become
+            depthwise RepConvs (still fused by ``fuse()``).
         backbone_kwargs: passed to ``timm.create_model`` (e.g. a tiny test configuration).
     """
 
@@ -62,6 +66,7 @@ class DetectorConfig:
     anchors: list[list[tuple[float, float]]] | None = None
     repconv: bool = False
     aux_head: bool = False
+    depthwise: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +80,8 @@ class DetectorConfig:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
         if self.anchors is not None and self.head != "anchor":
             raise ValueError("anchors are only used with head='anchor'")
+        if not isinstance(self.depthwise, bool):
+            raise ValueError(f"depthwise must be true or false, got {self.depthwise!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -131,14 +138,17 @@ class Detector(nn.Module):
         self.backbone = model
         channels = tuple(int(info[i]["num_chs"]) for i in self.feature_indices)
         depth, width = SIZES[config.size]
-        self.neck = PANNeck(channels, width, depth, rep=config.repconv)  # type: ignore[arg-type]
+        self.neck = PANNeck(channels, width, depth, rep=config.repconv, depthwise=config.depthwise)  # type: ignore[arg-type]
         hidden = scaled_width(256, width)
         anchors = None
         if config.head == "anchor":
             anchors = config.anchors if config.anchors is not None else default_anchors(config.image_size)
-        self.head = DetectionHead(self.neck.out_channels, config.num_classes, self.strides, hidden, anchors)
+        dw = config.depthwise
+        self.head = DetectionHead(
+            self.neck.out_channels, config.num_classes, self.strides, hidden, anchors, dw
+        )
         self.aux_head: DetectionHead | None = (
-            DetectionHead(self.neck.aux_channels, config.num_classes, self.strides, hidden, anchors)
+            DetectionHead(self.neck.aux_channels, config.num_classes, self.strides, hidden, anchors, dw)
             if config.aux_head
             else None
         )
