@@ -91,8 +91,10 @@ def latency_ms(model: Any, size: int, runs: int = 20) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- ours
-def run_ours(args: argparse.Namespace, size: str, rep_aux: bool, test: DetectionDataset) -> dict[str, Any]:
-    out = Path(args.out) / f"ours-{size}{'-rep-aux' if rep_aux else ''}"
+def run_ours(
+    args: argparse.Namespace, size: str, rep_aux: bool, test: DetectionDataset, depthwise: bool = False
+) -> dict[str, Any]:
+    out = Path(args.out) / f"ours-{size}{'-rep-aux' if rep_aux else ''}{'-dw' if depthwise else ''}"
     overrides = [
         "task=detection",
         f"data.path={BCCD}",
@@ -102,6 +104,7 @@ def run_ours(args: argparse.Namespace, size: str, rep_aux: bool, test: Detection
         f"detection.image_size={args.image_size}",
         f"detection.repconv={str(rep_aux).lower()}",
         f"detection.aux_head={str(rep_aux).lower()}",
+        f"detection.depthwise={str(depthwise).lower()}",
         "detection.close_mosaic=1",
         f"detection.multi_scale={args.multi_scale}",
         f"data.batch_size={args.batch_size}",
@@ -123,7 +126,7 @@ def run_ours(args: argparse.Namespace, size: str, rep_aux: bool, test: Detection
     test_map, ap50, _ = evaluate(lambda x: postprocess(*model(x)), test)
     fused = model.fuse()
     return {
-        "model": f"ours {size}" + (" rep+aux" if rep_aux else ""),
+        "model": f"ours {size}" + (" rep+aux" if rep_aux else "") + (" dw" if depthwise else ""),
         "params (M)": sum(p.numel() for p in fused.parameters()) / 1e6,
         "test mAP": test_map,
         "test AP50": ap50,

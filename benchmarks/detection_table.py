@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sizes", nargs="+", default=["n"])
-    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux"])
+    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux", "dw"])
     parser.add_argument("--peers", nargs="*", default=["retinanet", "fcos"])
     parser.add_argument(
         "--multi-scale", type=float, default=0.0, help="detection.multi_scale of our detector"
@@ -135,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         for variant in args.variants:
-            row = bench.run_ours(args, size, variant == "rep+aux", test)
-            folder = Path(args.out) / f"ours-{size}{'-rep-aux' if variant == 'rep+aux' else ''}" / "model"
+            row = bench.run_ours(args, size, variant == "rep+aux", test, depthwise=variant == "dw")
+            suffix = {"plain": "", "rep+aux": "-rep-aux", "dw": "-dw"}[variant]
+            folder = Path(args.out) / f"ours-{size}{suffix}" / "model"
             row["ORT ms"] = onnx_latency_ms(folder, args.image_size)
             rows.append(row)
             print(row, flush=True)

@@ -213,3 +213,24 @@ def test_depthwise_rep_bundle_exports_with_parity(tmp_path: Path) -> None:
             )
             assert twin.any(axis=1).all() and twin.any(axis=0).all()
     assert total > 0
+
+
+@pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_training_config_builds_and_saves_the_depthwise_detector(tmp_path: Path) -> None:
+    """``detection.depthwise=true`` trains the depthwise detector; its bundle reloads it (same outputs)."""
+    from frugalvision.bundle import load_detector
+    from frugalvision.train import fit
+    from train.test_detection_task import detection_config, write_coco
+
+    coco = write_coco(tmp_path / "coco", n=6)
+    result = fit(detection_config(coco, tmp_path / "run", "detection.depthwise=true", "trainer.epochs=1"))
+    config = json.loads((result.bundle / "config.json").read_text())
+    assert config["model"]["detector"]["depthwise"] is True
+    loaded = load_detector(result.bundle)
+    assert all(c.groups == c.in_channels for c in _spatial_convs(loaded.neck) + _spatial_convs(loaded.head))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(loaded(x), result.model.eval()(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -382,7 +382,9 @@ class DetectionRun(TaskRun):
             anchors, self.anchor_bpr = choose_anchors(
                 _letterboxed_wh(self.train_samples, det.image_size), det.image_size, seed=config.seed
             )
-        architecture = {k: getattr(det, k) for k in ("size", "image_size", "head", "repconv", "aux_head")}
+        architecture = {
+            k: getattr(det, k) for k in ("size", "image_size", "head", "repconv", "aux_head", "depthwise")
+        }
         spec = DetectorConfig(
             num_classes=len(self.classes), backbone=m.name, pretrained=m.pretrained, anchors=anchors,
             backbone_kwargs=dict(m.model_kwargs), **architecture,
