@@ -52,8 +52,8 @@ class DetectorConfig:
         aux_head: an auxiliary head on the top-down features (YOLOv7 lead-guided training), dropped by ``fuse()``.
         depthwise: depthwise-separable 3x3 convolutions (depthwise 3x3 + pointwise 1x1, BN + SiLU each) in the
             neck's CSP bottlenecks and downsamplings and in the head's branches, as YOLOX-nano / NanoDet /
-            PP-PicoDet do: about 3x fewer neck + head FLOPs at size n. With ``repconv`` the RepConvs become
-            depthwise RepConvs (still fused by ``fuse()``).
+            PP-PicoDet do: neck + head 1.85 -> 0.51 GFLOPs at size n (416 px, 80 classes). With ``repconv`` the
+            RepConvs become depthwise RepConvs (still fused by ``fuse()``).
         backbone_kwargs: passed to ``timm.create_model`` (e.g. a tiny test configuration).
     """
 
