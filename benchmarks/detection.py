@@ -91,15 +91,23 @@ def latency_ms(model: Any, size: int, runs: int = 20) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- ours
-def ours_dir(args: argparse.Namespace, size: str, rep_aux: bool, dfl_bins: int = 0) -> Path:
+def ours_dir(
+    args: argparse.Namespace, size: str, rep_aux: bool, dfl_bins: int = 0, depthwise: bool = False
+) -> Path:
     """The run folder of one of our variants (its bundle is ``<folder>/model``)."""
-    return Path(args.out) / f"ours-{size}{'-rep-aux' if rep_aux else ''}{'-dfl' if dfl_bins else ''}"
+    suffix = ("-rep-aux" if rep_aux else "") + ("-dfl" if dfl_bins else "") + ("-dw" if depthwise else "")
+    return Path(args.out) / f"ours-{size}{suffix}"
 
 
 def run_ours(
-    args: argparse.Namespace, size: str, rep_aux: bool, test: DetectionDataset, dfl_bins: int = 0
+    args: argparse.Namespace,
+    size: str,
+    rep_aux: bool,
+    test: DetectionDataset,
+    dfl_bins: int = 0,
+    depthwise: bool = False,
 ) -> dict[str, Any]:
-    out = ours_dir(args, size, rep_aux, dfl_bins)
+    out = ours_dir(args, size, rep_aux, dfl_bins, depthwise)
     overrides = [
         "task=detection",
         f"data.path={BCCD}",
@@ -110,6 +118,7 @@ def run_ours(
         f"detection.repconv={str(rep_aux).lower()}",
         f"detection.aux_head={str(rep_aux).lower()}",
         f"detection.dfl_bins={dfl_bins}",
+        f"detection.depthwise={str(depthwise).lower()}",
         "detection.close_mosaic=1",
         f"detection.multi_scale={args.multi_scale}",
         f"data.batch_size={args.batch_size}",
@@ -131,7 +140,10 @@ def run_ours(
     test_map, ap50, _ = evaluate(lambda x: postprocess(*model(x)), test)
     fused = model.fuse()
     return {
-        "model": f"ours {size}" + (" rep+aux" if rep_aux else "") + (f" dfl{dfl_bins}" if dfl_bins else ""),
+        "model": f"ours {size}"
+        + (" rep+aux" if rep_aux else "")
+        + (f" dfl{dfl_bins}" if dfl_bins else "")
+        + (" dw" if depthwise else ""),
         "params (M)": sum(p.numel() for p in fused.parameters()) / 1e6,
         "test mAP": test_map,
         "test AP50": ap50,

@@ -5,26 +5,28 @@ Usage::
     pip install pixeltable-yolox      # Apache-2.0; benchmark-only (extra "bench-detection"), builds YOLOX-nano
     python benchmarks/detection_latency.py                     # 2 threads, fp32 (+ int8 with --int8)
     python benchmarks/detection_latency.py --threads 4 --seconds 3 --int8
+    python benchmarks/detection_latency.py --variants depthwise    # only ours-n-dw against YOLOX-nano
 
 Models (random weights: speed does not depend on them; the score biases start at the prior 0.01 as in YOLOX, so
-both graphs hand their NMS a similar, small number of candidates):
+the graphs hand their NMS a similar, small number of candidates); the table gives each one's parameters and FLOPs
+split into trunk (backbone features) / neck / head, and the latency of its trunk alone:
 
-* ``ours-n (stand-in)``: the n size intended by issue 14 -- the EfficientNet-Lite0 trunk (timm ``features_only``,
-  strides 8/16/32), a PAN neck of CSP blocks (width 0.25 -> 64/128/256 channels, depth 0.33 -> one bottleneck per
-  block) and a decoupled anchor-free head (64 channels, two 3x3 convolutions per branch), decoded to the contract's
-  ``(boxes (B, N, 4), scores (B, N, C))``. A STAND-IN written here: the real ``frugalvision.models.detection.Detector``
-  was not merged when this benchmark was written; once it is, put it in place of ``StandInN()`` in ``main``
-  (``Detector(...).eval()``, ``fuse()`` first).
+* ``ours-n``: :class:`frugalvision.models.detection.Detector` of size n as ``frugalvision export`` ships it
+  (``create_detector(DetectorConfig(num_classes=80, pretrained=False))``, ``.eval().fuse()``): the offline
+  EfficientNet-Lite0 trunk (strides 8/16/32), a PAN neck of CSP blocks (64/128/256 channels, one bottleneck per
+  block) and the decoupled anchor-free head (64 channels, two 3x3 convolutions per branch).
+* ``ours-n-dw``: the same with ``DetectorConfig(depthwise=True)``: every 3x3 convolution of the neck and head is
+  depthwise-separable (depthwise 3x3 + pointwise 1x1), as in YOLOX-nano's neck and head.
 * ``YOLOX-nano``: ``pixeltable-yolox``'s ``YoloxNano`` config (depth 0.33, width 0.25, depthwise convolutions),
   its eval output ``(cx, cy, w, h, objectness, class probabilities)`` turned into the same contract (xyxy boxes,
   scores = objectness x class probability).
 
-Both are exported by :func:`frugalvision.deploy.export_detector` with the same NMS inside the graph (score > 0.25,
+All are exported by :func:`frugalvision.deploy.export_detector` with the same NMS inside the graph (score > 0.25,
 IoU 0.65, 300 detections, 80 classes), and timed the same way: :class:`frugalvision.runtime.Predictor` with
 ``threads`` intra-op threads, ``Predictor.run`` on a preprocessed ``(1, 3, 416, 416)`` batch (the graph alone), and
-``Predictor.detect`` on a real 640x480 BCCD photo (decode + letterbox + graph + mapping back). The two models are
+``Predictor.detect`` on a real 640x480 BCCD photo (decode + letterbox + graph + mapping back). The models are
 measured in interleaved rounds (each a short window per round, the median of the per-call times reported) so that
-background load on a shared machine hits both alike. Timings on a shared machine are indicative.
+background load on a shared machine hits all alike. Timings on a shared machine are indicative.
 """
 
 from __future__ import annotations
@@ -46,93 +48,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from frugalvision.deploy import export_detector, quantize_int8
+from frugalvision.models.detection import Detector, DetectorConfig, create_detector
 from frugalvision.runtime import Predictor
 
 SIZE = 416
 NUM_CLASSES = 80
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "JPEGImages"
-PRIOR_BIAS = -float(np.log((1 - 0.01) / 0.01))  # sigmoid(bias) = 0.01, YOLOX's initialize_biases(1e-2)
 
 
-# ------------------------------------------------------------------------------------------------ ours (stand-in)
-def _conv(c_in: int, c_out: int, k: int = 1, s: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False), nn.BatchNorm2d(c_out), nn.SiLU())
-
-
-class _CSP(nn.Module):
-    """CSP block: two 1x1 branches, ``depth`` residual bottlenecks (1x1 -> 3x3) on one, concatenated, 1x1 fuse."""
-
-    def __init__(self, c_in: int, c_out: int, depth: int = 1) -> None:
-        super().__init__()
-        hidden = c_out // 2
-        self.a, self.b = _conv(c_in, hidden), _conv(c_in, hidden)
-        self.blocks = nn.Sequential(
-            *(nn.Sequential(_conv(hidden, hidden), _conv(hidden, hidden, 3)) for _ in range(depth))
-        )
-        self.fuse = _conv(2 * hidden, c_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.a(x)
-        for block in self.blocks:
-            a = a + block(a)
-        return self.fuse(torch.cat([a, self.b(x)], dim=1))
-
-
-class StandInN(nn.Module):
-    """Lite0 trunk + PAN of CSP blocks + decoupled anchor-free head, eval output per the detection contract."""
-
-    def __init__(
-        self, num_classes: int = NUM_CLASSES, width: tuple[int, int, int] = (64, 128, 256), head: int = 64
-    ) -> None:
-        super().__init__()
-        import timm
-
-        self.trunk = timm.create_model(
-            "tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3, 4)
-        )
-        c3, c4, c5 = self.trunk.feature_info.channels()
-        w3, w4, w5 = width
-        self.lat5, self.lat4 = _conv(c5, w5), _conv(c4, w4)
-        self.top4 = _CSP(w4 + w5, w4)  # top-down
-        self.red4 = _conv(w4, w3)
-        self.top3 = _CSP(c3 + w3, w3)
-        self.down3 = _conv(w3, w3, 3, 2)  # bottom-up
-        self.bot4 = _CSP(w3 + w3, w4)
-        self.down4 = _conv(w4, w4, 3, 2)
-        self.bot5 = _CSP(w4 + w5, w5)
-        self.stems = nn.ModuleList(_conv(c, head) for c in width)
-        self.cls = nn.ModuleList(nn.Sequential(_conv(head, head, 3), _conv(head, head, 3)) for _ in width)
-        self.reg = nn.ModuleList(nn.Sequential(_conv(head, head, 3), _conv(head, head, 3)) for _ in width)
-        self.cls_out = nn.ModuleList(nn.Conv2d(head, num_classes, 1) for _ in width)
-        self.box_out = nn.ModuleList(nn.Conv2d(head, 4, 1) for _ in width)
-        for conv in self.cls_out:
-            nn.init.constant_(conv.bias, PRIOR_BIAS)
-        self.strides = (8, 16, 32)
-        self.num_classes, self.image_size = num_classes, SIZE
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f3, f4, f5 = self.trunk(x)
-        p5 = self.lat5(f5)
-        up = nn.functional.interpolate
-        p4 = self.top4(torch.cat([self.lat4(f4), up(p5, scale_factor=2.0)], 1))
-        p3 = self.top3(torch.cat([f3, up(self.red4(p4), scale_factor=2.0)], 1))
-        n4 = self.bot4(torch.cat([self.down3(p3), self.red4(p4)], 1))
-        n5 = self.bot5(torch.cat([self.down4(n4), p5], 1))
-        boxes, scores = [], []
-        for i, (feat, stride) in enumerate(zip((p3, n4, n5), self.strides, strict=True)):
-            s = self.stems[i](feat)
-            logits = self.cls_out[i](self.cls[i](s)).flatten(2).transpose(1, 2)
-            reg = self.box_out[i](self.reg[i](s)).flatten(2).transpose(1, 2)
-            h, w = feat.shape[2:]
-            gy, gx = torch.meshgrid(
-                torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij"
-            )
-            grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-            centre = (grid + reg[..., :2]) * stride
-            half = torch.exp(reg[..., 2:].clamp(max=8.0)) * stride / 2
-            boxes.append(torch.cat([centre - half, centre + half], 2))
-            scores.append(torch.sigmoid(logits))
-        return torch.cat(boxes, 1), torch.cat(scores, 1)
+# --------------------------------------------------------------------------------------------------------- ours
+def ours(depthwise: bool) -> nn.Module:
+    """Our size-n detector as ``frugalvision export`` ships it: random weights, fused (conv-BN folded)."""
+    config = DetectorConfig(
+        num_classes=NUM_CLASSES, pretrained=False, size="n", image_size=SIZE, depthwise=depthwise
+    )
+    return create_detector(config).eval().fuse()
 
 
 # --------------------------------------------------------------------------------------------------- YOLOX-nano
@@ -159,13 +89,54 @@ def yolox_nano() -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------------ measure
-def model_stats(model: nn.Module) -> tuple[float, float]:
-    """Parameters (millions) and GFLOPs of one 416 px image (multiply-add = 2 FLOPs)."""
-    params = sum(p.numel() for p in model.parameters()) / 1e6
+def breakdown(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """``{trunk, neck, head, total: (parameters in millions, GFLOPs)}`` of one 416 px image (multiply-add = 2
+    FLOPs, torch.utils.flop_counter). The head includes the box decoding; the trunk is the rest (the backbone
+    features: EfficientNet-Lite0's for ours, YOLOX's CSPDarknet)."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model(torch.zeros(1, 3, SIZE, SIZE))
-    return params, counter.get_total_flops() / 1e9
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+
+    def count(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    if isinstance(model, Detector):
+        neck = (count(model.neck), flops["Detector.neck"])
+        head = (count(model.head), flops["Detector.head"])
+    else:  # YoloxContract: module.backbone is YOLOPAFPN (trunk .backbone + PAN), module.head the YOLOX head
+        pafpn, key = model.module.backbone, "YoloxContract.module.backbone"  # type: ignore[union-attr]
+        neck = (count(pafpn) - count(pafpn.backbone), flops[key] - flops[key + ".backbone"])  # type: ignore[arg-type]
+        head = (count(model.module.head), flops["YoloxContract.module.head"])  # type: ignore[union-attr, arg-type]
+    total = (count(model), counter.get_total_flops())
+    trunk = (total[0] - neck[0] - head[0], total[1] - neck[1] - head[1])
+    parts = {"trunk": trunk, "neck": neck, "head": head, "total": total}
+    return {k: (n / 1e6, f / 1e9) for k, (n, f) in parts.items()}
+
+
+class Trunk(nn.Module):
+    """The backbone features alone (``(C3, C4, C5)``), to time the part of the latency the neck and head cannot
+    change."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if isinstance(self.model, Detector):
+            return tuple(self.model.features(x))
+        return tuple(self.model.module.backbone.backbone(x).values())  # type: ignore[union-attr, operator]
+
+
+def trunk_session(model: nn.Module, path: Path, threads: int) -> Any:
+    """ONNX Runtime session of :class:`Trunk` (TorchScript exporter, opset 18, constant folding)."""
+    import onnxruntime as ort
+
+    torch.onnx.export(Trunk(model).eval(), (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False,
+                      opset_version=18, input_names=["images"], do_constant_folding=True)  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def interleaved_ms(calls: dict[str, Any], seconds: float, rounds: int) -> dict[str, float]:
@@ -226,13 +197,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per model and engine")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--int8", action="store_true", help="also int8 (calibrated on 32 BCCD photos)")
+    parser.add_argument(
+        "--variants", nargs="+", default=["plain", "depthwise"], choices=["plain", "depthwise"],
+        help="our n model as it is (plain) and with DetectorConfig.depthwise",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    ours, ours_name = StandInN().eval(), "ours-n (stand-in)"
-    models = {ours_name: ours, "YOLOX-nano": yolox_nano()}
+    models: dict[str, nn.Module] = {}
+    for variant in args.variants:
+        models["ours-n" if variant == "plain" else "ours-n-dw"] = ours(variant == "depthwise")
+    models["YOLOX-nano"] = yolox_nano()
     photos = sorted(BCCD.glob("*.jpg")) if BCCD.is_dir() else []
     if not photos:
         rng = np.random.default_rng(0)
@@ -241,12 +218,13 @@ def main() -> None:
     photo = photos[0]
 
     predictors: dict[str, Predictor] = {}
-    stats: dict[str, tuple[float, float]] = {}
+    trunks: dict[str, Any] = {}
+    stats: dict[str, dict[str, tuple[float, float]]] = {}
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            stats[name] = model_stats(model)
-            folder = Path(tmp) / name.split()[0]
+            stats[name] = breakdown(model)
+            folder = Path(tmp) / name
             t0 = time.perf_counter()
             export_detector(model, folder, image_size=SIZE, mean=mean, std=std,
                             classes=[f"c{i}" for i in range(NUM_CLASSES)], score_threshold=0.25, iou_threshold=0.65)  # fmt: skip
@@ -255,10 +233,12 @@ def main() -> None:
             if args.int8:
                 quantize_int8(folder, photos[1:41], max_images=32, check_images=8)
                 predictors[f"{name} int8"] = Predictor(folder, precision="int8", threads=args.threads)
+            if name != "ours-n-dw" or "ours-n" not in models:  # the same trunk as ours-n: timed once
+                trunks[name] = trunk_session(model, Path(tmp) / f"{name}-trunk.onnx", args.threads)
         batch = next(iter(predictors.values())).preprocess([photo])
-        graph = interleaved_ms(
-            {k: (lambda p=p: p.run(batch)) for k, p in predictors.items()}, args.seconds, args.rounds
-        )
+        calls = {k: (lambda p=p: p.run(batch)) for k, p in predictors.items()}
+        calls.update({f"{k} trunk": (lambda t=t: t.run(None, {"images": batch})) for k, t in trunks.items()})
+        graph = interleaved_ms(calls, args.seconds, args.rounds)
         whole = interleaved_ms(
             {k: (lambda p=p: p.detect([photo])) for k, p in predictors.items()}, args.seconds, args.rounds
         )
@@ -268,20 +248,33 @@ def main() -> None:
     print(f"\nONNX Runtime CPU latency, {SIZE} px, batch 1, {args.threads} threads, NMS inside the graph "
           f"({NUM_CLASSES} classes), {cpu}, {os.cpu_count()} logical CPUs; median of {args.rounds} interleaved rounds")  # fmt: skip
     ref = {prec: graph[f"YOLOX-nano {prec}"] for prec in ("fp32", "int8") if f"YOLOX-nano {prec}" in graph}
-    print(f"| {'model':<28} | params (M) | GFLOPs | graph ms | x YOLOX-nano | detect() ms | detections |")
-    print(f"|{'-' * 30}|-----------:|-------:|---------:|-------------:|------------:|-----------:|")
+    print(
+        f"| {'model':<16} | params M trunk/neck/head = total | GFLOPs trunk/neck/head = total | trunk ms | "
+        "graph ms | x YOLOX-nano | detect() ms | detections |"
+    )
+    print(f"|{'-' * 18}|---------------------------------:|-------------------------------:|---------:|---------:|"
+          "-------------:|------------:|-----------:|")  # fmt: skip
     for key in predictors:
         name, prec = key.rsplit(" ", 1)
-        params, gflops = stats[name]
+        parts = stats[name]
+        params = "{:.2f} / {:.2f} / {:.2f} = {:.2f}".format(
+            *(parts[p][0] for p in ("trunk", "neck", "head", "total"))
+        )
+        gflops = "{:.2f} / {:.2f} / {:.2f} = {:.2f}".format(
+            *(parts[p][1] for p in ("trunk", "neck", "head", "total"))
+        )
+        trunk_key = f"{name} trunk" if f"{name} trunk" in graph else "ours-n trunk"
+        trunk = f"{graph[trunk_key]:8.1f}" if prec == "fp32" else f"{'':8}"
         ratio = graph[key] / ref[prec] if prec in ref else float("nan")
-        print(f"| {key:<28} | {params:10.2f} | {gflops:6.2f} | {graph[key]:8.1f} | {ratio:12.2f} | {whole[key]:11.1f} | "
-              f"{found[key]:10d} |")  # fmt: skip
+        print(f"| {key:<16} | {params:>32} | {gflops:>30} | {trunk} | {graph[key]:8.1f} | {ratio:12.2f} | "
+              f"{whole[key]:11.1f} | {found[key]:10d} |")  # fmt: skip
     nms = nms_alone_ms(args.threads, args.seconds / 2, args.rounds)
     print(
         f"\nNMS part alone (3549 boxes x {NUM_CLASSES} classes): "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in nms.items())
     )
-    print("\ngraph ms: Predictor.run on a preprocessed batch (network + NMS); detect() ms: decode + letterbox of a "
+    print("\ngraph ms: Predictor.run on a preprocessed batch (network + NMS); trunk ms: the backbone features alone "
+          "(fp32, ONNX Runtime, same threads; ours-n-dw shares ours-n's trunk); detect() ms: decode + letterbox of a "
           "640x480 JPEG + graph + boxes to original pixels. Target (issue 14): ours-n within 1.5x of YOLOX-nano.")  # fmt: skip
 
 

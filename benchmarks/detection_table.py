@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sizes", nargs="+", default=["n"])
-    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux", "dfl"])
+    parser.add_argument("--variants", nargs="+", default=["plain"], choices=["plain", "rep+aux", "dfl", "dw"])
     parser.add_argument("--dfl-bins", type=int, default=16, help="detection.dfl_bins of the dfl variant")
     parser.add_argument("--peers", nargs="*", default=["retinanet", "fcos"])
     parser.add_argument(
@@ -139,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for size in args.sizes:
         for variant in args.variants:
             rep_aux, bins = variant == "rep+aux", args.dfl_bins if variant == "dfl" else 0
-            row = bench.run_ours(args, size, rep_aux, test, dfl_bins=bins)
-            folder = bench.ours_dir(args, size, rep_aux, bins) / "model"
+            depthwise = variant == "dw"
+            row = bench.run_ours(args, size, rep_aux, test, dfl_bins=bins, depthwise=depthwise)
+            folder = bench.ours_dir(args, size, rep_aux, bins, depthwise) / "model"
             row["ORT ms"] = onnx_latency_ms(folder, args.image_size)
             rows.append(row)
             print(row, flush=True)

@@ -383,7 +383,8 @@ class DetectionRun(TaskRun):
                 _letterboxed_wh(self.train_samples, det.image_size), det.image_size, seed=config.seed
             )
         architecture = {
-            k: getattr(det, k) for k in ("size", "image_size", "head", "repconv", "aux_head", "dfl_bins")
+            k: getattr(det, k)
+            for k in ("size", "image_size", "head", "repconv", "aux_head", "dfl_bins", "depthwise")
         }
         spec = DetectorConfig(
             num_classes=len(self.classes), backbone=m.name, pretrained=m.pretrained, anchors=anchors,

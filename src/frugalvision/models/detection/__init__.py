@@ -10,7 +10,7 @@ from frugalvision.models.detection.anchors import (
     default_anchors,
     fit_anchors,
 )
-from frugalvision.models.detection.blocks import ConvBNAct, CSPBlock, RepConv, fold_batchnorm
+from frugalvision.models.detection.blocks import ConvBNAct, CSPBlock, DWConv, RepConv, fold_batchnorm
 from frugalvision.models.detection.detector import SIZES, Detector, DetectorConfig, create_detector
 from frugalvision.models.detection.heads import DetectionHead, grid_points
 from frugalvision.models.detection.neck import PANNeck
@@ -20,6 +20,7 @@ __all__ = [
     "SIZES",
     "CSPBlock",
     "ConvBNAct",
+    "DWConv",
     "DetectionHead",
     "Detector",
     "DetectorConfig",

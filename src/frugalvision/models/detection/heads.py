@@ -2,7 +2,8 @@
 
 Both heads share one structure per level (YOLOX's decoupled head, Ge et al. 2021, https://arxiv.org/abs/2107.08430):
 a 1x1 stem, then two 3x3 convs + a 1x1 prediction for the classes and, separately, two 3x3 convs + a 1x1
-prediction for the box. There is no objectness branch: the classification score is trained to predict the IoU
+prediction for the box (with ``depthwise``, the 3x3 convs are depthwise-separable, as in YOLOX-nano's head). There
+is no objectness branch: the classification score is trained to predict the IoU
 of its box (varifocal targets, see :mod:`frugalvision.losses.detection`), so it ranks boxes on its own.
 
 Box decoding (``p = (x + 0.5, y + 0.5) * s`` is the centre of grid cell ``(x, y)`` at stride ``s``; ``t`` the raw
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from frugalvision.models.detection.blocks import ConvBNAct
+from frugalvision.models.detection.blocks import ConvBNAct, conv3x3
 
 __all__ = ["DetectionHead", "grid_points"]
 
@@ -48,9 +49,9 @@ def grid_points(h: int, w: int, stride: float, device: torch.device, dtype: torc
 
 
 class _Branch(nn.Module):
-    def __init__(self, c_in: int, hidden: int, out: int) -> None:
+    def __init__(self, c_in: int, hidden: int, out: int, depthwise: bool = False) -> None:
         super().__init__()
-        self.convs = nn.Sequential(ConvBNAct(c_in, hidden, 3), ConvBNAct(hidden, hidden, 3))
+        self.convs = nn.Sequential(conv3x3(c_in, hidden, 1, depthwise), conv3x3(hidden, hidden, 1, depthwise))
         self.pred = nn.Conv2d(hidden, out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +70,7 @@ class DetectionHead(nn.Module):
             level must have the same number ``A`` of anchors.
         dfl_bins: ``0`` (softplus distances) or ``R + 1 >= 2`` bins of each side's distance distribution
             (anchor-free only).
+        depthwise: depthwise-separable 3x3 convolutions in the branches.
 
     ``forward(feats)`` returns ``(cls_logits (B, N, C), boxes (B, N, 4) xyxy input pixels, points (N, 2),
     strides (N,), box_dist)`` with ``box_dist (B, N, 4, R + 1)`` the distance logits, ``None`` when
@@ -88,6 +90,7 @@ class DetectionHead(nn.Module):
         hidden: int,
         anchors: list[list[tuple[float, float]]] | None = None,
         dfl_bins: int = 0,
+        depthwise: bool = False,
     ) -> None:
         super().__init__()
         if dfl_bins and anchors is not None:
@@ -116,8 +119,8 @@ class DetectionHead(nn.Module):
         )
         a = self.num_anchors
         self.stems = nn.ModuleList(ConvBNAct(c, hidden, 1) for c in in_channels)
-        self.cls = nn.ModuleList(_Branch(hidden, hidden, a * num_classes) for _ in in_channels)
-        self.box = nn.ModuleList(_Branch(hidden, hidden, a * self.box_width) for _ in in_channels)
+        self.cls = nn.ModuleList(_Branch(hidden, hidden, a * num_classes, depthwise) for _ in in_channels)
+        self.box = nn.ModuleList(_Branch(hidden, hidden, a * self.box_width, depthwise) for _ in in_channels)
         if self.dfl_bins:  # the integral's fixed weights 0..R (not saved: rebuilt from the config)
             self.register_buffer(
                 "project", torch.arange(self.dfl_bins, dtype=torch.float32), persistent=False

@@ -9,7 +9,9 @@ localisation of stride 8 back up; every merge is a :class:`~frugalvision.models.
 
 Widths and depths scale with the size's multipliers (YOLOv5's convention): channels ``(256, 512, 1024) * width``,
 ``round(3 * depth)`` bottlenecks per CSP block. ``forward`` returns ``[P3, P4, P5]`` and, for the auxiliary head,
-the top-down features ``[P3, f4, f5]``.
+the top-down features ``[P3, f4, f5]``. With ``depthwise`` every 3x3 convolution (the CSP bottlenecks' and the two
+stride-2 downsamplings) is depthwise-separable (:class:`~frugalvision.models.detection.blocks.DWConv`), as in
+YOLOX-nano's PAN; the 1x1 convolutions stay.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from frugalvision.models.detection.blocks import ConvBNAct, CSPBlock
+from frugalvision.models.detection.blocks import ConvBNAct, CSPBlock, conv3x3
 
 __all__ = ["PANNeck", "scaled_depth", "scaled_width"]
 
@@ -41,20 +43,25 @@ class PANNeck(nn.Module):
     """
 
     def __init__(
-        self, in_channels: tuple[int, int, int], width: float, depth: float, rep: bool = False
+        self,
+        in_channels: tuple[int, int, int],
+        width: float,
+        depth: float,
+        rep: bool = False,
+        depthwise: bool = False,
     ) -> None:
         super().__init__()
         c3, c4, c5 = in_channels
         w3, w4, w5 = (scaled_width(c, width) for c in (256, 512, 1024))
         n = scaled_depth(3, depth)
         self.reduce5 = ConvBNAct(c5, w4, 1)
-        self.td4 = CSPBlock(w4 + c4, w4, n, rep=rep)
+        self.td4 = CSPBlock(w4 + c4, w4, n, rep=rep, depthwise=depthwise)
         self.reduce4 = ConvBNAct(w4, w3, 1)
-        self.td3 = CSPBlock(w3 + c3, w3, n, rep=rep)
-        self.down3 = ConvBNAct(w3, w3, 3, 2)
-        self.bu4 = CSPBlock(2 * w3, w4, n, rep=rep)
-        self.down4 = ConvBNAct(w4, w4, 3, 2)
-        self.bu5 = CSPBlock(2 * w4, w5, n, rep=rep)
+        self.td3 = CSPBlock(w3 + c3, w3, n, rep=rep, depthwise=depthwise)
+        self.down3 = conv3x3(w3, w3, 2, depthwise)
+        self.bu4 = CSPBlock(2 * w3, w4, n, rep=rep, depthwise=depthwise)
+        self.down4 = conv3x3(w4, w4, 2, depthwise)
+        self.bu5 = CSPBlock(2 * w4, w5, n, rep=rep, depthwise=depthwise)
         self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
         self.out_channels = (w3, w4, w5)
         self.aux_channels = (w3, w4, w4)
