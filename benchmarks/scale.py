@@ -21,7 +21,8 @@ one function and one entry of ``INDEX_BACKENDS``):
 
 * ``flat``: ``IndexFlatIP`` (exact; its results are the ground truth of the recall column).
 * ``ivf``: ``IndexIVFFlat``, ``--nlist`` lists, the library's default nprobe (:func:`frugalvision.index.default_nprobe`).
-* ``ivfpq``: :func:`frugalvision.index.build_on_disk` (lists merged on disk, memory-mapped), 32 bytes/vector,
+* ``ivfpq``: :func:`frugalvision.index.build_on_disk` (lists merged on disk, memory-mapped), 32 bytes/vector
+  (``--pq-m``),
   default nprobe; ``ivfpq+rerank``: the same plus ``vectors.npy`` re-ranking the default number of candidates
   (:func:`frugalvision.index.default_rerank_factor` x 10).
 * ``hnsw``: ``IndexHNSWFlat``, M 32, the library's default efConstruction and efSearch
@@ -208,8 +209,9 @@ def _library(kind: str, **options: object) -> Callable:
         def build() -> tuple[Callable, Path, str]:
             folder = work / kind
             if kind == "ivfpq":
+                pq = {} if args.pq_m is None else {"pq_m": args.pq_m}
                 index = build_on_disk(
-                    x, folder, nlist=args.nlist, train_size=args.train_size, recall_queries=0, **options
+                    x, folder, nlist=args.nlist, train_size=args.train_size, recall_queries=0, **pq, **options
                 )  # type: ignore[arg-type]
             else:
                 extra = {"nlist": args.nlist} if kind == "ivf" else {}
@@ -336,6 +338,9 @@ def main() -> None:
     ap.add_argument("--curation-sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--backends", nargs="*", default=list(INDEX_BACKENDS), choices=list(INDEX_BACKENDS))
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists of the ivf / ivfpq rows")
+    ap.add_argument(
+        "--pq-m", type=int, default=None, help="ivfpq bytes per vector [default: the library's, 32 at 128-d]"
+    )
     ap.add_argument("--flat-max", type=int, default=1_000_000)
     ap.add_argument("--exact-max", type=int, default=100_000, help="largest N of the exact curation runs")
     ap.add_argument("--recall-rows", type=int, default=500)
