@@ -243,3 +243,17 @@ def test_cli_refuses_a_bad_config_in_one_line(
     )
     assert f"{folder / 'config.json'}: field {field!r}" in line
     assert not (tmp_path / "s").exists()
+
+
+def test_detection_report_names_the_depthwise_and_dfl_options() -> None:
+    from frugalvision.bundle import render_report
+    from frugalvision.models.detection import DetectorConfig
+
+    def model_line(**options: object) -> str:
+        det = DetectorConfig(num_classes=2, pretrained=False, **options).to_dict()  # type: ignore[arg-type]
+        config = {"task": "detection", "classes": ["a", "b"], "model": {"detector": det}}
+        return next(line for line in render_report(config).splitlines() if line.startswith("- backbone:"))
+
+    assert "depthwise" not in model_line() and "focal" not in model_line()
+    line = model_line(depthwise=True, dfl_bins=16, repconv=True)
+    assert line.endswith(", RepConv, depthwise neck and head, distribution focal loss (16 bins)"), line

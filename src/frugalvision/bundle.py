@@ -705,7 +705,9 @@ def _render_detection_report(config: Mapping[str, Any]) -> str:
         "",
         f"- backbone: `{det.get('backbone', '?')}`, size {det.get('size', '?')}, head {det.get('head', '?')}"
         + (", RepConv" if det.get("repconv") else "")
-        + (", auxiliary head" if det.get("aux_head") else ""),
+        + (", auxiliary head" if det.get("aux_head") else "")
+        + (", depthwise neck and head" if det.get("depthwise") else "")
+        + (f", distribution focal loss ({det['dfl_bins']} bins)" if det.get("dfl_bins") else ""),
         f"- input: {det.get('image_size', '?')} x {det.get('image_size', '?')} letterboxed; "
         f"{len(config.get('classes', []))} classes: {', '.join(config.get('classes', [])[:20])}",
         f"- loss: `{config.get('loss', {}).get('name', '?')}` {json.dumps(config.get('loss', {}).get('kwargs', {}))}",
