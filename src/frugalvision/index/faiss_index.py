@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import faiss
 import numpy as np
@@ -260,6 +260,27 @@ def default_pq_m(dim: int) -> int:
     return 1  # dim < 4
 
 
+class _SearchSetting:
+    """A search setting of :class:`EmbeddingIndex` (an attribute): a positive int as given, or ``None`` for the
+    default of each search's ``k``; checked when set."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _SearchSetting: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> int | None: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _SearchSetting | int | None:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: object, value: int | None) -> None:
+        setattr(obj, self.slot, None if value is None else _positive_int(value, self.name))
+
+
 class EmbeddingIndex:
     """Vectors in a faiss index, with optional per-vector paths and labels and a free-form ``info`` dict.
 
@@ -458,35 +479,18 @@ class EmbeddingIndex:
             return {"hnsw_m": int(hnsw.nb_neighbors(1)), "ef_construction": int(hnsw.efConstruction)}
         return {}
 
-    @property
-    def nprobe(self) -> int | None:
-        """IVF lists scanned per query, as given (ignored by other kinds); ``None``: :func:`default_nprobe` of
+    nprobe = _SearchSetting(
+        """IVF lists scanned per query, as given (ignored by other kinds); ``None``: :func:`default_nprobe` of each
+        search's ``k`` (see :meth:`effective`)."""
+    )
+    ef_search = _SearchSetting(
+        """HNSW candidates kept per query, as given (ignored by other kinds); ``None``: :func:`default_ef_search` of
         each search's ``k`` (see :meth:`effective`)."""
-        return self._nprobe
-
-    @nprobe.setter
-    def nprobe(self, value: int | None) -> None:
-        self._nprobe = None if value is None else _positive_int(value, "nprobe")
-
-    @property
-    def ef_search(self) -> int | None:
-        """HNSW candidates kept per query, as given (ignored by other kinds); ``None``: :func:`default_ef_search`
-        of each search's ``k`` (see :meth:`effective`)."""
-        return self._ef_search
-
-    @ef_search.setter
-    def ef_search(self, value: int | None) -> None:
-        self._ef_search = None if value is None else _positive_int(value, "ef_search")
-
-    @property
-    def rerank_factor(self) -> int | None:
+    )
+    rerank_factor = _SearchSetting(
         """Candidates per wanted hit re-ranked by exact score (only with stored exact vectors; 1 = off), as given;
         ``None``: :func:`default_rerank_factor`."""
-        return self._rerank_factor
-
-    @rerank_factor.setter
-    def rerank_factor(self, value: int | None) -> None:
-        self._rerank_factor = None if value is None else _positive_int(value, "rerank_factor")
+    )
 
     @property
     def reranks(self) -> bool:
@@ -504,12 +508,12 @@ class EmbeddingIndex:
         if self._vectors is None:
             factor = 1
         else:
-            factor = self._rerank_factor if self._rerank_factor is not None else default_rerank_factor(k)
+            factor = self.rerank_factor if self.rerank_factor is not None else default_rerank_factor(k)
         if self._kind in IVF_KINDS:
             nlist = int(self._index.nlist)
-            out["nprobe"] = min(nlist, self._nprobe if self._nprobe is not None else default_nprobe(nlist, k))
+            out["nprobe"] = min(nlist, self.nprobe if self.nprobe is not None else default_nprobe(nlist, k))
         elif self._kind == "hnsw":
-            ef = self._ef_search if self._ef_search is not None else default_ef_search(k)
+            ef = self.ef_search if self.ef_search is not None else default_ef_search(k)
             out["ef_search"] = max(ef, k * factor)
         out["rerank_factor"] = factor
         return out
@@ -718,10 +722,10 @@ class EmbeddingIndex:
             "metric": self._metric,
             "kind": self._kind,
             "nlist": self.nlist,
-            "nprobe": self._nprobe,
-            "ef_search": self._ef_search,
+            "nprobe": self.nprobe,
+            "ef_search": self.ef_search,
             "params": self.params,
-            "rerank_factor": self._rerank_factor,
+            "rerank_factor": self.rerank_factor,
             "recall": self._recall,
             "dim": self.dim,
             "count": len(self),
