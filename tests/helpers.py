@@ -10,6 +10,9 @@ unique names that cannot import each other.
 - :func:`tiny_cnn` / :func:`tiny_vit` with :data:`TIMM_DATA_CONFIG`: small random timm models for export tests.
 - :func:`live_server`: an app under a real uvicorn on 127.0.0.1.
 - :func:`make_labelled_folder`: a small class-per-folder image set that a tiny model learns in seconds.
+- Detection: :func:`write_coco` (coloured rectangles and their COCO JSON), :func:`detection_config` (a tiny
+  detection run), :func:`torchvision_nms_reference` (class-aware ``batched_nms`` written from the definition) and
+  :func:`assert_detections_match` (an exported graph's detections against it).
 """
 
 from __future__ import annotations
@@ -158,3 +161,109 @@ def make_labelled_folder(root: Path, classes: int = 8, per_class: int = 5, size:
             arr = np.clip(colour + stripes + rng.normal(0, 45, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / f"class{c:02d}" / f"img{i}.png")
     return root
+
+
+# --- detection ----------------------------------------------------------------------------------------------------
+DETECTION_OUTPUTS = ["boxes", "scores", "labels", "num_detections"]  # an exported detector's graph outputs
+COLOURS = [(220, 40, 40), (40, 40, 220)]  # class 0 red, class 1 blue
+
+
+def write_coco(root: Path, n: int = 10, seed: int = 0, boxes: bool = True) -> Path:
+    """``n`` images of 1-2 red / blue rectangles (the last one empty: a negative) and their COCO JSON."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n):
+        w, h = (96, 64) if i % 2 else (64, 80)  # two aspect ratios: the letterbox pads both ways
+        pixels = np.full((h, w, 3), 128, np.uint8)
+        for _ in range(0 if i == n - 1 else int(rng.integers(1, 3))):
+            bw, bh = int(rng.integers(12, 30)), int(rng.integers(12, 30))
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            c = int(rng.integers(0, 2))
+            pixels[y : y + bh, x : x + bw] = COLOURS[c]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": c + 1, "bbox": [x, y, bw, bh]}
+            )
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+    data = {
+        "images": images,
+        "annotations": annotations if boxes else [],
+        "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}],
+    }
+    path = root / "train.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def detection_config(data: Path, out: Path, *overrides: str) -> Any:
+    """A resolved training config of a tiny detection run (64 px, random tiny backbone, 2 epochs) on ``data``."""
+    from frugalvision.train import load_config
+
+    return load_config(
+        None,
+        [
+            "task=detection",
+            f"data.path={data}",
+            f"out={out}",
+            "model.name=test_efficientnet",
+            "model.pretrained=false",
+            "detection.image_size=64",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "data.val_fraction=0.3",
+            "data.num_workers=0",
+            "optim.lr=1e-3",
+            "trainer.epochs=2",
+            "trainer.progress=false",
+            *overrides,
+        ],
+    )
+
+
+def torchvision_nms_reference(
+    boxes: Any, scores: Any, thr: float, iou: float, max_det: int, multi_label: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: (box, class) pairs with score > thr (each box's best class only unless multi_label), class-aware
+    torchvision batched_nms, the max_det best. Written from the definition, independent of the package."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    out = []
+    for b, s in zip(torch.as_tensor(boxes), torch.as_tensor(scores), strict=True):
+        if not multi_label:
+            best = s.argmax(dim=1)
+            s = torch.zeros_like(s).scatter_(1, best[:, None], s.gather(1, best[:, None]))
+        box_i, cls = torch.nonzero(s > thr, as_tuple=True)
+        val = s[box_i, cls]
+        keep = batched_nms(b[box_i], val, cls, iou)[:max_det]
+        out.append((b[box_i][keep].numpy(), val[keep].numpy(), cls[keep].numpy()))
+    return out
+
+
+def assert_detections_match(
+    outputs: Any, t_boxes: Any, t_scores: Any, thr: float, iou: float, max_det: int = 300
+) -> int:
+    """An exported detector's ``outputs`` (:data:`DETECTION_OUTPUTS` from ONNX Runtime) against torch's raw
+    ``t_boxes, t_scores`` + :func:`torchvision_nms_reference`: the same count per image, and each detection has a
+    twin (same class, IoU >= 0.99, score within 1e-4 -- near-ties may swap order). Returns the detections."""
+    import torch
+    from torchvision.ops import box_iou
+
+    boxes, scores, labels, count = outputs
+    total = 0
+    for i, (e_boxes, e_scores, e_labels) in enumerate(
+        torchvision_nms_reference(t_boxes, t_scores, thr, iou, max_det, True)
+    ):
+        k = int(count[i])
+        assert k == len(e_scores)
+        total += k
+        if k:
+            overlap = box_iou(torch.from_numpy(boxes[i, :k]), torch.from_numpy(e_boxes)).numpy()
+            twin = (
+                (overlap >= 0.99)
+                & (labels[i, :k, None] == e_labels[None, :])
+                & (np.abs(scores[i, :k, None] - e_scores[None, :]) <= 1e-4)
+            )
+            assert twin.any(axis=1).all() and twin.any(axis=0).all()
+    return total

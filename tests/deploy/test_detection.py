@@ -12,30 +12,16 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
 from det_standin import TinyDetector, export_tiny
 from frugalvision.deploy import export_detector, export_onnx, quantize_int8
 from frugalvision.deploy.detection import add_nms_to_graph
 from frugalvision.errors import ExportError
 from frugalvision.runtime import read_deploy_config
-
-OUTPUTS = ["boxes", "scores", "labels", "num_detections"]
-
-
-def _torchvision_reference(boxes, scores, thr, iou, max_det, multi_label):
-    """Per image: (box, class) pairs with score > thr (each box's best class only unless multi_label), class-aware
-    torchvision batched_nms, the max_det best. Written here from the definition, independent of the module."""
-    out = []
-    for b, s in zip(torch.as_tensor(boxes), torch.as_tensor(scores), strict=True):
-        if not multi_label:
-            best = s.argmax(dim=1)
-            s = torch.zeros_like(s).scatter_(1, best[:, None], s.gather(1, best[:, None]))
-        box_i, cls = torch.nonzero(s > thr, as_tuple=True)
-        val = s[box_i, cls]
-        keep = batched_nms(b[box_i], val, cls, iou)[:max_det]
-        out.append((b[box_i][keep].numpy(), val[keep].numpy(), cls[keep].numpy()))
-    return out
+from helpers import DETECTION_OUTPUTS as OUTPUTS
+from helpers import assert_detections_match
+from helpers import torchvision_nms_reference as _torchvision_reference
 
 
 def _nms_only_model(score_threshold, iou_threshold, max_detections, multi_label) -> bytes:
@@ -237,22 +223,5 @@ def test_export_detector_bundle_exports_a_saved_detection_bundle(tmp_path: Path)
     with torch.inference_mode():
         t_boxes, t_scores = model(images)
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    boxes, scores, labels, count = session.run(OUTPUTS, {"images": images.numpy()})
-    total = 0
-    for i, (e_boxes, e_scores, e_labels) in enumerate(
-        _torchvision_reference(t_boxes, t_scores, 0.005, 0.6, 300, True)
-    ):
-        k = int(count[i])
-        assert k == len(e_scores)
-        total += k
-        if (
-            k
-        ):  # each detection has a twin (same class, IoU >= 0.99, score within 1e-4): near-ties may swap order
-            iou = box_iou(torch.from_numpy(boxes[i, :k]), torch.from_numpy(e_boxes)).numpy()
-            twin = (
-                (iou >= 0.99)
-                & (labels[i, :k, None] == e_labels[None, :])
-                & (np.abs(scores[i, :k, None] - e_scores[None, :]) <= 1e-4)
-            )
-            assert twin.any(axis=1).all() and twin.any(axis=0).all()
-    assert total > 0
+    outputs = session.run(OUTPUTS, {"images": images.numpy()})
+    assert assert_detections_match(outputs, t_boxes, t_scores, 0.005, 0.6) > 0

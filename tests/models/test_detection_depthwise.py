@@ -10,22 +10,20 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from timm.utils import reparameterize_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.ops import box_iou
 
-from deploy.test_detection import OUTPUTS, _torchvision_reference
 from frugalvision.models.detection import (
     DetectorConfig,
     DWConv,
     RepConv,
     create_detector,
 )
+from helpers import DETECTION_OUTPUTS, assert_detections_match, detection_config, write_coco
 
 TINY = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 64}
 
@@ -196,23 +194,8 @@ def test_depthwise_rep_bundle_exports_with_parity(tmp_path: Path) -> None:
     with torch.inference_mode():
         t_boxes, t_scores = model(images)
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    boxes, scores, labels, count = session.run(OUTPUTS, {"images": images.numpy()})
-    total = 0
-    for i, (e_boxes, e_scores, e_labels) in enumerate(
-        _torchvision_reference(t_boxes, t_scores, 0.005, 0.6, 300, True)
-    ):
-        k = int(count[i])
-        assert k == len(e_scores)
-        total += k
-        if k:  # each detection has a twin (near-ties may swap order)
-            iou = box_iou(torch.from_numpy(boxes[i, :k]), torch.from_numpy(e_boxes)).numpy()
-            twin = (
-                (iou >= 0.99)
-                & (labels[i, :k, None] == e_labels[None, :])
-                & (np.abs(scores[i, :k, None] - e_scores[None, :]) <= 1e-4)
-            )
-            assert twin.any(axis=1).all() and twin.any(axis=0).all()
-    assert total > 0
+    outputs = session.run(DETECTION_OUTPUTS, {"images": images.numpy()})
+    assert assert_detections_match(outputs, t_boxes, t_scores, 0.005, 0.6) > 0
 
 
 @pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning")
@@ -222,7 +205,6 @@ def test_training_config_builds_and_saves_the_depthwise_detector(tmp_path: Path)
     """``detection.depthwise=true`` trains the depthwise detector; its bundle reloads it (same outputs)."""
     from frugalvision.bundle import load_detector
     from frugalvision.train import fit
-    from train.test_detection_task import detection_config, write_coco
 
     coco = write_coco(tmp_path / "coco", n=6)
     result = fit(detection_config(coco, tmp_path / "run", "detection.depthwise=true", "trainer.epochs=1"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -14,65 +13,14 @@ from PIL import Image
 
 from frugalvision.bundle import load_detector
 from frugalvision.errors import DataError, StoreError
-from frugalvision.train import ConfigError, fit, load_config
+from frugalvision.train import ConfigError, fit
+from helpers import detection_config, write_coco
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec"),
     pytest.mark.filterwarnings("ignore:.*does not have many workers"),
 ]
-
-COLOURS = [(220, 40, 40), (40, 40, 220)]
-
-
-def write_coco(root: Path, n: int = 10, seed: int = 0, boxes: bool = True) -> Path:
-    """``n`` images of 1-2 red / blue rectangles (the last one empty: a negative) and their COCO JSON."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(n):
-        w, h = (96, 64) if i % 2 else (64, 80)  # two aspect ratios: the letterbox pads both ways
-        pixels = np.full((h, w, 3), 128, np.uint8)
-        for _ in range(0 if i == n - 1 else int(rng.integers(1, 3))):
-            bw, bh = int(rng.integers(12, 30)), int(rng.integers(12, 30))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            c = int(rng.integers(0, 2))
-            pixels[y : y + bh, x : x + bw] = COLOURS[c]
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": c + 1, "bbox": [x, y, bw, bh]}
-            )
-        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
-    data = {
-        "images": images,
-        "annotations": annotations if boxes else [],
-        "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}],
-    }
-    path = root / "train.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
-def detection_config(data: Path, out: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            "task=detection",
-            f"data.path={data}",
-            f"out={out}",
-            "model.name=test_efficientnet",
-            "model.pretrained=false",
-            "detection.image_size=64",
-            "data.batch_size=4",
-            "data.eval_batch_size=4",
-            "data.val_fraction=0.3",
-            "data.num_workers=0",
-            "optim.lr=1e-3",
-            "trainer.epochs=2",
-            "trainer.progress=false",
-            *overrides,
-        ],
-    )
 
 
 @pytest.fixture(scope="module")
