@@ -189,3 +189,17 @@ def test_recall_at_the_defaults_against_exact_search(kind: str, options: dict) -
     for k in (10, 50):
         found = recall(index.search(q, k).ids, exact[:, :k])
         assert found >= 0.92, (kind, k, index.effective(k), found)
+
+
+def test_search_with_settings_works_once_faiss_torch_utils_is_imported() -> None:
+    """pytorch-metric-learning imports ``faiss.contrib.torch_utils``, which replaces ``Index.search`` by a version
+    without ``params``: the per-call settings must still reach faiss (the CLI's demo and search failed)."""
+    import faiss.contrib.torch_utils  # noqa: F401  (patches faiss's classes for the rest of the process)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for kind, options in (("ivf", {"nlist": 32}), ("hnsw", {}), ("flat", {})):
+        index = EmbeddingIndex.build(x, kind=kind, recall_queries=0, **options)
+        found = index.search(x[:5], k=3)  # each query is indexed: its own row comes first
+        assert (found.ids[:, 0] == np.arange(5)).all(), kind

@@ -595,7 +595,7 @@ class EmbeddingIndex:
         if settings["rerank_factor"] > 1:
             scores, ids = self._reranked(x, wanted, settings["rerank_factor"], params)
         else:
-            scores, ids = self._index.search(x, wanted, params=params)
+            scores, ids = _search(self._index, x, wanted, params)
         if exclude is not None:
             is_self = (ids == exclude[:, None]) & (exclude[:, None] >= 0)  # -1 also pads missing hits
             is_self[~is_self.any(1), -1] = True
@@ -622,7 +622,7 @@ class EmbeddingIndex:
         worst = -np.inf if self._metric == "ip" else np.inf
         for start in range(0, x.shape[0], block):
             q = x[start : start + block]
-            _, cand = self._index.search(q, candidates, params=params)
+            _, cand = _search(self._index, q, candidates, params)
             found = cand >= 0
             unique, where = np.unique(cand[found], return_inverse=True)
             stored = take_rows(self._vectors, unique)
@@ -843,6 +843,14 @@ class EmbeddingIndex:
 
 
 # ------------------------------------------------------------------------------------------------ building
+def _search(index: Any, x: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(x, k, params=params)`` on numpy queries, also once ``faiss.contrib.torch_utils`` is imported
+    (pytorch-metric-learning imports it): it replaces ``Index.search`` by a version without ``params`` and keeps
+    faiss's own as ``search_numpy``."""
+    search = getattr(index, "search_numpy", index.search)
+    return search(x, k, params=params)
+
+
 def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
