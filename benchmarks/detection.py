@@ -53,6 +53,19 @@ from frugalvision.train import fit, load_config
 
 BCCD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bccd"
 BACKBONE = "tf_efficientnet_lite0.in1k_offline"
+DATA_SETS = ("bccd", "digits")
+
+
+def data_root(args: argparse.Namespace) -> Path:
+    """The PASCAL-VOC folder of ``--data``: BCCD, or the digits-on-CIFAR confirmation set of
+    ``benchmarks/detection_sets.py`` (written once under ``--out``)."""
+    if args.data == "digits":
+        import detection_sets
+
+        return detection_sets.digit_scenes(Path(args.out) / "digit-scenes")
+    if not BCCD.is_dir():
+        raise SystemExit(f"BCCD not found at {BCCD} (see ../shared/data/README.md)")
+    return BCCD
 
 
 def evaluate(predict: Any, dataset: DetectionDataset, batch_size: int = 8) -> tuple[float, float, float]:
@@ -110,7 +123,7 @@ def run_ours(
     out = ours_dir(args, size, rep_aux, dfl_bins, depthwise)
     overrides = [
         "task=detection",
-        f"data.path={BCCD}",
+        f"data.path={args.data_root}",
         f"out={out}",
         f"model.name={BACKBONE}",
         f"detection.size={size}",
@@ -269,13 +282,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--multi-scale", type=float, default=0.0, help="detection.multi_scale of our detector"
     )
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--data", choices=DATA_SETS, default="bccd", help="BCCD, or digits on CIFAR scenes")
     parser.add_argument("--out", default="runs/bench-detection")
     args = parser.parse_args(argv)
-    if not BCCD.is_dir():
-        raise SystemExit(f"BCCD not found at {BCCD}")
+    args.data_root = data_root(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    train_set, test_set = read_voc(BCCD, "train"), read_voc(BCCD, "test")
+    train_set, test_set = read_voc(args.data_root, "train"), read_voc(args.data_root, "test")
     data_config = create_backbone(BACKBONE, pretrained=False).data_config  # the backbone's normalisation
     mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
     test = DetectionDataset(test_set, image_size=args.image_size, mean=mean, std=std)
@@ -293,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows += [run_peer(args, kind, train, test) for kind in args.peers]
     print_table(
         rows,
-        f"BCCD test ({len(test_set)} images), {args.image_size} px, {args.epochs} epoch(s), batch {args.batch_size}, "
+        f"{args.data} test ({len(test_set)} images), {args.image_size} px, {args.epochs} epoch(s), batch {args.batch_size}, "
         f"lr {args.lr} (heads x10), backbone {BACKBONE}; latency: torch CPU, batch 1, 2 threads (indicative)",
     )
 

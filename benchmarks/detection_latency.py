@@ -6,6 +6,7 @@ Usage::
     python benchmarks/detection_latency.py                     # 2 threads, fp32 (+ int8 with --int8)
     python benchmarks/detection_latency.py --threads 4 --seconds 3 --int8
     python benchmarks/detection_latency.py --variants depthwise    # only ours-n-dw against YOLOX-nano
+    python benchmarks/detection_latency.py --trunks ghostnet_100 mobilenetv3_small_100   # lighter trunks too
 
 Models (random weights: speed does not depend on them; the score biases start at the prior 0.01 as in YOLOX, so
 the graphs hand their NMS a similar, small number of candidates); the table gives each one's parameters and FLOPs
@@ -17,6 +18,9 @@ split into trunk (backbone features) / neck / head, and the latency of its trunk
   block) and the decoupled anchor-free head (64 channels, two 3x3 convolutions per branch).
 * ``ours-n-dw``: the same with ``DetectorConfig(depthwise=True)``: every 3x3 convolution of the neck and head is
   depthwise-separable (depthwise 3x3 + pointwise 1x1), as in YOLOX-nano's neck and head.
+* ``ours-n-dw/<trunk>`` (``--trunks``): ``ours-n-dw`` on another timm trunk (online weights for users; random
+  here), to show how much of the gap to YOLOX-nano is the Lite0 trunk's (2.51 GFLOPs at 416 px against YOLOX-nano's
+  1.05 for the whole model).
 * ``YOLOX-nano``: ``pixeltable-yolox``'s ``YoloxNano`` config (depth 0.33, width 0.25, depthwise convolutions),
   its eval output ``(cx, cy, w, h, objectness, class probabilities)`` turned into the same contract (xyxy boxes,
   scores = objectness x class probability).
@@ -57,10 +61,15 @@ BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" /
 
 
 # --------------------------------------------------------------------------------------------------------- ours
-def ours(depthwise: bool) -> nn.Module:
+def ours(depthwise: bool, backbone: str = DetectorConfig.backbone) -> nn.Module:
     """Our size-n detector as ``frugalvision export`` ships it: random weights, fused (conv-BN folded)."""
     config = DetectorConfig(
-        num_classes=NUM_CLASSES, pretrained=False, size="n", image_size=SIZE, depthwise=depthwise
+        num_classes=NUM_CLASSES,
+        pretrained=False,
+        size="n",
+        image_size=SIZE,
+        depthwise=depthwise,
+        backbone=backbone,
     )
     return create_detector(config).eval().fuse()
 
@@ -201,6 +210,11 @@ def main() -> None:
         "--variants", nargs="+", default=["plain", "depthwise"], choices=["plain", "depthwise"],
         help="our n model as it is (plain) and with DetectorConfig.depthwise",
     )  # fmt: skip
+    parser.add_argument(
+        "--trunks", nargs="*", default=[], metavar="TIMM_NAME",
+        help="also our n model (depthwise) on these timm trunks, e.g. ghostnet_100 mobilenetv3_small_100: how much "
+             "of the gap to YOLOX-nano is the Lite0 trunk's",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -209,6 +223,8 @@ def main() -> None:
     models: dict[str, nn.Module] = {}
     for variant in args.variants:
         models["ours-n" if variant == "plain" else "ours-n-dw"] = ours(variant == "depthwise")
+    for trunk in args.trunks:
+        models[f"ours-n-dw/{trunk.split('.')[0]}"] = ours(True, trunk)
     models["YOLOX-nano"] = yolox_nano()
     photos = sorted(BCCD.glob("*.jpg")) if BCCD.is_dir() else []
     if not photos:
@@ -249,10 +265,10 @@ def main() -> None:
           f"({NUM_CLASSES} classes), {cpu}, {os.cpu_count()} logical CPUs; median of {args.rounds} interleaved rounds")  # fmt: skip
     ref = {prec: graph[f"YOLOX-nano {prec}"] for prec in ("fp32", "int8") if f"YOLOX-nano {prec}" in graph}
     print(
-        f"| {'model':<16} | params M trunk/neck/head = total | GFLOPs trunk/neck/head = total | trunk ms | "
+        f"| {'model':<32} | params M trunk/neck/head = total | GFLOPs trunk/neck/head = total | trunk ms | "
         "graph ms | x YOLOX-nano | detect() ms | detections |"
     )
-    print(f"|{'-' * 18}|---------------------------------:|-------------------------------:|---------:|---------:|"
+    print(f"|{'-' * 34}|---------------------------------:|-------------------------------:|---------:|---------:|"
           "-------------:|------------:|-----------:|")  # fmt: skip
     for key in predictors:
         name, prec = key.rsplit(" ", 1)
@@ -266,7 +282,7 @@ def main() -> None:
         trunk_key = f"{name} trunk" if f"{name} trunk" in graph else "ours-n trunk"
         trunk = f"{graph[trunk_key]:8.1f}" if prec == "fp32" else f"{'':8}"
         ratio = graph[key] / ref[prec] if prec in ref else float("nan")
-        print(f"| {key:<16} | {params:>32} | {gflops:>30} | {trunk} | {graph[key]:8.1f} | {ratio:12.2f} | "
+        print(f"| {key:<32} | {params:>32} | {gflops:>30} | {trunk} | {graph[key]:8.1f} | {ratio:12.2f} | "
               f"{whole[key]:11.1f} | {found[key]:10d} |")  # fmt: skip
     nms = nms_alone_ms(args.threads, args.seconds / 2, args.rounds)
     print(

@@ -19,6 +19,7 @@ Usage (the small CPU budget of the issue's table, then a larger one on a GPU)::
     python benchmarks/detection_table.py --epochs 50 --image-size 416 --sizes n s \\
         --variants plain rep+aux --accelerator gpu
     python benchmarks/detection_table.py --epochs 2 --image-size 256 --peers --variants plain dfl  # DFL vs plain
+    python benchmarks/detection_table.py --data digits --epochs 3 --image-size 320 --peers --variants plain dfl
 """
 
 from __future__ import annotations
@@ -117,13 +118,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--multi-scale", type=float, default=0.0, help="detection.multi_scale of our detector"
     )
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument(
+        "--data", choices=bench.DATA_SETS, default="bccd",
+        help="BCCD, or the digits-on-CIFAR confirmation set (benchmarks/detection_sets.py)",
+    )  # fmt: skip
     parser.add_argument("--out", default="runs/bench-detection")
     args = parser.parse_args(argv)
-    if not bench.BCCD.is_dir():
-        raise SystemExit(f"BCCD not found at {bench.BCCD} (see ../shared/data/README.md)")
+    args.data_root = bench.data_root(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    train_set, test_set = read_voc(bench.BCCD, "train"), read_voc(bench.BCCD, "test")
+    train_set, test_set = read_voc(args.data_root, "train"), read_voc(args.data_root, "test")
     data_config = bench.create_backbone(bench.BACKBONE, pretrained=False).data_config
     mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
     test = bench.DetectionDataset(test_set, image_size=args.image_size, mean=mean, std=std)
@@ -155,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "test AP50": base_ap50, "train s": 0.0, "latency ms": 0.0, "ORT ms": 0.0})  # fmt: skip
     bench.print_table(
         rows,
-        f"BCCD test ({len(test_set)} images), {args.image_size} px, {args.epochs} epoch(s), batch "
+        f"{args.data} test ({len(test_set)} images), {args.image_size} px, {args.epochs} epoch(s), batch "
         f"{args.batch_size}, lr {args.lr} (heads x10 for the peers), multi-scale {args.multi_scale}, backbone {bench.BACKBONE}, same augmentation; "
         "latency ms: torch CPU, ORT ms: ONNX Runtime with NMS, both batch 1, 2 threads (indicative: shared CPU)",
     )

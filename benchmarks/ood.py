@@ -36,7 +36,6 @@ Run:  .venv/bin/python benchmarks/ood.py [--threads 2] [--jigsaw-images 128]
 from __future__ import annotations
 
 import argparse
-import gzip
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from frugalvision.data import ImageDataset, Sample, read_folder
 from frugalvision.foundation import open_images
 from frugalvision.models import create_backbone
 from frugalvision.ood import OODDetector, OODInputs, extract_ood_inputs, jigsaw_block_norms, ood_metrics
+from shared_data import read_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tf_efficientnet_lite0.in1k_offline"
@@ -56,12 +56,8 @@ MODEL = "tf_efficientnet_lite0.in1k_offline"
 
 def mnist_dataset(folder: Path, out: Path, count: int, seed: int) -> ImageDataset:
     """``count`` random MNIST test digits written as PNG files (once) under ``out``."""
-    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "rb") as f:
-        raw = f.read()
-    magic, n, rows, cols = np.frombuffer(raw[:16], dtype=">i4")
-    if magic != 2051:
-        raise ValueError(f"{folder}: not an IDX image file (magic {magic})")
-    images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(n, rows, cols)
+    images, _ = read_mnist(folder)
+    n = len(images)
     pick = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
     out.mkdir(parents=True, exist_ok=True)
     paths = []
