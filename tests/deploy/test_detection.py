@@ -169,7 +169,9 @@ def test_int8_keeps_the_dfl_integral_float(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    config = DetectorConfig(num_classes=2, backbone="test_efficientnet", pretrained=False, image_size=64, dfl_bins=8)
+    config = DetectorConfig(
+        num_classes=2, backbone="test_efficientnet", pretrained=False, image_size=64, dfl_bins=8
+    )
     model = create_detector(config).eval().fuse()
     folder = tmp_path / "dfl"
     export_detector(model, folder, image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, classes=["a", "b"])
@@ -183,7 +185,8 @@ def test_int8_keeps_the_dfl_integral_float(tmp_path: Path, monkeypatch: pytest.M
     integrals = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in ramps]
     assert len(integrals) == 3  # one per level, the ramp read as the float initializer itself
     for node in integrals:
-        assert producers[node.input[0]].op_type == "Softmax"  # float probabilities, no DequantizeLinear between
+        # float probabilities: no DequantizeLinear between the Softmax and the integral
+        assert producers[node.input[0]].op_type == "Softmax"
         assert not any(n.op_type == "QuantizeLinear" and n.input[0] == node.output[0] for n in graph.node)
 
 
