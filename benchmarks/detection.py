@@ -256,16 +256,19 @@ def run_peer(
 
 
 def print_table(rows: Sequence[dict[str, Any]], header: str) -> None:
-    keys = list(rows[0])
+    """A markdown table over every column any row has (``-`` where a row has none), then latency ratios to the
+    first of our rows."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     print(f"\n{header}\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
-        print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+        cells = (r.get(k, "-") for k in keys)
+        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells) + " |")
     ref = next((r for r in rows if r["model"].startswith("ours")), None)
-    if ref:
+    if ref and ref.get("latency ms", 0) > 0:
         for r in rows:
-            if r is not ref and ref["latency ms"] > 0:
+            if r is not ref and "latency ms" in r:
                 print(f"latency {r['model']} / {ref['model']}: {r['latency ms'] / ref['latency ms']:.2f}x")
 
 

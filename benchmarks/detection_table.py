@@ -59,6 +59,40 @@ def onnx_latency_ms(bundle: Path, size: int, runs: int = 30, threads: int = 2) -
     return 1000 * float(np.median(times))
 
 
+def _targets(test: ImageDataset) -> list[dict[str, np.ndarray]]:
+    """``coco_evaluate`` targets of a data set (original pixels; an image without boxes is a negative)."""
+    targets = []
+    for s in test.samples:
+        has = s.boxes is not None and s.box_labels is not None
+        targets.append(
+            {
+                "boxes": np.asarray(s.boxes if has else np.zeros((0, 4)), np.float32).reshape(-1, 4),
+                "labels": np.asarray(s.box_labels if has else np.zeros(0), np.int64),
+            }
+        )
+    return targets
+
+
+def onnx_test_map(
+    bundle: Path, train: ImageDataset, test: ImageDataset, calibration: int = 64
+) -> dict[str, float]:
+    """Test mAP of the bundle exported as ``frugalvision export`` does it (NMS inside, score threshold 0.001 as in
+    evaluation) and run by ONNX Runtime from the photo files (:meth:`Predictor.detect`), in fp32 and in int8
+    (:func:`frugalvision.deploy.quantize_int8` calibrated on ``calibration`` training photos)."""
+    from frugalvision.deploy import quantize_int8
+
+    result = {}
+    with tempfile.TemporaryDirectory(prefix="det-bench-") as tmp:
+        out = Path(tmp) / "onnx"
+        export_detection(bundle, out, score_threshold=0.001)
+        quantize_int8(out, [s.path for s in train.samples], max_images=calibration, check_images=8)
+        for precision in ("fp32", "int8"):
+            found = Predictor(out, precision=precision, threads=2).detect([str(s.path) for s in test.samples])
+            preds = [{"boxes": d.boxes, "scores": d.scores, "labels": d.labels} for d in found]
+            result[f"ORT {precision} mAP"] = coco_evaluate(preds, _targets(test), list(test.classes)).map
+    return result
+
+
 def _size(path: Path) -> tuple[float, float]:
     """``(W, H)`` of the upright image."""
     image = load_image(path)
@@ -78,7 +112,7 @@ def centred_box_baseline(train: ImageDataset, test: ImageDataset) -> tuple[float
     counts = np.array([len(r) for r in rel], np.float64)
     prior = counts / max(counts.sum(), 1.0)
     mean = [np.mean(r, axis=0) if r else np.array([0.1, 0.1]) for r in rel]
-    preds, targets = [], []
+    preds = []
     for s in test.samples:
         w, h = _size(s.path)
         boxes = np.array(
@@ -89,14 +123,7 @@ def centred_box_baseline(train: ImageDataset, test: ImageDataset) -> tuple[float
             np.float32,
         )
         preds.append({"boxes": boxes, "scores": prior.astype(np.float32), "labels": np.arange(len(classes))})
-        has = s.boxes is not None and s.box_labels is not None
-        targets.append(
-            {
-                "boxes": np.asarray(s.boxes if has else np.zeros((0, 4)), np.float32).reshape(-1, 4),
-                "labels": np.asarray(s.box_labels if has else np.zeros(0), np.int64),
-            }
-        )
-    result = coco_evaluate(preds, targets, classes)
+    result = coco_evaluate(preds, _targets(test), classes)
     return result.map, result.ap50
 
 
@@ -123,6 +150,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="BCCD, or the digits-on-CIFAR confirmation set (benchmarks/detection_sets.py)",
     )  # fmt: skip
     parser.add_argument("--out", default="runs/bench-detection")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also the test mAP of our exported models in ONNX Runtime, fp32 and int8 (calibrated on 64 train photos)",
+    )
+    parser.add_argument(
+        "--onnx-only", action="store_true",
+        help="no training: the ONNX fp32 / int8 test mAP of the bundles a previous run left under --out",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.data_root = bench.data_root(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -144,11 +180,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         for variant in args.variants:
             rep_aux, bins = variant == "rep+aux", args.dfl_bins if variant == "dfl" else 0
             depthwise = variant == "dw"
-            row = bench.run_ours(args, size, rep_aux, test, dfl_bins=bins, depthwise=depthwise)
             folder = bench.ours_dir(args, size, rep_aux, bins, depthwise) / "model"
+            if args.onnx_only:
+                if not folder.is_dir():
+                    raise SystemExit(f"--onnx-only: no trained bundle at {folder} (run without it first)")
+                row = {"model": f"ours {size} {variant}", **onnx_test_map(folder, train_set, test_set)}
+                rows.append(row)
+                print(row, flush=True)
+                continue
+            row = bench.run_ours(args, size, rep_aux, test, dfl_bins=bins, depthwise=depthwise)
             row["ORT ms"] = onnx_latency_ms(folder, args.image_size)
+            if args.int8:
+                row.update(onnx_test_map(folder, train_set, test_set))
             rows.append(row)
             print(row, flush=True)
+    if args.onnx_only:
+        bench.print_table(rows, f"{args.data} test ({len(test_set)} images): exported models in ONNX Runtime")
+        return
     for kind in args.peers:
         row = bench.run_peer(args, kind, train, test)
         row["ORT ms"] = "n/a"
