@@ -13,9 +13,10 @@ the graphs hand their NMS a similar, small number of candidates); the table give
 split into trunk (backbone features) / neck / head, and the latency of its trunk alone:
 
 * ``ours-n``: :class:`frugalvision.models.detection.Detector` of size n as ``frugalvision export`` ships it
-  (``create_detector(DetectorConfig(num_classes=80, pretrained=False))``, ``.eval().fuse()``): the offline
+  (``create_detector(DetectorConfig(num_classes=80, pretrained=False, dfl_bins=16))``, ``.eval().fuse()``): the offline
   EfficientNet-Lite0 trunk (strides 8/16/32), a PAN neck of CSP blocks (64/128/256 channels, one bottleneck per
-  block) and the decoupled anchor-free head (64 channels, two 3x3 convolutions per branch).
+  block) and the decoupled anchor-free head (64 channels, two 3x3 convolutions per branch; each box side a
+  distribution over 16 bins, the training default).
 * ``ours-n-dw``: the same with ``DetectorConfig(depthwise=True)``: every 3x3 convolution of the neck and head is
   depthwise-separable (depthwise 3x3 + pointwise 1x1), as in YOLOX-nano's neck and head.
 * ``ours-n-dw/<trunk>`` (``--trunks``): ``ours-n-dw`` on another timm trunk (online weights for users; random
@@ -62,7 +63,8 @@ BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" /
 
 # --------------------------------------------------------------------------------------------------------- ours
 def ours(depthwise: bool, backbone: str = DetectorConfig.backbone) -> nn.Module:
-    """Our size-n detector as ``frugalvision export`` ships it: random weights, fused (conv-BN folded)."""
+    """Our size-n detector as ``frugalvision train`` makes it and ``frugalvision export`` ships it: random weights,
+    16 DFL bins per side (``detection.dfl_bins="auto"`` with the anchor-free head), fused (conv-BN folded)."""
     config = DetectorConfig(
         num_classes=NUM_CLASSES,
         pretrained=False,
@@ -70,6 +72,7 @@ def ours(depthwise: bool, backbone: str = DetectorConfig.backbone) -> nn.Module:
         image_size=SIZE,
         depthwise=depthwise,
         backbone=backbone,
+        dfl_bins=16,
     )
     return create_detector(config).eval().fuse()
 

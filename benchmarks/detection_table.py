@@ -4,7 +4,8 @@ detector and torchvision RetinaNet / FCOS on the same offline Lite0 backbone, pl
 * the ONNX Runtime latency (batch 1, 2 threads, NMS inside the graph) of our detector exported as
   ``frugalvision export`` does it (fused, :func:`frugalvision.deploy.export_detector`); the torchvision peers keep
   their torch CPU latency (their ONNX export is not part of this toolkit);
-* ``--variants dfl``: our detector with distribution focal loss (``detection.dfl_bins``, ``--dfl-bins``, 16);
+* ``--variants dfl``: our detector with distribution focal loss (``detection.dfl_bins``, ``--dfl-bins``, 16; what
+  ``frugalvision train`` does by default); every other variant trains with ``detection.dfl_bins=0``;
 * a centred-box baseline with no learning at all: for every test image and every class ``c`` one box centred on
   the image, of the mean relative size of class ``c``'s training boxes (``w_c / W``, ``h_c / H`` averaged over the
   training boxes, times the test image's ``W, H``), scored by the class's share of the training boxes. It is the

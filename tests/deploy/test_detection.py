@@ -160,6 +160,36 @@ def test_int8_quantises_the_body_and_keeps_the_nms_float(
     assert list(cwd.iterdir()) == []  # nothing left in the user's working folder
 
 
+def test_int8_keeps_the_dfl_integral_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With distribution focal loss the head's integral (softmax, then a MatMul with the constant 0..R) stays float
+    in the int8 model: quantised, the ramp itself would be rounded (bin 1 of 0..7 at scale 7/127 -> 0.992)."""
+    from PIL import Image
+
+    from frugalvision.models.detection import DetectorConfig, create_detector
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    config = DetectorConfig(
+        num_classes=2, backbone="test_efficientnet", pretrained=False, image_size=64, dfl_bins=8
+    )
+    model = create_detector(config).eval().fuse()
+    folder = tmp_path / "dfl"
+    export_detector(model, folder, image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, classes=["a", "b"])
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    q = quantize_int8(folder, images, max_images=4, check_images=2)
+    graph = onnx.load(str(q.model_path)).graph
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)  # the body is quantised
+    ramps = {t.name for t in graph.initializer if onnx.numpy_helper.to_array(t).tolist() == list(range(8))}
+    producers = {o: n for n in graph.node for o in n.output}
+    integrals = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in ramps]
+    assert len(integrals) == 3  # one per level, the ramp read as the float initializer itself
+    for node in integrals:
+        # float probabilities: no DequantizeLinear between the Softmax and the integral
+        assert producers[node.input[0]].op_type == "Softmax"
+        assert not any(n.op_type == "QuantizeLinear" and n.input[0] == node.output[0] for n in graph.node)
+
+
 def test_tied_scores_of_an_untrained_head_do_not_fail_the_export(tmp_path: Path) -> None:
     """Every score at the prior 0.01 (a freshly built head): ONNX Runtime and torchvision may keep different boxes
     among equal scores; the export checks the raw outputs and records the ties instead of failing."""

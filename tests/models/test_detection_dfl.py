@@ -128,6 +128,23 @@ def test_anchor_head_with_dfl_is_refused_in_one_line(tmp_path: Path) -> None:
     assert load_config(None, [*common, "detection.dfl_bins=16"]).detection.dfl_bins == 16
 
 
+def test_dfl_bins_auto_resolves_by_head(tmp_path: Path) -> None:
+    """``detection.dfl_bins="auto"`` (the training default) is 16 bins with the anchor-free head and 0 with
+    anchors; a value given is kept, and resolving twice changes nothing."""
+    from frugalvision.train import TrainConfig, resolve_config
+
+    assert TrainConfig().detection.dfl_bins == "auto"
+    common = ["task=detection", f"data.path={tmp_path}", f"out={tmp_path / 'out'}"]
+    resolved = load_config(None, common)
+    assert resolved.detection.dfl_bins == 16
+    assert resolve_config(resolved) is resolved
+    assert load_config(None, [*common, "detection.head=anchor"]).detection.dfl_bins == 0
+    assert load_config(None, [*common, "detection.dfl_bins=0"]).detection.dfl_bins == 0
+    assert load_config(None, [*common, "detection.dfl_bins=auto"]).detection.dfl_bins == 16
+    with pytest.raises(ConfigError, match=r"detection\.dfl_bins must be"):
+        load_config(None, [*common, "detection.dfl_bins=many"])
+
+
 def test_dfl_detector_bundle_round_trip(tmp_path: Path) -> None:
     from frugalvision.bundle import load_detector, save_detection_bundle
 

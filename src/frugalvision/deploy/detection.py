@@ -517,9 +517,23 @@ def _parity(
 
 
 def nms_nodes(model_path: str | os.PathLike[str]) -> list[str]:
-    """Names of the post-processing nodes :func:`add_nms_to_graph` appended (kept in float when quantising)."""
+    """Names of the nodes kept in float when quantising: the post-processing :func:`add_nms_to_graph` appended,
+    and the distribution-focal-loss integral of the head (``dfl_bins``): each ``MatMul`` with the constant vector
+    ``(0, 1, ..., R)`` and the ``Softmax`` feeding it. In int8 the integral would round the bin values themselves
+    (a scale of ``R / 127`` puts bin 1 at 0.945) and the probabilities it averages."""
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [node.name for node in graph.node if node.name.startswith("nms/")]
+    names = [node.name for node in graph.node if node.name.startswith("nms/")]
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if len(t.dims) == 1}
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        ramp = constants.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if ramp is None or ramp.size < 2 or not np.array_equal(ramp, np.arange(ramp.size)):
+            continue
+        names.append(node.name)
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type == "Softmax":
+            names.append(source.name)
+    return names
 
 
 def int8_detection_agreement(

@@ -254,10 +254,12 @@ class DetectionConfig:
     drawn from ``(seed, global step)``, so a resumed run draws the same sides. Validation, the bundle and export
     stay at ``image_size``. A batch at ``S (1 + r)`` takes ``(1 + r)^2`` times the memory of one at ``S``.
 
-    ``dfl_bins`` (default 0 = off): with ``R + 1 >= 2`` (e.g. 16) the anchor-free head predicts each side distance
-    as a distribution over ``0..R`` strides and the loss adds distribution focal loss (Generalized Focal Loss;
-    :mod:`frugalvision.losses.detection_dfl`, weight ``loss.kwargs.dfl_weight``, default 0.5). Not with
-    ``head=anchor``.
+    ``dfl_bins``: with ``R + 1 >= 2`` the anchor-free head predicts each side distance as a distribution over
+    ``0..R`` strides and the loss adds distribution focal loss (Generalized Focal Loss;
+    :mod:`frugalvision.losses.detection_dfl`, weight ``loss.kwargs.dfl_weight``, default 0.5); ``0``: one
+    softplus distance per side, no DFL. ``"auto"`` (the default) is 16 with the anchor-free head and 0 with
+    ``head=anchor``, which cannot take it (chosen on BCCD, confirmed on the digits-on-CIFAR set of
+    ``benchmarks/detection_sets.py``).
     """
 
     size: Literal["n", "s", "m"] = "n"
@@ -272,7 +274,7 @@ class DetectionConfig:
     ema_decay: float = 0.9998
     class_agnostic: bool = False
     multi_scale: float = 0.0
-    dfl_bins: int = 0
+    dfl_bins: int | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)

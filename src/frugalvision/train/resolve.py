@@ -15,6 +15,7 @@ is replaced by its value, here and nowhere else:
                             ``none`` for the multi-label classifier
 ``model.embedding_size``    ``None`` -> 128 when fine-tuning an embedding (``None`` stays on the frozen-backbone
                             fast path: the backbone's width, known once the model is built)
+``detection.dfl_bins``      ``"auto"`` -> 16 (distribution focal loss) with the anchor-free head, 0 with anchors
 ==========================  ======================================================================================
 
 What depends on the machine rather than the configuration (``trainer.accelerator``, ``trainer.precision``,
@@ -116,7 +117,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         return config
     spec = task_spec(config.task)
     m = config.model
-    changes: dict[str, Any] = {key: value for key, value in spec.defaults.items() if _unset(config, key)}
+    changes: dict[str, Any] = {
+        key: value(config) if callable(value) else value
+        for key, value in spec.defaults.items()
+        if _unset(config, key)
+    }
     if "loss.name" in spec.defaults:  # a task that trains with a loss of the registry (frugalvision.losses)
         changes["loss.name"] = _loss_name(config, spec.defaults["loss.name"])
         if changes.get("model.normalization", m.normalization) == "auto":  # from the space the loss works in

@@ -330,7 +330,8 @@ class TaskSpec:
         name: the ``task`` value.
         make_run: ``make_run(config, **fit_options) -> TaskRun`` (the config is resolved).
         defaults: what the task's ``"auto"`` settings stand for (dotted keys: ``data.sampler``,
-            ``data.val_split``...), applied by :func:`frugalvision.train.resolve_config`; a ``loss.name`` default
+            ``data.val_split``...), applied by :func:`frugalvision.train.resolve_config`: a value, or a function
+            of the configuration for one that depends on other settings; a ``loss.name`` default
             means the task trains with a loss of :mod:`frugalvision.losses`, whose name (and head normalisation)
             is then resolved and checked against the task.
         check: task-specific checks of a resolved configuration (raise ``ConfigError`` naming the key).
@@ -338,7 +339,7 @@ class TaskSpec:
 
     name: str
     make_run: Callable[..., TaskRun]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # value or (TrainConfig) -> value
     check: Callable[[Any], None] | None = None
 
 
