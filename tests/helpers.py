@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +42,26 @@ BUNDLE_DATA_CONFIG = {
     "crop_pct": 0.875,
     "crop_mode": "center",
 }
+
+
+def load_benchmark(file: str, name: str | None = None) -> ModuleType:
+    """``benchmarks/<file>`` imported as the module ``name`` (default: the file's stem), once per process; the
+    benchmarks folder goes on ``sys.path`` for the modules it imports itself (e.g. ``shared_data``)."""
+    import importlib.util
+    import sys
+
+    name = name or Path(file).stem
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_bundle(

@@ -6,8 +6,6 @@ The box test uses a hand-made glyph and background (no data needed); the round t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +13,13 @@ import pytest
 from PIL import Image
 
 from frugalvision.discover import read_voc
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def _load_module():
-    name = "detection_sets"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "detection_sets.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sets = _load_module()
+sets = load_benchmark("detection_sets.py")
 
 
 def test_solid_glyphs_change_exactly_their_boxes():

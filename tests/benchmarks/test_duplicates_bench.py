@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -12,22 +10,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
+from helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_module():
-    name = "duplicates_bench"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "duplicates.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dup = _load_module()
+dup = load_benchmark("duplicates.py", "duplicates_bench")
 
 
 @pytest.fixture()

@@ -5,10 +5,8 @@ Tests on real data skip when ``../shared/data`` (beside the repository) is absen
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,24 +16,13 @@ from PIL import Image, ImageOps
 
 from frugalvision.data import read_class_names, read_manifest
 from frugalvision.errors import DataError
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def _load_module():
-    name = "multilabel_data"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "multilabel_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mld = _load_module()
+mld = load_benchmark("multilabel_data.py")
 
 needs_data = pytest.mark.skipif(
     not DATA.is_dir(), reason=f"real data {DATA} not available (it ships beside the project, not in a clone)"
