@@ -44,6 +44,24 @@ BUNDLE_DATA_CONFIG = {
 }
 
 
+#: ``DetectorConfig`` keywords of a tiny random detector (timm's ``test_efficientnet`` trunk, 64 px).
+TINY_DETECTOR: dict[str, Any] = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 64}
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding them (``fuse()``) is really tested."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)  # type: ignore[union-attr]
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)  # type: ignore[union-attr]
+            m.weight.data.copy_(torch.randn(n, generator=g) * 0.5 + 1)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+
+
 def load_benchmark(file: str, name: str | None = None) -> ModuleType:
     """``benchmarks/<file>`` imported as the module ``name`` (default: the file's stem), once per process; the
     benchmarks folder goes on ``sys.path`` for the modules it imports itself (e.g. ``shared_data``)."""

@@ -20,27 +20,14 @@ from frugalvision.models.detection import (
     fit_anchors,
     postprocess,
 )
-
-TINY = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 64}
-
-
-def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)  # type: ignore[union-attr]
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)  # type: ignore[union-attr]
-            m.weight.data.copy_(torch.randn(n, generator=g) * 0.5 + 1)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+from helpers import TINY_DETECTOR, randomise_batchnorm
 
 
 @pytest.mark.parametrize("c_in,c_out,stride", [(8, 8, 1), (8, 16, 1), (8, 8, 2)])
 def test_repconv_fuses_into_one_conv(c_in: int, c_out: int, stride: int) -> None:
     torch.manual_seed(0)
     block = RepConv(c_in, c_out, stride).double()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     block.eval()
     x = torch.randn(2, c_in, 9, 9, dtype=torch.float64)
     before = block(x)
@@ -55,7 +42,7 @@ def test_repconv_fuses_into_one_conv(c_in: int, c_out: int, stride: int) -> None
 def test_conv_bn_folding_equals_eval_batchnorm() -> None:
     torch.manual_seed(0)
     block = ConvBNAct(4, 6, 3, 2).double()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     block.eval()
     x = torch.randn(1, 4, 7, 7, dtype=torch.float64)
     before = block(x)
@@ -73,8 +60,8 @@ def test_conv_bn_folding_equals_eval_batchnorm() -> None:
 )
 def test_detector_shapes_and_fused_equals_unfused(options: dict) -> None:
     torch.manual_seed(0)
-    det = create_detector(DetectorConfig(num_classes=3, **TINY, **options)).double()
-    _randomise_batchnorm(det)
+    det = create_detector(DetectorConfig(num_classes=3, **TINY_DETECTOR, **options)).double()
+    randomise_batchnorm(det)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     anchors_per_cell = 3 if options.get("head") == "anchor" else 1
     n = (8 * 8 + 4 * 4 + 2 * 2) * anchors_per_cell
@@ -83,7 +70,7 @@ def test_detector_shapes_and_fused_equals_unfused(options: dict) -> None:
     assert out["cls"].shape == (2, n, 3) and out["boxes"].shape == (2, n, 4) and out["points"].shape == (n, 2)
     assert ("aux" in out) == bool(options.get("aux_head"))
     det.eval()
-    _randomise_batchnorm(det)  # the train-mode pass moved the running statistics
+    randomise_batchnorm(det)  # the train-mode pass moved the running statistics
     with torch.no_grad():
         boxes, scores = det(x)
     assert boxes.shape == (2, n, 4) and scores.shape == (2, n, 3)
@@ -103,7 +90,7 @@ def test_timm_reparameterizable_backbone_fuses() -> None:
     torch.manual_seed(0)
     cfg = DetectorConfig(num_classes=2, backbone="mobileone_s0", pretrained=False, image_size=64)
     det = create_detector(cfg).double()
-    _randomise_batchnorm(det)
+    randomise_batchnorm(det)
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     boxes, scores = det(x)
     branches = sum(1 for m in det.backbone.modules() if hasattr(m, "reparameterize"))
@@ -117,7 +104,7 @@ def test_timm_reparameterizable_backbone_fuses() -> None:
 
 
 def test_config_round_trip_and_errors() -> None:
-    cfg = DetectorConfig(num_classes=2, head="anchor", anchors=default_anchors(64), **TINY)
+    cfg = DetectorConfig(num_classes=2, head="anchor", anchors=default_anchors(64), **TINY_DETECTOR)
     assert DetectorConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="image_size must be a positive multiple of 32"):
         DetectorConfig(num_classes=2, image_size=100)
@@ -130,7 +117,7 @@ def test_config_round_trip_and_errors() -> None:
 def test_anchor_decoding_reaches_the_anchor_at_zero() -> None:
     """With raw outputs 0 the anchor-based head predicts each anchor centred on its cell."""
     anchors = [[(10.0, 20.0)], [(30.0, 30.0)], [(50.0, 40.0)]]
-    det = create_detector(DetectorConfig(num_classes=1, head="anchor", anchors=anchors, **TINY))
+    det = create_detector(DetectorConfig(num_classes=1, head="anchor", anchors=anchors, **TINY_DETECTOR))
     for branch in det.head.box:
         nn.init.zeros_(branch.pred.weight)
         nn.init.zeros_(branch.pred.bias)
@@ -180,7 +167,7 @@ def test_postprocess_equals_batched_nms_per_class() -> None:
 
 def test_boxes_are_decoded_in_float32_under_autocast() -> None:
     """bfloat16 has 8 bits of mantissa: a box edge near 400 px would be off by up to 1 px."""
-    det = create_detector(DetectorConfig(num_classes=2, **TINY))
+    det = create_detector(DetectorConfig(num_classes=2, **TINY_DETECTOR))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         boxes, _ = det(torch.randn(1, 3, 64, 64))
         det.train()

@@ -23,21 +23,14 @@ from frugalvision.models.detection import (
     RepConv,
     create_detector,
 )
-from helpers import DETECTION_OUTPUTS, assert_detections_match, detection_config, write_coco
-
-TINY = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 64}
-
-
-def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)  # type: ignore[union-attr]
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)  # type: ignore[union-attr]
-            m.weight.data.copy_(torch.randn(n, generator=g) * 0.5 + 1)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
+from helpers import (
+    DETECTION_OUTPUTS,
+    TINY_DETECTOR,
+    assert_detections_match,
+    detection_config,
+    randomise_batchnorm,
+    write_coco,
+)
 
 
 def _spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
@@ -49,7 +42,7 @@ def test_grouped_repconv_fuses_into_one_grouped_conv(channels: int, groups: int,
     """The identity branch of a grouped RepConv sits at index ``i mod (c / groups)`` of channel ``i``'s kernel."""
     torch.manual_seed(0)
     block = RepConv(channels, channels, stride, groups=groups).double()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     block.eval()
     assert (block.bn_id is not None) == (stride == 1)
     x = torch.randn(2, channels, 9, 9, dtype=torch.float64)
@@ -69,7 +62,7 @@ def test_dwconv_shapes_flops_and_folding(rep: bool) -> None:
     torch.manual_seed(0)
     c_in, c_out, h = 16, 24, 10
     block = DWConv(c_in, c_out, 3, 2, rep=rep).double()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     block.eval()
     x = torch.randn(2, c_in, h, h, dtype=torch.float64)
     before = block(x)
@@ -97,13 +90,13 @@ def test_dwconv_shapes_flops_and_folding(rep: bool) -> None:
 )
 def test_depthwise_detector_shapes_and_fused_equals_unfused(options: dict) -> None:
     torch.manual_seed(0)
-    det = create_detector(DetectorConfig(num_classes=3, **TINY, **options)).double()
+    det = create_detector(DetectorConfig(num_classes=3, **TINY_DETECTOR, **options)).double()
     # every 3x3 convolution of the neck and the heads is depthwise (groups = channels)
     for part in (det.neck, det.head, det.aux_head):
         if part is not None:
             convs = _spatial_convs(part)
             assert convs and all(c.groups == c.in_channels == c.out_channels for c in convs)
-    _randomise_batchnorm(det)
+    randomise_batchnorm(det)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     anchors_per_cell = 3 if options.get("head") == "anchor" else 1
     n = (8 * 8 + 4 * 4 + 2 * 2) * anchors_per_cell
@@ -112,7 +105,7 @@ def test_depthwise_detector_shapes_and_fused_equals_unfused(options: dict) -> No
     assert out["cls"].shape == (2, n, 3) and out["boxes"].shape == (2, n, 4) and out["points"].shape == (n, 2)
     assert ("aux" in out) == bool(options.get("aux_head"))
     det.eval()
-    _randomise_batchnorm(det)  # the train-mode pass moved the running statistics
+    randomise_batchnorm(det)  # the train-mode pass moved the running statistics
     with torch.no_grad():
         boxes, scores = det(x)
     assert boxes.shape == (2, n, 4) and scores.shape == (2, n, 3)
@@ -142,7 +135,7 @@ BEFORE = {
 @pytest.mark.parametrize("case", sorted(BEFORE))
 def test_depthwise_off_builds_the_detector_of_before(case: str) -> None:
     options, digest, count = BEFORE[case]
-    det = create_detector(DetectorConfig(num_classes=3, **TINY, **options))
+    det = create_detector(DetectorConfig(num_classes=3, **TINY_DETECTOR, **options))
     lines = "\n".join(
         f"{k}:{tuple(v.shape)}" for k, v in det.state_dict().items() if not k.startswith("backbone.")
     )
@@ -150,7 +143,7 @@ def test_depthwise_off_builds_the_detector_of_before(case: str) -> None:
     assert sum(p.numel() for k, p in det.named_parameters() if not k.startswith("backbone.")) == count
     assert not any(c.groups > 1 for c in _spatial_convs(det.neck) + _spatial_convs(det.head))
     # a bundle saved before the option existed has no "depthwise" key: it loads as the plain detector
-    old = DetectorConfig(num_classes=3, **TINY, **options).to_dict()
+    old = DetectorConfig(num_classes=3, **TINY_DETECTOR, **options).to_dict()
     del old["depthwise"]
     assert DetectorConfig.from_dict(old).depthwise is False
     with pytest.raises(ValueError, match="depthwise must be true or false"):
@@ -180,12 +173,12 @@ def test_depthwise_rep_bundle_exports_with_parity(tmp_path: Path) -> None:
     from frugalvision.deploy import export_detector_bundle
 
     torch.manual_seed(0)
-    cfg = DetectorConfig(num_classes=2, **TINY, repconv=True, depthwise=True)
+    cfg = DetectorConfig(num_classes=2, **TINY_DETECTOR, repconv=True, depthwise=True)
     model = create_detector(cfg)
     with torch.no_grad():  # distinct scores (a fresh head scores every box at its prior: ties)
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    _randomise_batchnorm(model)  # spreads the scores: no exact ties among the depthwise head's boxes
+    randomise_batchnorm(model)  # spreads the scores: no exact ties among the depthwise head's boxes
     bundle = save_detection_bundle(model, tmp_path / "bundle", classes=["red", "blue"])
     assert json.loads((bundle / "config.json").read_text())["model"]["detector"]["depthwise"] is True
     result = export_detector_bundle(bundle, tmp_path / "onnx", score_threshold=0.005, iou_threshold=0.6)

@@ -15,10 +15,10 @@ from torchvision.ops import box_iou
 from frugalvision.losses import DetectionLoss
 from frugalvision.models.detection import DetectionHead, DetectorConfig, create_detector, grid_points
 from frugalvision.train import ConfigError, load_config
+from helpers import TINY_DETECTOR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 64}
 STRIDES = (8, 16, 32)
 
 
@@ -102,7 +102,7 @@ def test_option_off_equals_the_softplus_distances_exactly() -> None:
         expected.append(torch.cat([p - d[..., :2], p + d[..., 2:]], -1))
     torch.testing.assert_close(boxes, torch.cat(expected, 1), atol=0, rtol=0)
     # a detector without the field: same parameters, no distribution in the train-mode dict
-    cfg = DetectorConfig(num_classes=2, **TINY)
+    cfg = DetectorConfig(num_classes=2, **TINY_DETECTOR)
     assert cfg.dfl_bins == 0
     assert DetectorConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "dfl_bins"}) == cfg
     det = create_detector(cfg).train()
@@ -149,7 +149,7 @@ def test_dfl_detector_bundle_round_trip(tmp_path: Path) -> None:
     from frugalvision.bundle import load_detector, save_detection_bundle
 
     torch.manual_seed(0)
-    det = create_detector(DetectorConfig(num_classes=2, dfl_bins=8, **TINY))
+    det = create_detector(DetectorConfig(num_classes=2, dfl_bins=8, **TINY_DETECTOR))
     folder = save_detection_bundle(det, tmp_path / "bundle", classes=["a", "b"])
     loaded = load_detector(folder)
     assert loaded.config.dfl_bins == 8
@@ -161,7 +161,7 @@ def test_dfl_detector_bundle_round_trip(tmp_path: Path) -> None:
 
 def test_dfl_detector_trains_with_finite_gradients_and_exports_the_train_dict() -> None:
     torch.manual_seed(0)
-    det = create_detector(DetectorConfig(num_classes=2, dfl_bins=16, aux_head=True, **TINY)).train()
+    det = create_detector(DetectorConfig(num_classes=2, dfl_bins=16, aux_head=True, **TINY_DETECTOR)).train()
     out = det(torch.randn(2, 3, 64, 64))
     n = 8 * 8 + 4 * 4 + 2 * 2
     assert out["box_dist"].shape == (2, n, 4, 16) and out["aux"]["box_dist"].shape == (2, n, 4, 16)
@@ -188,7 +188,7 @@ def test_dfl_detector_exports_to_onnx_and_equals_torch(tmp_path: Path) -> None:
     from frugalvision.deploy import export_detector
 
     torch.manual_seed(0)
-    det = create_detector(DetectorConfig(num_classes=3, dfl_bins=16, repconv=True, **TINY))
+    det = create_detector(DetectorConfig(num_classes=3, dfl_bins=16, repconv=True, **TINY_DETECTOR))
     with (
         torch.no_grad()
     ):  # varied class scores, so that the NMS has boxes to keep (the prior gives 0.01 everywhere)
