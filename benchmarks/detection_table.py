@@ -12,7 +12,10 @@ detector and torchvision RetinaNet / FCOS on the same offline Lite0 backbone, pl
   floor a detector must clear (BCCD's cells are everywhere, so it scores near 0 at IoU 0.5).
 
 Test metrics: COCO mAP@[.5:.95] and AP50 (pycocotools via :func:`frugalvision.metrics.coco_evaluate`, original
-pixels). Times are wall-clock on whatever machine runs it (indicative on a shared CPU).
+pixels). Times are wall-clock on whatever machine runs it (indicative on a shared CPU). The metrics are
+deterministic for one thread count; another count (``OMP_NUM_THREADS``) sums in another order and trains along
+another path (digits, 320 px, 3 epochs, size n without DFL: mAP 0.101 with 2 threads, 0.076 with 1), so compare
+rows run with the same count.
 
 Usage (the small CPU budget of the issue's table, then a larger one on a GPU)::
 
