@@ -63,9 +63,9 @@ __all__ = [
     "detection_agreement",
     "export_detector",
     "export_detector_bundle",
+    "float_nodes",
     "graph_detections",
     "int8_detection_agreement",
-    "nms_nodes",
     "reference_nms",
 ]
 
@@ -516,7 +516,7 @@ def _parity(
     }
 
 
-def nms_nodes(model_path: str | os.PathLike[str]) -> list[str]:
+def float_nodes(model_path: str | os.PathLike[str]) -> list[str]:
     """Names of the nodes kept in float when quantising: the post-processing :func:`add_nms_to_graph` appended,
     and the distribution-focal-loss integral of the head (``dfl_bins``): each ``MatMul`` with the constant vector
     ``(0, 1, ..., R)`` and the ``Softmax`` feeding it. In int8 the integral would round the bin values themselves

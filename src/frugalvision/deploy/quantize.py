@@ -32,7 +32,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from frugalvision._fs import IMAGE_EXTENSIONS
 from frugalvision._fs import list_images as _list_images
-from frugalvision.deploy.detection import int8_detection_agreement, nms_nodes
+from frugalvision.deploy.detection import float_nodes, int8_detection_agreement
 from frugalvision.deploy.export import _ort_session, output_agreement, set_onnx_metadata
 from frugalvision.errors import DataError, FrugalVisionError
 from frugalvision.runtime import ImageInput
@@ -229,7 +229,7 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[method],
                 op_types_to_quantize=chosen_ops,
-                nodes_to_exclude=nms_nodes(prepped) if config.detection is not None else None,
+                nodes_to_exclude=float_nodes(prepped) if config.detection is not None else None,
                 extra_options={"CalibTensorRangeSymmetric": False, "ActivationSymmetric": False},
             )
         except Exception as e:  # ORT's quantiser raises plain exceptions of many kinds
